@@ -1,0 +1,314 @@
+// segml/core/tensor.hpp: Tensor<T>, a dense strided n-d array over shared, 64-byte-aligned storage.
+//
+// Contract:
+//  - A Tensor is a view: shape + strides (in elements) + offset into a shared Storage. Copying a
+//    Tensor is cheap and aliases the same memory (like torch.Tensor). clone() copies the data.
+//  - Views (reshape of a contiguous tensor, view, permute, transpose, slice, narrow) never copy.
+//    contiguous() copies only when the layout is not row-major dense.
+//  - Fresh storage is 64-byte aligned, so kernels may use aligned SIMD loads at offset 0.
+//  - Every shape error throws segml::Error naming the op and the shapes, in release builds too.
+//  - It knows nothing about autograd; see autograd/variable.hpp for the graph layer.
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <initializer_list>
+#include <memory>
+#include <new>
+#include <numeric>
+#include <type_traits>
+#include <vector>
+
+#include "segml/core/error.hpp"
+
+namespace segml {
+
+inline constexpr std::size_t kTensorAlignment = 64;
+
+// Number of elements of a shape; throws on negative extents.
+inline int64_t shape_numel(const Shape& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) {
+    SEGML_CHECK(d >= 0, "shape ", shape, " has a negative extent");
+    n *= d;
+  }
+  return n;
+}
+
+// Row-major (C order) strides of a shape, in elements.
+inline Shape contiguous_strides(const Shape& shape) {
+  Shape strides(shape.size());
+  int64_t s = 1;
+  for (size_t i = shape.size(); i-- > 0;) {
+    strides[i] = s;
+    s *= std::max<int64_t>(shape[i], 1);
+  }
+  return strides;
+}
+
+// Owning, aligned buffer of n elements of T. Uninitialised for trivial T.
+template <class T>
+std::shared_ptr<T[]> allocate_aligned(int64_t n) {
+  static_assert(std::is_trivially_copyable_v<T>, "Tensor elements must be trivially copyable");
+  const std::size_t bytes = std::max<std::size_t>(static_cast<std::size_t>(n) * sizeof(T), kTensorAlignment);
+  void* p = ::operator new(bytes, std::align_val_t{kTensorAlignment});
+  return std::shared_ptr<T[]>(static_cast<T*>(p),
+                              [](T* q) { ::operator delete(q, std::align_val_t{kTensorAlignment}); });
+}
+
+template <class T>
+class Tensor {
+ public:
+  using value_type = T;
+
+  // An undefined tensor (no storage). defined() is false.
+  Tensor() = default;
+
+  // ---- factories --------------------------------------------------------
+  static Tensor empty(Shape shape) {
+    Tensor t;
+    t.numel_ = shape_numel(shape);
+    t.strides_ = contiguous_strides(shape);
+    t.shape_ = std::move(shape);
+    t.storage_ = allocate_aligned<T>(t.numel_);
+    return t;
+  }
+  static Tensor zeros(Shape shape) { return full(std::move(shape), T(0)); }
+  static Tensor ones(Shape shape) { return full(std::move(shape), T(1)); }
+  static Tensor full(Shape shape, T value) {
+    Tensor t = empty(std::move(shape));
+    std::fill(t.data(), t.data() + t.numel_, value);
+    return t;
+  }
+  static Tensor from(Shape shape, const std::vector<T>& values) {
+    Tensor t = empty(std::move(shape));
+    SEGML_CHECK(static_cast<int64_t>(values.size()) == t.numel_, "Tensor::from: shape ", t.shape_, " holds ",
+                t.numel_, " elements but ", values.size(), " values were given");
+    std::copy(values.begin(), values.end(), t.data());
+    return t;
+  }
+  static Tensor empty_like(const Tensor& o) { return empty(o.shape_); }
+  static Tensor zeros_like(const Tensor& o) { return zeros(o.shape_); }
+
+  // ---- inspection -------------------------------------------------------
+  bool defined() const { return storage_ != nullptr; }
+  const Shape& shape() const { return shape_; }
+  const Shape& strides() const { return strides_; }
+  int64_t dim() const { return static_cast<int64_t>(shape_.size()); }
+  int64_t numel() const { return numel_; }
+  int64_t offset() const { return offset_; }
+  // size(-1) is the last extent, as in PyTorch.
+  int64_t size(int64_t d) const { return shape_[static_cast<size_t>(wrap_dim(d, "size"))]; }
+  int64_t stride(int64_t d) const { return strides_[static_cast<size_t>(wrap_dim(d, "stride"))]; }
+
+  // Pointer to the first element (storage + offset). Valid for strided access through strides().
+  T* data() { return storage_.get() + offset_; }
+  const T* data() const { return storage_.get() + offset_; }
+
+  bool is_contiguous() const {
+    int64_t expected = 1;
+    for (size_t i = shape_.size(); i-- > 0;) {
+      if (shape_[i] == 1) continue;
+      if (strides_[i] != expected) return false;
+      expected *= shape_[i];
+    }
+    return true;
+  }
+
+  bool shares_storage_with(const Tensor& o) const { return storage_ == o.storage_; }
+
+  // Element access by full index; for tests, fixtures and debugging, not hot loops.
+  T& at(std::initializer_list<int64_t> idx) { return data()[linear_offset(idx)]; }
+  const T& at(std::initializer_list<int64_t> idx) const { return data()[linear_offset(idx)]; }
+
+  // ---- views ------------------------------------------------------------
+  // Same data, new shape; requires a contiguous tensor. One extent may be -1.
+  Tensor view(Shape shape) const {
+    SEGML_CHECK(is_contiguous(), "view: tensor of shape ", shape_, " is not contiguous; use reshape()");
+    Tensor t = *this;
+    t.shape_ = infer_shape(std::move(shape), "view");
+    t.strides_ = contiguous_strides(t.shape_);
+    return t;
+  }
+  // view() when contiguous, otherwise a contiguous copy with the new shape.
+  Tensor reshape(Shape shape) const { return is_contiguous() ? view(std::move(shape)) : contiguous().view(std::move(shape)); }
+
+  Tensor permute(const std::vector<int64_t>& dims) const {
+    SEGML_CHECK(static_cast<int64_t>(dims.size()) == dim(), "permute: ", dims.size(), " dims given for tensor of shape ",
+                shape_);
+    Tensor t = *this;
+    std::vector<bool> seen(dims.size(), false);
+    for (size_t i = 0; i < dims.size(); ++i) {
+      const int64_t d = wrap_dim(dims[i], "permute");
+      SEGML_CHECK(!seen[static_cast<size_t>(d)], "permute: dim ", d, " repeated for tensor of shape ", shape_);
+      seen[static_cast<size_t>(d)] = true;
+      t.shape_[i] = shape_[static_cast<size_t>(d)];
+      t.strides_[i] = strides_[static_cast<size_t>(d)];
+    }
+    return t;
+  }
+  Tensor transpose(int64_t d0, int64_t d1) const {
+    d0 = wrap_dim(d0, "transpose");
+    d1 = wrap_dim(d1, "transpose");
+    Tensor t = *this;
+    std::swap(t.shape_[static_cast<size_t>(d0)], t.shape_[static_cast<size_t>(d1)]);
+    std::swap(t.strides_[static_cast<size_t>(d0)], t.strides_[static_cast<size_t>(d1)]);
+    return t;
+  }
+  // Elements start, start+step, ... < end along dim (Python slice semantics for non-negative step).
+  Tensor slice(int64_t d, int64_t start, int64_t end, int64_t step = 1) const {
+    d = wrap_dim(d, "slice");
+    const int64_t n = shape_[static_cast<size_t>(d)];
+    SEGML_CHECK(step > 0, "slice: step must be positive, got ", step);
+    if (start < 0) start += n;
+    if (end < 0) end += n;
+    start = std::clamp<int64_t>(start, 0, n);
+    end = std::clamp<int64_t>(end, start, n);
+    Tensor t = *this;
+    t.offset_ += start * strides_[static_cast<size_t>(d)];
+    t.shape_[static_cast<size_t>(d)] = (end - start + step - 1) / step;
+    t.strides_[static_cast<size_t>(d)] *= step;
+    t.numel_ = shape_numel(t.shape_);
+    return t;
+  }
+  // length elements from start along dim; out-of-range is an error (torch.narrow).
+  Tensor narrow(int64_t d, int64_t start, int64_t length) const {
+    d = wrap_dim(d, "narrow");
+    const int64_t n = shape_[static_cast<size_t>(d)];
+    SEGML_CHECK(start >= 0 && length >= 0 && start + length <= n, "narrow: start ", start, " length ", length,
+                " out of range for dim ", d, " of shape ", shape_);
+    return slice(d, start, start + length);
+  }
+
+  // ---- copies -----------------------------------------------------------
+  Tensor contiguous() const {
+    if (is_contiguous()) return *this;
+    Tensor t = empty(shape_);
+    t.copy_(*this);
+    return t;
+  }
+  Tensor clone() const {
+    Tensor t = empty(shape_);
+    t.copy_(*this);
+    return t;
+  }
+  // Elementwise conversion to another dtype (always a new contiguous tensor).
+  template <class U>
+  Tensor<U> to() const {
+    Tensor<U> out = Tensor<U>::empty(shape_);
+    U* o = out.data();
+    int64_t i = 0;
+    for_each_offset([&](int64_t off) { o[i++] = static_cast<U>(data()[off]); });
+    return out;
+  }
+
+  // ---- in-place ---------------------------------------------------------
+  void fill_(T value) {
+    for_each_offset([&](int64_t off) { data()[off] = value; });
+  }
+  // Copies src (same shape, any strides) into this tensor's elements.
+  void copy_(const Tensor& src) {
+    SEGML_CHECK(src.shape_ == shape_, "copy_: source shape ", src.shape_, " differs from destination shape ", shape_);
+    if (is_contiguous() && src.is_contiguous()) {
+      if (numel_) std::memmove(data(), src.data(), static_cast<size_t>(numel_) * sizeof(T));
+      return;
+    }
+    if (is_contiguous()) {  // gather: walk the source's strides, write densely
+      T* d = data();
+      const T* sp = src.data();
+      int64_t i = 0;
+      src.for_each_offset([&](int64_t off) { d[i++] = sp[off]; });
+      return;
+    }
+    const Tensor s = src.contiguous();  // scatter: read densely, walk our strides
+    const T* sp = s.data();
+    int64_t i = 0;
+    for_each_offset([&](int64_t off) { data()[off] = sp[i++]; });
+  }
+  // this += other (same shape). The gradient accumulation primitive.
+  void add_(const Tensor& other) {
+    SEGML_CHECK(other.shape_ == shape_, "add_: shape ", other.shape_, " cannot be added to shape ", shape_);
+    if (is_contiguous() && other.is_contiguous()) {
+      T* a = data();
+      const T* b = other.data();
+      for (int64_t i = 0; i < numel_; ++i) a[i] += b[i];
+      return;
+    }
+    const Tensor o = other.contiguous();
+    const T* b = o.data();
+    int64_t i = 0;
+    for_each_offset([&](int64_t off) { data()[off] += b[i++]; });
+  }
+
+  // Calls f(offset) for every element in row-major index order (offsets relative to data()).
+  template <class F>
+  void for_each_offset(F&& f) const {
+    if (numel_ == 0) return;
+    const size_t r = shape_.size();
+    if (r == 0) {
+      f(int64_t{0});
+      return;
+    }
+    std::vector<int64_t> idx(r, 0);
+    int64_t off = 0;
+    const int64_t inner = shape_[r - 1], inner_stride = strides_[r - 1];
+    for (;;) {
+      for (int64_t j = 0; j < inner; ++j) f(off + j * inner_stride);
+      size_t d = r - 1;
+      for (;;) {
+        if (d == 0) return;
+        --d;
+        off += strides_[d];
+        if (++idx[d] < shape_[d]) break;
+        off -= strides_[d] * shape_[d];
+        idx[d] = 0;
+      }
+    }
+  }
+
+ private:
+  int64_t wrap_dim(int64_t d, const char* op) const {
+    const int64_t r = dim();
+    SEGML_CHECK(d >= -r && d < r, op, ": dim ", d, " out of range for tensor of shape ", shape_);
+    return d < 0 ? d + r : d;
+  }
+  Shape infer_shape(Shape shape, const char* op) const {
+    int64_t known = 1, infer = -1;
+    for (size_t i = 0; i < shape.size(); ++i) {
+      if (shape[i] == -1) {
+        SEGML_CHECK(infer < 0, op, ": more than one -1 in ", shape);
+        infer = static_cast<int64_t>(i);
+      } else {
+        SEGML_CHECK(shape[i] >= 0, op, ": invalid extent in ", shape);
+        known *= shape[i];
+      }
+    }
+    if (infer >= 0) {
+      SEGML_CHECK(known > 0 && numel_ % known == 0, op, ": cannot infer -1 in ", shape, " for tensor of shape ", shape_);
+      shape[static_cast<size_t>(infer)] = numel_ / known;
+    }
+    SEGML_CHECK(shape_numel(shape) == numel_, op, ": shape ", shape, " is invalid for tensor of shape ", shape_, " (",
+                numel_, " elements)");
+    return shape;
+  }
+  int64_t linear_offset(std::initializer_list<int64_t> idx) const {
+    SEGML_CHECK(static_cast<int64_t>(idx.size()) == dim(), "at: ", idx.size(), " indices for tensor of shape ", shape_);
+    int64_t off = 0;
+    size_t d = 0;
+    for (int64_t i : idx) {
+      SEGML_CHECK(i >= 0 && i < shape_[d], "at: index ", i, " out of range for dim ", d, " of shape ", shape_);
+      off += i * strides_[d++];
+    }
+    return off;
+  }
+
+  std::shared_ptr<T[]> storage_;
+  int64_t offset_ = 0;
+  int64_t numel_ = 0;
+  Shape shape_;
+  Shape strides_;
+};
+
+}  // namespace segml

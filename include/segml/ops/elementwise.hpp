@@ -1,0 +1,89 @@
+// segml/ops/elementwise.hpp: differentiable add (residual), mul, scale and sum.
+//
+// Shapes must match exactly (no broadcasting) except where stated; a mismatch throws naming the op
+// and both shapes.
+#pragma once
+
+#include "segml/autograd/variable.hpp"
+#include "segml/kernels/elementwise.hpp"
+
+namespace segml::ops {
+
+// a + b, same shapes (the residual connection).
+template <class T>
+Var<T> add(const Var<T>& a, const Var<T>& b) {
+  SEGML_CHECK(a.shape() == b.shape(), "add: shapes ", a.shape(), " and ", b.shape(), " differ");
+  const Tensor<T> ca = a.data().contiguous(), cb = b.data().contiguous();
+  Tensor<T> out = Tensor<T>::empty(a.shape());
+  kernels::add_forward(out.data(), ca.data(), cb.data(), out.numel());
+  return make_result<T>(std::move(out), "add", {&a, &b}, [](const Tensor<T>& gy, Grads<T>& g) {
+    // d(a+b)/da = d(a+b)/db = 1: both receive grad_out (the engine clones where they alias).
+    if (g.needs(0)) g[0] = gy;
+    if (g.needs(1)) g[1] = gy;
+  });
+}
+
+// a * b elementwise, same shapes.
+template <class T>
+Var<T> mul(const Var<T>& a, const Var<T>& b) {
+  SEGML_CHECK(a.shape() == b.shape(), "mul: shapes ", a.shape(), " and ", b.shape(), " differ");
+  const Tensor<T> ca = a.data().contiguous(), cb = b.data().contiguous();
+  Tensor<T> out = Tensor<T>::empty(a.shape());
+  kernels::mul_forward(out.data(), ca.data(), cb.data(), out.numel());
+  return make_result<T>(std::move(out), "mul", {&a, &b}, [ca, cb](const Tensor<T>& gy, Grads<T>& g) {
+    const Tensor<T> go = gy.contiguous();
+    if (g.needs(0)) {
+      g[0] = Tensor<T>::empty(ca.shape());
+      kernels::mul_forward(g[0].data(), go.data(), cb.data(), go.numel());
+    }
+    if (g.needs(1)) {
+      g[1] = Tensor<T>::empty(cb.shape());
+      kernels::mul_forward(g[1].data(), go.data(), ca.data(), go.numel());
+    }
+  });
+}
+
+// alpha * x.
+template <class T>
+Var<T> scale(const Var<T>& x, T alpha) {
+  const Tensor<T> cx = x.data().contiguous();
+  Tensor<T> out = Tensor<T>::empty(x.shape());
+  kernels::scale_forward(out.data(), cx.data(), alpha, out.numel());
+  return make_result<T>(std::move(out), "scale", {&x}, [alpha](const Tensor<T>& gy, Grads<T>& g) {
+    const Tensor<T> go = gy.contiguous();
+    g[0] = Tensor<T>::empty(go.shape());
+    kernels::scale_forward(g[0].data(), go.data(), alpha, go.numel());
+  });
+}
+
+// Sum of all elements, as a tensor of shape [] (a scalar).
+template <class T>
+Var<T> sum(const Var<T>& x) {
+  const Tensor<T> cx = x.data().contiguous();
+  Tensor<T> out = Tensor<T>::full({}, kernels::sum_forward(cx.data(), cx.numel()));
+  return make_result<T>(std::move(out), "sum", {&x}, [shape = x.shape()](const Tensor<T>& gy, Grads<T>& g) {
+    g[0] = Tensor<T>::full(shape, gy.data()[0]);
+  });
+}
+
+// The same values viewed with a new shape (gradient reshaped back).
+template <class T>
+Var<T> reshape(const Var<T>& x, Shape shape) {
+  Tensor<T> out = x.data().reshape(std::move(shape));
+  return make_result<T>(std::move(out), "reshape", {&x}, [in_shape = x.shape()](const Tensor<T>& gy, Grads<T>& g) {
+    g[0] = gy.reshape(in_shape);
+  });
+}
+
+// Axes permuted; returns a contiguous tensor (gradient permuted back).
+template <class T>
+Var<T> permute(const Var<T>& x, const std::vector<int64_t>& dims) {
+  Tensor<T> out = x.data().permute(dims).contiguous();
+  std::vector<int64_t> inverse(dims.size());
+  for (size_t i = 0; i < dims.size(); ++i) inverse[static_cast<size_t>(dims[i] < 0 ? dims[i] + x.dim() : dims[i])] = static_cast<int64_t>(i);
+  return make_result<T>(std::move(out), "permute", {&x}, [inverse](const Tensor<T>& gy, Grads<T>& g) {
+    g[0] = gy.permute(inverse).contiguous();
+  });
+}
+
+}  // namespace segml::ops

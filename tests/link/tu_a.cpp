@@ -1,0 +1,10 @@
+// Translation unit A of the link test: includes everything and uses a few entry points.
+#include <segml/segformer.hpp>
+
+int tu_b_entry();
+
+int main() {
+  segml::Tensor<float> t = segml::Tensor<float>::ones({2, 3});
+  const int b = tu_b_entry();
+  return (t.numel() == 6 && b == 6) ? 0 : 1;
+}

@@ -1,0 +1,104 @@
+// tests/support.hpp: fixture loading and tensor comparison shared by the tests.
+//
+// Fixtures are written by tools/make_fixtures.py (PyTorch). compare() prints one line per tensor,
+// "name: max abs diff X (tol Y) OK|NOT OK", and fails the doctest check when out of tolerance.
+#pragma once
+
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <random>
+#include <string>
+
+#include <segml/autograd/gradcheck.hpp>
+#include <segml/io/safetensors.hpp>
+
+namespace segml::test {
+
+inline constexpr const char* kFixtureVersion = "1";
+
+inline std::string fixture_path(const std::string& group) {
+  return std::string(SEGML_FIXTURE_DIR) + "/" + group + ".safetensors";
+}
+
+// Loads tests/fixtures/<group>.safetensors; a missing or stale file fails with a hint.
+class Fixture {
+ public:
+  explicit Fixture(const std::string& group) : file_(load(group)) {}
+  template <class T = float>
+  Tensor<T> get(const std::string& name) const {
+    if (!file_.contains(name))
+      FAIL("fixture '" << file_.path() << "' has no tensor '" << name
+                       << "'. HINT: re-run /usr/bin/python3 tools/make_fixtures.py");
+    return file_.get<T>(name);
+  }
+  bool contains(const std::string& name) const { return file_.contains(name); }
+  const safetensors::File& file() const { return file_; }
+
+ private:
+  static safetensors::File load(const std::string& group) {
+    const std::string path = fixture_path(group);
+    if (!std::filesystem::exists(path))
+      throw Error("missing fixture " + path + ". HINT: run /usr/bin/python3 tools/make_fixtures.py " + group);
+    safetensors::File f(path);
+    auto it = f.metadata().find("fixture_version");
+    if (it == f.metadata().end() || it->second != kFixtureVersion)
+      throw Error("fixture " + path + " has another format version. HINT: re-run /usr/bin/python3 tools/make_fixtures.py");
+    return f;
+  }
+  safetensors::File file_;
+};
+
+template <class A, class B>
+double max_abs_diff(const Tensor<A>& a, const Tensor<B>& b) {
+  const Tensor<A> ca = a.contiguous();
+  const Tensor<B> cb = b.contiguous();
+  double m = 0;
+  for (int64_t i = 0; i < ca.numel(); ++i) {
+    const double d = std::abs(static_cast<double>(ca.data()[i]) - static_cast<double>(cb.data()[i]));
+    if (std::isnan(d)) return INFINITY;
+    m = std::max(m, d);
+  }
+  return m;
+}
+
+// Checks |got - want| <= atol + rtol * |want| elementwise; prints the max abs diff either way.
+template <class A, class B>
+void compare(const std::string& name, const Tensor<A>& got, const Tensor<B>& want, double atol, double rtol = 0) {
+  REQUIRE_MESSAGE(got.shape() == want.shape(),
+                  name << ": shape " << shape_str(got.shape()) << " vs expected " << shape_str(want.shape()));
+  const Tensor<A> ca = got.contiguous();
+  const Tensor<B> cb = want.contiguous();
+  bool ok = true;
+  double worst = 0;
+  for (int64_t i = 0; i < ca.numel(); ++i) {
+    const double g = static_cast<double>(ca.data()[i]), w = static_cast<double>(cb.data()[i]);
+    const double d = std::abs(g - w);
+    if (!(d <= atol + rtol * std::abs(w))) ok = false;
+    worst = std::max(worst, std::isnan(d) ? INFINITY : d);
+  }
+  MESSAGE(name << ": max abs diff " << worst << " (atol " << atol << ", rtol " << rtol << ") " << (ok ? "OK" : "NOT OK"));
+  CHECK_MESSAGE(ok, name << ": max abs diff " << worst << " exceeds tolerance");
+}
+
+// Deterministic uniform random tensor in [lo, hi).
+template <class T>
+Tensor<T> random_tensor(const Shape& shape, uint64_t seed, double lo = -1.0, double hi = 1.0) {
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<double> u(lo, hi);
+  Tensor<T> t = Tensor<T>::empty(shape);
+  for (int64_t i = 0; i < t.numel(); ++i) t.data()[i] = static_cast<T>(u(rng));
+  return t;
+}
+
+// Runs gradcheck and reports its result through doctest.
+inline void check_gradients(const std::string& name, const GradcheckFn& f, const std::vector<Tensor<double>>& inputs,
+                            GradcheckOptions opt = {}) {
+  const GradcheckResult r = gradcheck(f, inputs, opt);
+  MESSAGE("gradcheck " << name << ": " << r.report);
+  CHECK_MESSAGE(r.ok, "gradcheck " << name << " failed:\n" << r.report);
+}
+
+}  // namespace segml::test

@@ -1,0 +1,56 @@
+#include <doctest/doctest.h>
+
+#include <segml/core/tensor.hpp>
+
+using segml::Tensor;
+
+TEST_CASE("tensor: factories, alignment and shape") {
+  auto t = Tensor<float>::zeros({2, 3, 4});
+  CHECK(t.numel() == 24);
+  CHECK(t.dim() == 3);
+  CHECK(t.size(-1) == 4);
+  CHECK(t.is_contiguous());
+  CHECK(reinterpret_cast<uintptr_t>(t.data()) % 64 == 0);
+  CHECK(t.strides() == segml::Shape{12, 4, 1});
+  CHECK_THROWS_WITH_AS(Tensor<float>::from({2, 2}, {1, 2, 3}),
+                       doctest::Contains("shape [2, 2] holds 4 elements but 3 values"), segml::Error);
+}
+
+TEST_CASE("tensor: views share storage and index correctly") {
+  std::vector<float> v(24);
+  for (int i = 0; i < 24; ++i) v[i] = static_cast<float>(i);
+  auto t = Tensor<float>::from({2, 3, 4}, v);
+  auto p = t.permute({2, 0, 1});
+  CHECK(p.shape() == segml::Shape{4, 2, 3});
+  CHECK(!p.is_contiguous());
+  CHECK(p.shares_storage_with(t));
+  CHECK(p.at({3, 1, 2}) == t.at({1, 2, 3}));
+  auto c = p.contiguous();
+  CHECK(c.is_contiguous());
+  CHECK(c.at({3, 1, 2}) == 23.0f);
+  auto s = t.slice(2, 1, 4, 2);  // columns 1 and 3
+  CHECK(s.shape() == segml::Shape{2, 3, 2});
+  CHECK(s.at({1, 2, 1}) == 23.0f);
+  auto n = t.narrow(1, 1, 2);
+  CHECK(n.at({0, 0, 0}) == 4.0f);
+  CHECK(t.transpose(0, 2).at({3, 2, 1}) == 23.0f);
+  auto r = t.reshape({6, -1});
+  CHECK(r.shape() == segml::Shape{6, 4});
+  CHECK(r.shares_storage_with(t));
+  auto r2 = p.reshape({-1});  // non-contiguous: copies
+  CHECK(!r2.shares_storage_with(t));
+  CHECK(r2.data()[1] == 4.0f);  // p[0][0][1] = t[0][1][0]
+  CHECK(t.to<double>().at({1, 2, 3}) == 23.0);
+}
+
+TEST_CASE("tensor: bad shapes throw messages naming the op and shapes") {
+  auto t = Tensor<float>::zeros({2, 3});
+  CHECK_THROWS_WITH_AS(t.view({4, 2}), doctest::Contains("view: shape [4, 2] is invalid for tensor of shape [2, 3]"),
+                       segml::Error);
+  CHECK_THROWS_WITH_AS(t.permute({0, 0}), doctest::Contains("permute: dim 0 repeated"), segml::Error);
+  CHECK_THROWS_WITH_AS(t.narrow(1, 2, 2), doctest::Contains("narrow: start 2 length 2 out of range"), segml::Error);
+  CHECK_THROWS_WITH_AS(t.transpose(0, 2).view({6}), doctest::Contains("out of range"), segml::Error);
+  CHECK_THROWS_WITH_AS(t.transpose(0, 1).view({6}), doctest::Contains("not contiguous"), segml::Error);
+  CHECK_THROWS_WITH_AS(t.add_(Tensor<float>::zeros({3, 2})), doctest::Contains("add_: shape [3, 2] cannot be added to shape [2, 3]"),
+                       segml::Error);
+}
