@@ -79,7 +79,7 @@ void compare(const std::string& name, const Tensor<A>& got, const Tensor<B>& wan
     if (!(d <= atol + rtol * std::abs(w))) ok = false;
     worst = std::max(worst, std::isnan(d) ? INFINITY : d);
   }
-  MESSAGE(name << ": max abs diff " << worst << " (atol " << atol << ", rtol " << rtol << ") " << (ok ? "OK" : "NOT OK"));
+  MESSAGE(name << ": max abs diff " << worst << " (atol " << atol << ", rtol " << rtol << ") " << std::string(ok ? "OK" : "NOT OK"));
   CHECK_MESSAGE(ok, name << ": max abs diff " << worst << " exceeds tolerance");
 }
 

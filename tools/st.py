@@ -20,7 +20,7 @@ _BY_NAME = {v[0]: k for k, v in _DTYPES.items()}
 def _to_numpy(t):
     if hasattr(t, "detach"):  # torch tensor
         t = t.detach().cpu().contiguous().numpy()
-    return np.ascontiguousarray(t)
+    return np.asarray(t, order="C")  # keeps 0-d scalars 0-d (ascontiguousarray would make them [1])
 
 
 def save(path, tensors, metadata=None):

@@ -1,0 +1,216 @@
+// bench/bench_gemm.cpp: segml's GEMM vs Eigen vs the scalar twin at the SegFormer-B0 512x512 shapes,
+// and the machine's fp32 peak, so that every GEMM figure can be read as a fraction of it.
+//
+// Every variant is first validated against gemm_ref (on the first and last rows of C, which is
+// exact for row-major GEMM and keeps the check cheap on the big shapes). All variants use
+// segml::num_threads() threads (OMP_NUM_THREADS; Eigen gets the same via Eigen::setNbThreads).
+// Counters: FLOPS (rate; 2*M*N*K per call), pct_peak (segml only: GFLOP/s / measured peak * 100).
+// The peak is measured once at start-up (see measure_peak) and printed; the BM_peak_* rows repeat it
+// per ISA. Shapes are (M, K, N) as in the brief; C = A (M x K) * B (K x N).
+#include <benchmark/benchmark.h>
+
+#include <segml/core/cpu.hpp>
+#include <segml/core/parallel.hpp>
+#include <segml/kernels/gemm.hpp>
+
+#include <Eigen/Core>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <vector>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// ---- fp32 peak: independent FMA chains, all threads -------------------------------------------
+// Each thread runs kChains independent accumulator chains (more than FMA latency x FMA ports =
+// 4 x 2 on Zen, so the pipes never wait), n iterations, then the result is consumed so that the
+// loop cannot be removed. FLOPs = threads * n * kChains * lanes * 2.
+constexpr int kChains = 12;
+
+#if defined(__x86_64__)
+__attribute__((target("avx2,fma"))) float fma_chains_avx2(int64_t n) {
+  __m256 acc[kChains];
+  for (int i = 0; i < kChains; ++i) acc[i] = _mm256_set1_ps(0.001f * i);
+  const __m256 x = _mm256_set1_ps(0.9999f), y = _mm256_set1_ps(1e-6f);
+  for (int64_t k = 0; k < n; ++k) {
+#pragma GCC unroll 16
+    for (int i = 0; i < kChains; ++i) acc[i] = _mm256_fmadd_ps(acc[i], x, y);
+  }
+  __m256 s = acc[0];
+  for (int i = 1; i < kChains; ++i) s = _mm256_add_ps(s, acc[i]);
+  return _mm256_cvtss_f32(s);
+}
+
+__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl"))) float fma_chains_avx512(int64_t n) {
+  __m512 acc[kChains];
+  for (int i = 0; i < kChains; ++i) acc[i] = _mm512_set1_ps(0.001f * i);
+  const __m512 x = _mm512_set1_ps(0.9999f), y = _mm512_set1_ps(1e-6f);
+  for (int64_t k = 0; k < n; ++k) {
+#pragma GCC unroll 16
+    for (int i = 0; i < kChains; ++i) acc[i] = _mm512_fmadd_ps(acc[i], x, y);
+  }
+  __m512 s = acc[0];
+  for (int i = 1; i < kChains; ++i) s = _mm512_add_ps(s, acc[i]);
+  alignas(64) float out[16];
+  _mm512_store_ps(out, s);
+  return out[0];
+}
+#endif
+
+// GFLOP/s of n FMA-chain iterations on every thread; the best of 3 runs.
+double peak_gflops(segml::Isa isa, int64_t n = 20'000'000) {
+#if defined(__x86_64__)
+  const int lanes = isa == segml::Isa::avx512 ? 16 : 8;
+  const int nt = segml::num_threads();
+  double best = 0;
+  for (int rep = 0; rep < 3; ++rep) {
+    float sink = 0;
+    const auto t0 = Clock::now();
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(nt) reduction(+ : sink)
+#endif
+    sink += isa == segml::Isa::avx512 ? fma_chains_avx512(n) : fma_chains_avx2(n);
+    const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+    benchmark::DoNotOptimize(sink);
+    best = std::max(best, double(nt) * n * kChains * lanes * 2 / s * 1e-9);
+  }
+  return best;
+#else
+  (void)isa, (void)n;
+  return 0;
+#endif
+}
+
+// The peak of the ISA segml's GEMM uses, measured once.
+double machine_peak() {
+  static const double peak = [] {
+    const segml::Isa isa = segml::isa() == segml::Isa::scalar ? segml::Isa::avx2 : segml::isa();
+    const double p = segml::isa() == segml::Isa::scalar ? 0 : peak_gflops(isa);
+    std::printf("fp32 peak (%s FMA chains, %d threads): %.1f GFLOP/s\n", segml::isa_name(isa), segml::num_threads(),
+                p);
+    return p;
+  }();
+  return peak;
+}
+
+void BM_peak(benchmark::State& state, segml::Isa isa) {
+  if (isa > segml::detect_isa()) return state.SkipWithError("ISA not supported on this CPU");
+  double g = 0;
+  for (auto _ : state) g = peak_gflops(isa, 5'000'000);
+  state.counters["GFLOPS"] = g;
+  state.counters["threads"] = segml::num_threads();
+}
+
+// ---- the GEMM shapes ----------------------------------------------------------------------------
+struct Problem {
+  int64_t M, K, N;
+  std::vector<float> A, B, C;
+  Problem(int64_t m, int64_t k, int64_t n) : M(m), K(k), N(n), A(m * k), B(k * n), C(m * n) {
+    std::mt19937 rng(1);
+    std::uniform_real_distribution<float> d(-1.f, 1.f);
+    for (float& x : A) x = d(rng);
+    for (float& x : B) x = d(rng);
+  }
+};
+
+enum class Impl { segml, eigen, scalar };
+
+void run(Impl impl, Problem& p) {
+  using Mat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  switch (impl) {
+    case Impl::segml:
+      segml::kernels::gemm<float>(false, false, p.M, p.N, p.K, 1.f, p.A.data(), p.K, p.B.data(), p.N, 0.f,
+                                  p.C.data(), p.N);
+      break;
+    case Impl::eigen: {
+      Eigen::Map<const Mat> a(p.A.data(), p.M, p.K), b(p.B.data(), p.K, p.N);
+      Eigen::Map<Mat> c(p.C.data(), p.M, p.N);
+      c.noalias() = a * b;
+      break;
+    }
+    case Impl::scalar:
+      segml::kernels::gemm_ref<float>(false, false, p.M, p.N, p.K, 1.f, p.A.data(), p.K, p.B.data(), p.N, 0.f,
+                                      p.C.data(), p.N);
+      break;
+  }
+}
+
+// Compares rows [r0, r0 + rows) of p.C with gemm_ref<double>; false (and a message) if off.
+bool validate(Problem& p, const char* what) {
+  const int64_t rows = std::min<int64_t>(p.M, 32);
+  for (int64_t r0 : {int64_t{0}, p.M - rows}) {
+    std::vector<double> a(p.A.begin() + r0 * p.K, p.A.begin() + (r0 + rows) * p.K), b(p.B.begin(), p.B.end());
+    std::vector<double> want(rows * p.N);
+    segml::kernels::gemm_ref<double>(false, false, rows, p.N, p.K, 1.0, a.data(), p.K, b.data(), p.N, 0.0,
+                                     want.data(), p.N);
+    const double tol = 2.0 * p.K * 1.2e-7;  // K * max|a| * max|b| * eps, twice (see tests/test_gemm.cpp)
+    for (int64_t i = 0; i < rows * p.N; ++i)
+      if (!(std::abs(p.C[r0 * p.N + i] - want[i]) <= tol)) {
+        std::fprintf(stderr, "%s: wrong result at row %lld (got %g, want %g)\n", what,
+                     static_cast<long long>(r0 + i / p.N), double(p.C[r0 * p.N + i]), want[i]);
+        return false;
+      }
+  }
+  return true;
+}
+
+void BM_gemm(benchmark::State& state, Impl impl) {
+  Problem p(state.range(0), state.range(1), state.range(2));
+  Eigen::setNbThreads(segml::num_threads());
+  const double peak = impl == Impl::segml ? machine_peak() : 0;
+  run(impl, p);
+  if (!validate(p, impl == Impl::segml ? "segml" : impl == Impl::eigen ? "eigen" : "scalar"))
+    return state.SkipWithError("result does not match gemm_ref");
+  const double flops = 2.0 * p.M * p.N * p.K;
+  double seconds = 0;
+  for (auto _ : state) {
+    const auto t0 = Clock::now();
+    run(impl, p);
+    benchmark::DoNotOptimize(p.C.data());
+    seconds += std::chrono::duration<double>(Clock::now() - t0).count();
+  }
+  state.counters["FLOPS"] = benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["threads"] = segml::num_threads();
+  if (peak > 0) state.counters["pct_peak"] = 100.0 * flops * state.iterations() / seconds * 1e-9 / peak;
+}
+
+// (M, K, N): the SegFormer-B0 512x512 GEMMs, plus a large square one.
+const int64_t kShapes[][3] = {{16384, 32, 128}, {16384, 128, 32}, {4096, 64, 256},   {1024, 160, 640},
+                              {256, 256, 1024}, {16384, 1024, 256}, {2048, 2048, 2048}};
+
+void register_all() {
+  benchmark::RegisterBenchmark("BM_peak/avx2", BM_peak, segml::Isa::avx2)->Iterations(1)->UseRealTime();
+  if (segml::detect_isa() >= segml::Isa::avx512)
+    benchmark::RegisterBenchmark("BM_peak/avx512", BM_peak, segml::Isa::avx512)->Iterations(1)->UseRealTime();
+  for (const auto& s : kShapes) {
+    benchmark::RegisterBenchmark("BM_gemm_segml", BM_gemm, Impl::segml)->Args({s[0], s[1], s[2]})->UseRealTime();
+    benchmark::RegisterBenchmark("BM_gemm_eigen", BM_gemm, Impl::eigen)->Args({s[0], s[1], s[2]})->UseRealTime();
+    // The scalar twin runs at ~1 GFLOP/s: only on the shapes it finishes in well under a second.
+    if (s[0] * s[1] * s[2] <= 200'000'000)
+      benchmark::RegisterBenchmark("BM_gemm_scalar", BM_gemm, Impl::scalar)
+          ->Args({s[0], s[1], s[2]})
+          ->Iterations(2)
+          ->UseRealTime();
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  register_all();
+  std::printf("segml isa %s, %d threads\n", segml::isa_name(segml::isa()), segml::num_threads());
+  machine_peak();
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

@@ -1,0 +1,209 @@
+// segml/io/checkpoint.hpp: HF-compatible from_pretrained / save_pretrained for SegFormer.
+//
+// from_pretrained(path, options) accepts
+//   - a folder with config.json and model.safetensors (or a sharded model.safetensors.index.json),
+//   - a .safetensors file (its config.json is read from the same folder),
+// including encoder-only checkpoints such as nvidia/mit-b0 (SegformerForImageClassification): the
+// encoder is loaded, the decode head keeps its fresh HF-style initialisation for the requested
+// labels, and the image classifier is reported as unexpected — as transformers does. Keys of a bare
+// SegformerModel ("encoder.…") get the "segformer." prefix. Every tensor is loaded by name against
+// the shape the model expects; the LoadReport lists missing keys, unexpected keys and shape
+// mismatches. Strict mode throws on any of them, listing all. A shape mismatch always throws unless
+// ignore_mismatched_sizes is set (then the tensor keeps its fresh initialisation, as in HF).
+// BatchNorm's num_batches_tracked may be absent.
+//
+// save_pretrained(model, dir) writes config.json, model.safetensors (F32, HF names, metadata
+// {"format": "pt"}) and, when given, preprocessor_config.json — each atomically (temp + rename),
+// so an interrupted save never leaves a partial file behind.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <optional>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "segml/io/safetensors.hpp"
+#include "segml/models/config.hpp"
+#include "segml/models/segformer.hpp"
+
+namespace segml {
+
+struct LoadReport {
+  std::vector<std::string> missing;     // in the model, not in the checkpoint (left as initialised)
+  std::vector<std::string> unexpected;  // in the checkpoint, not in the model (ignored)
+  std::vector<std::string> mismatched;  // "name: checkpoint [..] vs model [..]"
+  bool clean() const { return missing.empty() && unexpected.empty() && mismatched.empty(); }
+  std::string str(const std::string& source) const {
+    std::ostringstream os;
+    auto list = [&](const char* what, const std::vector<std::string>& v) {
+      if (v.empty()) return;
+      os << v.size() << " " << what << " (" << source << "):";
+      for (const auto& k : v) os << "\n  " << k;
+      os << "\n";
+    };
+    list("missing keys, newly initialised", missing);
+    list("unexpected keys, not used", unexpected);
+    list("shape mismatches", mismatched);
+    return os.str();
+  }
+};
+
+struct LoadOptions {
+  bool strict = false;                   // any missing / unexpected / mismatched key is an error
+  bool ignore_mismatched_sizes = false;  // HF's flag: keep fresh weights where shapes differ
+  bool verbose = true;                   // print the report (to stderr) when it is not clean
+  std::optional<std::vector<std::string>> labels;  // override id2label (e.g. fine-tuning mit-b0)
+  uint64_t seed = 0;                     // initialisation of the weights the checkpoint lacks
+};
+
+namespace detail {
+// The safetensors files of a checkpoint path: folder (single or sharded) or a file.
+inline std::vector<std::string> checkpoint_files(const std::filesystem::path& path, std::filesystem::path& folder) {
+  namespace fs = std::filesystem;
+  if (!fs::exists(path)) fail("from_pretrained: '", path.string(), "' does not exist");
+  if (fs::is_regular_file(path)) {
+    folder = path.parent_path();
+    return {path.string()};
+  }
+  folder = path;
+  if (fs::exists(path / "model.safetensors")) return {(path / "model.safetensors").string()};
+  const fs::path index = path / "model.safetensors.index.json";
+  if (fs::exists(index)) {
+    std::ifstream in(index);
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(in);
+    } catch (const nlohmann::json::exception& e) {
+      fail("from_pretrained: '", index.string(), "' is not valid JSON: ", e.what());
+    }
+    if (!j.contains("weight_map") || !j["weight_map"].is_object())
+      fail("from_pretrained: '", index.string(), "' has no weight_map object");
+    std::set<std::string> shards;
+    for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) shards.insert(it.value().get<std::string>());
+    std::vector<std::string> files;
+    for (const auto& s : shards) files.push_back((path / s).string());
+    return files;
+  }
+  if (fs::exists(path / "pytorch_model.bin"))
+    fail("from_pretrained: '", path.string(), "' holds pytorch_model.bin only; convert it with "
+         "/usr/bin/python3 tools/convert_weights.py (segml reads safetensors)");
+  fail("from_pretrained: '", path.string(), "' has neither model.safetensors nor model.safetensors.index.json");
+}
+}  // namespace detail
+
+// Copies checkpoint tensors into the model by name; returns what did not line up.
+template <class T>
+LoadReport load_state_dict(SegformerForSemanticSegmentation<T>& model, const std::vector<std::string>& files,
+                           bool ignore_mismatched_sizes = false) {
+  std::vector<safetensors::File> opened;
+  std::map<std::string, size_t> where;  // checkpoint key (normalised) -> file index
+  std::map<std::string, std::string> original;
+  for (const auto& f : files) opened.emplace_back(f);
+  bool any_prefixed = false;
+  for (const auto& f : opened)
+    for (const auto& k : f.names()) any_prefixed |= k.rfind("segformer.", 0) == 0 || k.rfind("decode_head.", 0) == 0;
+  for (size_t i = 0; i < opened.size(); ++i)
+    for (const auto& k : opened[i].names()) {
+      // A bare SegformerModel checkpoint names its encoder "encoder.*": add the base-model prefix.
+      const std::string key = (!any_prefixed && k.rfind("encoder.", 0) == 0) ? "segformer." + k : k;
+      if (where.count(key)) fail("from_pretrained: tensor '", k, "' appears in more than one shard");
+      where[key] = i;
+      original[key] = k;
+    }
+
+  LoadReport report;
+  std::set<std::string> used;
+  auto load = [&](const std::string& name, Tensor<T>& dst, bool optional) {
+    auto it = where.find(name);
+    if (it == where.end()) {
+      if (!optional) report.missing.push_back(name);
+      return;
+    }
+    used.insert(name);
+    const safetensors::File& f = opened[it->second];
+    const safetensors::TensorInfo& info = f.info(original[name]);
+    if (info.shape != dst.shape()) {
+      report.mismatched.push_back(name + ": checkpoint " + shape_str(info.shape) + " vs model " + shape_str(dst.shape()));
+      return;
+    }
+    dst.copy_(f.get<T>(original[name]));
+  };
+  nn::Visitor<T> v;
+  v.parameter = [&](const std::string& name, Var<T>& p) { load(name, p.data(), false); };
+  v.buffer = [&](const std::string& name, Tensor<T>& b) {
+    load(name, b, name.size() >= 19 && name.compare(name.size() - 19, 19, "num_batches_tracked") == 0);
+  };
+  model.visit(v);
+  for (const auto& [key, idx] : where)
+    if (!used.count(key)) report.unexpected.push_back(original[key]);
+  if (!report.mismatched.empty() && !ignore_mismatched_sizes) {
+    std::string msg = "from_pretrained: shape mismatch between checkpoint and model (" + files.front() +
+                      "); pass ignore_mismatched_sizes to re-initialise them:";
+    for (const auto& m : report.mismatched) msg += "\n  " + m;
+    throw Error(msg);
+  }
+  return report;
+}
+
+// Loads an HF SegFormer checkpoint (see the file comment). `report`, when given, receives the report.
+template <class T = float>
+SegformerForSemanticSegmentation<T> from_pretrained(const std::string& path, const LoadOptions& opt = {},
+                                                    LoadReport* report = nullptr) {
+  namespace fs = std::filesystem;
+  fs::path folder;
+  const std::vector<std::string> files = detail::checkpoint_files(path, folder);
+  const fs::path config_path = folder / "config.json";
+  if (!fs::exists(config_path))
+    fail("from_pretrained: '", config_path.string(), "' is missing (a checkpoint needs its config.json)");
+  SegformerConfig config = SegformerConfig::from_json_file(config_path.string());
+  if (opt.labels) config.set_labels(*opt.labels);
+  SegformerForSemanticSegmentation<T> model(config, opt.seed);
+  LoadReport r = load_state_dict(model, files, opt.ignore_mismatched_sizes);
+  if (opt.strict && !r.clean()) throw Error("from_pretrained (strict): checkpoint does not match the model\n" + r.str(path));
+  if (opt.verbose && !r.clean()) std::cerr << "segml: from_pretrained: " << r.str(path);
+  if (report) *report = r;
+  return model;
+}
+
+// The model's state dict as safetensors entries (float tensors as F32, num_batches_tracked as I64).
+template <class T>
+std::map<std::string, safetensors::Entry> state_dict_entries(SegformerForSemanticSegmentation<T>& model) {
+  std::map<std::string, safetensors::Entry> entries;
+  nn::Visitor<T> v;
+  v.parameter = [&](const std::string& name, Var<T>& p) { entries[name] = safetensors::make_entry(p.data()); };
+  v.buffer = [&](const std::string& name, Tensor<T>& b) {
+    const bool counter = name.size() >= 19 && name.compare(name.size() - 19, 19, "num_batches_tracked") == 0;
+    entries[name] = safetensors::make_entry(b, counter ? safetensors::Dtype::I64 : safetensors::Dtype::F32);
+  };
+  model.visit(v);
+  return entries;
+}
+
+// Writes an HF-loadable checkpoint folder: config.json, model.safetensors and, when
+// `preprocessor_config` is given, preprocessor_config.json. Each file is written atomically.
+template <class T>
+void save_pretrained(SegformerForSemanticSegmentation<T>& model, const std::string& dir,
+                     const nlohmann::json* preprocessor_config = nullptr) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) fail("save_pretrained: cannot create folder '", dir, "': ", ec.message());
+  safetensors::save((fs::path(dir) / "model.safetensors").string(), state_dict_entries(model), {{"format", "pt"}});
+  SegformerConfig config = model.config;
+  config.extra["architectures"] = {"SegformerForSemanticSegmentation"};
+  config.save((fs::path(dir) / "config.json").string());
+  if (preprocessor_config) {
+    const std::string text = preprocessor_config->dump(2) + "\n";
+    safetensors::write_file_atomic((fs::path(dir) / "preprocessor_config.json").string(),
+                                   std::vector<char>(text.begin(), text.end()));
+  }
+}
+
+}  // namespace segml

@@ -1,0 +1,176 @@
+// segml/io/image.hpp: 8-bit images and label maps, read with stb_image and written as PNG.
+//
+// Guarantees:
+//  - Image is uint8, row-major HWC, with 1, 3 or 4 channels.
+//  - load_image() returns RGB, converted as PIL's convert("RGB") does for the common modes:
+//    grey is replicated, alpha is dropped (not composited), palettes are expanded.
+//  - load_label_map() returns the class ids as a 1-channel image. A 3-channel PNG whose channels
+//    are all equal is accepted as grey; a colour PNG, a palette (indexed) PNG and a 16-bit PNG are
+//    errors, because stb_image would silently turn them into something other than the class ids.
+//  - save_png() writes atomically (temp file + rename).
+//  - Every error names the file and says what is wrong (missing, corrupt + stb's reason, channels).
+// Does not: decode JPEG bit-identically to PIL (stb's decoder differs from libjpeg-turbo by a few
+// levels; PNG decoding is exact), honour EXIF orientation (neither does HF), or keep 16-bit depth.
+// Image and to_rgb() need nothing else; the file functions need stb (SEGML_HAVE_STB, defined by the
+// CMake target when Debian's libstb-dev is found). Without stb, calling them is a compile error that
+// says so.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "segml/core/error.hpp"
+#include "segml/io/safetensors.hpp"
+
+#ifdef SEGML_HAVE_STB
+#include <stb_image.h>
+#include <stb_image_write.h>
+#endif
+
+namespace segml {
+
+// A dense uint8 image, row-major HWC.
+struct Image {
+  int64_t height = 0, width = 0, channels = 0;
+  std::vector<uint8_t> data;
+
+  Image() = default;
+  Image(int64_t h, int64_t w, int64_t c, uint8_t fill = 0) : height(h), width(w), channels(c) {
+    SEGML_CHECK(h >= 0 && w >= 0 && (c == 1 || c == 3 || c == 4), "Image: invalid size ", h, "x", w, "x", c,
+                " (channels must be 1, 3 or 4)");
+    data.assign(static_cast<size_t>(h * w * c), fill);
+  }
+
+  uint8_t& at(int64_t y, int64_t x, int64_t c = 0) { return data[static_cast<size_t>((y * width + x) * channels + c)]; }
+  uint8_t at(int64_t y, int64_t x, int64_t c = 0) const {
+    return data[static_cast<size_t>((y * width + x) * channels + c)];
+  }
+  bool empty() const { return data.empty(); }
+};
+
+// RGB copy of an image: grey replicated, alpha dropped.
+inline Image to_rgb(const Image& in) {
+  if (in.channels == 3) return in;
+  Image out(in.height, in.width, 3);
+  const int64_t n = in.height * in.width;
+  for (int64_t p = 0; p < n; ++p)
+    for (int64_t c = 0; c < 3; ++c)
+      out.data[static_cast<size_t>(p * 3 + c)] = in.data[static_cast<size_t>(p * in.channels + (in.channels == 1 ? 0 : c))];
+  return out;
+}
+
+#ifdef SEGML_HAVE_STB
+namespace detail {
+
+inline void require_readable(const std::string& path, const char* what) {
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec)) fail(what, " '", path, "': file does not exist");
+  if (std::filesystem::is_directory(path, ec)) fail(what, " '", path, "': is a directory, not an image");
+  std::ifstream probe(path, std::ios::binary);
+  if (!probe) fail(what, " '", path, "': cannot open file for reading");
+}
+
+// Decodes with stb into `channels` channels (0 = as stored); errors carry stb's reason.
+inline Image stb_decode(const std::string& path, int channels, const char* what) {
+  require_readable(path, what);
+  int w = 0, h = 0, n = 0;
+  unsigned char* px = stbi_load(path.c_str(), &w, &h, &n, channels);
+  if (!px) fail(what, " '", path, "': cannot decode (corrupt or unsupported format): ", stbi_failure_reason());
+  const int c = channels ? channels : n;
+  Image img;
+  img.height = h;
+  img.width = w;
+  img.channels = c;
+  img.data.assign(px, px + static_cast<size_t>(w) * static_cast<size_t>(h) * static_cast<size_t>(c));
+  stbi_image_free(px);
+  return img;
+}
+
+// PNG colour type from the IHDR chunk, or -1 if the file is not a PNG.
+inline int png_color_type(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  unsigned char head[26] = {};
+  if (!in.read(reinterpret_cast<char*>(head), sizeof head)) return -1;
+  static const unsigned char sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+  if (!std::equal(sig, sig + 8, head) || std::string(reinterpret_cast<char*>(head + 12), 4) != "IHDR") return -1;
+  return head[25];
+}
+
+}  // namespace detail
+
+// Any format stb_image reads (PNG, JPEG, BMP, TGA, GIF first frame, PPM, ...), as RGB.
+inline Image load_image(const std::string& path) { return detail::stb_decode(path, 3, "load_image"); }
+
+// A label map: one class id per pixel, as a 1-channel image.
+inline Image load_label_map(const std::string& path) {
+  detail::require_readable(path, "load_label_map");
+  if (stbi_is_16_bit(path.c_str()))
+    fail("load_label_map '", path, "': 16-bit images are not supported; save the label map as 8-bit greyscale");
+  if (detail::png_color_type(path) == 3)
+    fail("load_label_map '", path,
+         "': is a palette (indexed) PNG; stb_image expands palettes to colours, so the class ids are lost. "
+         "Convert it to a single-channel greyscale PNG whose values are the class ids");
+  Image img = detail::stb_decode(path, 0, "load_label_map");
+  if (img.channels == 1) return img;
+  if (img.channels != 3)
+    fail("load_label_map '", path, "': has ", img.channels, " channels; expected 1 (greyscale) or 3 equal channels");
+  Image grey(img.height, img.width, 1);
+  const int64_t n = img.height * img.width;
+  for (int64_t p = 0; p < n; ++p) {
+    const uint8_t* rgb = &img.data[static_cast<size_t>(3 * p)];
+    if (rgb[0] != rgb[1] || rgb[0] != rgb[2])
+      fail("load_label_map '", path, "': is a colour image (pixel (", p / img.width, ", ", p % img.width, ") is RGB ",
+           int(rgb[0]), ",", int(rgb[1]), ",", int(rgb[2]), "); expected a greyscale map of class ids");
+    grey.data[static_cast<size_t>(p)] = rgb[0];
+  }
+  return grey;
+}
+
+// Writes a 1/3/4-channel image as PNG, atomically.
+inline void save_png(const std::string& path, const Image& img) {
+  SEGML_CHECK(img.channels == 1 || img.channels == 3 || img.channels == 4, "save_png '", path, "': ", img.channels,
+              " channels (expected 1, 3 or 4)");
+  SEGML_CHECK(img.height > 0 && img.width > 0 && img.data.size() == static_cast<size_t>(img.height * img.width * img.channels),
+              "save_png '", path, "': image of size ", img.height, "x", img.width, "x", img.channels, " holds ",
+              img.data.size(), " bytes");
+  std::vector<char> bytes;
+  auto sink = [](void* ctx, void* data, int size) {
+    auto* out = static_cast<std::vector<char>*>(ctx);
+    out->insert(out->end(), static_cast<char*>(data), static_cast<char*>(data) + size);
+  };
+  const int ok = stbi_write_png_to_func(sink, &bytes, static_cast<int>(img.width), static_cast<int>(img.height),
+                                        static_cast<int>(img.channels), img.data.data(),
+                                        static_cast<int>(img.width * img.channels));
+  if (!ok) fail("save_png '", path, "': PNG encoding failed");
+  safetensors::write_file_atomic(path, bytes);
+}
+
+#else  // !SEGML_HAVE_STB: clear errors instead of missing names
+
+namespace detail {
+template <class T>
+inline constexpr bool needs_stb = false;
+}  // namespace detail
+template <class T = void>
+Image load_image(const std::string&) {
+  static_assert(detail::needs_stb<T>, "segml::load_image needs stb: install libstb-dev and reconfigure");
+  return {};
+}
+template <class T = void>
+Image load_label_map(const std::string&) {
+  static_assert(detail::needs_stb<T>, "segml::load_label_map needs stb: install libstb-dev and reconfigure");
+  return {};
+}
+template <class T = void>
+void save_png(const std::string&, const Image&) {
+  static_assert(detail::needs_stb<T>, "segml::save_png needs stb: install libstb-dev and reconfigure");
+}
+
+#endif  // SEGML_HAVE_STB
+
+}  // namespace segml
