@@ -238,7 +238,7 @@ void Var<T>::backward(const Tensor<T>& grad_output, bool retain_graph) const {
 // ---- recording an op -------------------------------------------------------
 // True when an op with these inputs must record a Node (grad mode on, some input requires grad).
 template <class T>
-bool any_requires_grad(std::initializer_list<const Var<T>*> inputs) {
+bool any_requires_grad(const std::vector<const Var<T>*>& inputs) {
   if (!grad_enabled()) return false;
   for (const Var<T>* v : inputs)
     if (v && v->defined() && v->requires_grad()) return true;
@@ -248,7 +248,7 @@ bool any_requires_grad(std::initializer_list<const Var<T>*> inputs) {
 // Wraps an op's output. When a graph must be recorded, the output gets a Node with the given
 // inputs (undefined Vars are allowed, e.g. an absent bias) and backward function.
 template <class T>
-Var<T> make_result(Tensor<T> out, const char* op, std::initializer_list<const Var<T>*> inputs, BackwardFn<T> fn) {
+Var<T> make_result(Tensor<T> out, const char* op, const std::vector<const Var<T>*>& inputs, BackwardFn<T> fn) {
   if (!any_requires_grad<T>(inputs)) return Var<T>(std::move(out), false);
   std::vector<std::shared_ptr<VarImpl<T>>> edges;
   edges.reserve(inputs.size());
@@ -259,6 +259,12 @@ Var<T> make_result(Tensor<T> out, const char* op, std::initializer_list<const Va
   Var<T> result(std::move(out), true);
   result.impl()->grad_fn = std::make_shared<Node<T>>(op, std::move(edges), std::move(fn));
   return result;
+}
+
+// The usual case: a fixed list of inputs, `make_result(out, "op", {&x, &w}, fn)`.
+template <class T>
+Var<T> make_result(Tensor<T> out, const char* op, std::initializer_list<const Var<T>*> inputs, BackwardFn<T> fn) {
+  return make_result<T>(std::move(out), op, std::vector<const Var<T>*>(inputs), std::move(fn));
 }
 
 }  // namespace segml

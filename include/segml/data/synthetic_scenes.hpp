@@ -17,9 +17,9 @@
 // same bytes on every run and thread count; another compiler, libm or FMA contraction may change a
 // few pixels). Scene i of a split of
 // write_synthetic_dataset depends only on (seed, split, i), so growing a split keeps earlier scenes.
-// Speed: about 5 ms of one core per 320x240 scene; the writer stores the (noisy, barely compressible)
-// images as uncompressed PNGs (~230 kB each) and runs scenes in parallel: a few hundred per second.
-// Needs stb through segml/io/image.hpp (Image, save_png).
+// Speed: about 5 ms of one core per 320x240 scene; the writer stores images as JPEG (quality 95)
+// and label maps as PNG, scenes in parallel: a few hundred per second.
+// Needs stb through segml/io/image.hpp (Image, save_jpeg, save_png).
 // Does not: model real camera optics, occlusion between painted objects other than far-to-near
 // order, or any class beyond the eight above.
 #pragma once
@@ -895,74 +895,6 @@ inline void mark_boundaries(std::vector<uint8_t>& label, int w, int h) {
     }
 }
 
-// ---- PNG without compression ---------------------------------------------------------------------
-
-inline uint32_t crc32(const uint8_t* p, size_t n, uint32_t crc = 0) {
-  static const std::array<uint32_t, 256> table = [] {
-    std::array<uint32_t, 256> t{};
-    for (uint32_t i = 0; i < 256; ++i) {
-      uint32_t c = i;
-      for (int k = 0; k < 8; ++k) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-      t[i] = c;
-    }
-    return t;
-  }();
-  crc = ~crc;
-  for (size_t i = 0; i < n; ++i) crc = table[(crc ^ p[i]) & 255u] ^ (crc >> 8);
-  return ~crc;
-}
-
-// A PNG whose zlib stream uses stored (uncompressed) deflate blocks. The scenes carry sensor noise,
-// so deflate saves little (stb's encoder: ~13% smaller, 40x slower); label maps compress well and
-// go through save_png instead.
-inline std::vector<char> encode_png_stored(const Image& im) {
-  std::vector<uint8_t> out = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
-  auto put32 = [](std::vector<uint8_t>& v, uint32_t x) {
-    for (int shift = 24; shift >= 0; shift -= 8) v.push_back(static_cast<uint8_t>(x >> shift));
-  };
-  auto chunk = [&](const char* type, const std::vector<uint8_t>& data) {
-    put32(out, static_cast<uint32_t>(data.size()));
-    const size_t start = out.size();
-    out.insert(out.end(), type, type + 4);
-    out.insert(out.end(), data.begin(), data.end());
-    put32(out, crc32(out.data() + start, out.size() - start));
-  };
-  std::vector<uint8_t> ihdr;
-  put32(ihdr, static_cast<uint32_t>(im.width));
-  put32(ihdr, static_cast<uint32_t>(im.height));
-  ihdr.insert(ihdr.end(), {8, static_cast<uint8_t>(im.channels == 3 ? 2 : 0), 0, 0, 0});  // 8-bit RGB or grey
-  chunk("IHDR", ihdr);
-
-  const size_t row = static_cast<size_t>(im.width * im.channels);
-  std::vector<uint8_t> raw;  // each row: filter type 0, then the pixels
-  raw.reserve((row + 1) * static_cast<size_t>(im.height));
-  for (int64_t y = 0; y < im.height; ++y) {
-    raw.push_back(0);
-    raw.insert(raw.end(), im.data.begin() + static_cast<std::ptrdiff_t>(y * static_cast<int64_t>(row)),
-               im.data.begin() + static_cast<std::ptrdiff_t>((y + 1) * static_cast<int64_t>(row)));
-  }
-  std::vector<uint8_t> z = {0x78, 0x01};
-  for (size_t pos = 0; pos < raw.size() || pos == 0;) {
-    const size_t n = std::min<size_t>(65535, raw.size() - pos);
-    z.push_back(pos + n == raw.size() ? 1 : 0);  // BFINAL, BTYPE = stored
-    z.insert(z.end(), {static_cast<uint8_t>(n), static_cast<uint8_t>(n >> 8), static_cast<uint8_t>(~n),
-                       static_cast<uint8_t>(~n >> 8)});
-    z.insert(z.end(), raw.begin() + static_cast<std::ptrdiff_t>(pos),
-             raw.begin() + static_cast<std::ptrdiff_t>(pos + n));
-    pos += n;
-    if (n == 0) break;
-  }
-  uint32_t a = 1, b = 0;  // Adler-32
-  for (uint8_t v : raw) {
-    a = (a + v) % 65521u;
-    b = (b + a) % 65521u;
-  }
-  put32(z, (b << 16) | a);
-  chunk("IDAT", z);
-  chunk("IEND", {});
-  return std::vector<char>(out.begin(), out.end());
-}
-
 inline void check_scene_size(const char* who, int width, int height) {
   SEGML_CHECK(width >= 16 && height >= 16 && width <= 8192 && height <= 8192, who,
               ": size must be in [16, 8192] x [16, 8192], got ", width, "x", height);
@@ -1020,9 +952,10 @@ inline bool write_synthetic_dataset(const std::filesystem::path& dir, int n_trai
                              {"seed", seed},
                              {"ignore_boundaries", options.ignore_boundaries},
                              {"complete", true}};
-  auto file_name = [](int i) {
+  // Photos as JPEG (as in real datasets such as CamVid), label maps as lossless PNG.
+  auto file_name = [](int i, const char* ext) {
     char name[32];
-    std::snprintf(name, sizeof name, "%04d.png", i);
+    std::snprintf(name, sizeof name, "%04d.%s", i, ext);
     return std::string(name);
   };
   const fs::path manifest_path = dir / "synthetic.json";
@@ -1037,8 +970,8 @@ inline bool write_synthetic_dataset(const std::filesystem::path& dir, int n_trai
     bool complete = old == manifest && fs::exists(dir / "id2label.json");
     for (int s = 0; s < 3 && complete; ++s)
       for (int i = 0; i < counts[s] && complete; ++i)
-        complete = fs::exists(dir / splits[s] / "images" / file_name(i)) &&
-                   fs::exists(dir / splits[s] / "labels" / file_name(i));
+        complete = fs::exists(dir / splits[s] / "images" / file_name(i, "jpg")) &&
+                   fs::exists(dir / splits[s] / "labels" / file_name(i, "png"));
     if (complete) return false;
     for (const char* split : splits) fs::remove_all(dir / split);
     fs::remove(dir / "id2label.json");
@@ -1073,9 +1006,8 @@ inline bool write_synthetic_dataset(const std::filesystem::path& dir, int n_trai
       try {
         const auto [s, i] = jobs[static_cast<size_t>(j)];
         const Scene scene = generate_scene(synthetic_scene_seed(seed, s, i), width, height, options);
-        safetensors::write_file_atomic((dir / splits[s] / "images" / file_name(i)).string(),
-                                       scene_detail::encode_png_stored(scene.image));
-        save_png((dir / splits[s] / "labels" / file_name(i)).string(), scene.label);
+        save_jpeg((dir / splits[s] / "images" / file_name(i, "jpg")).string(), scene.image);
+        save_png((dir / splits[s] / "labels" / file_name(i, "png")).string(), scene.label);
       } catch (...) {
         const std::lock_guard<std::mutex> lock(error_mutex);
         if (!error) error = std::current_exception();

@@ -131,22 +131,41 @@ inline Image load_label_map(const std::string& path) {
   return grey;
 }
 
-// Writes a 1/3/4-channel image as PNG, atomically.
-inline void save_png(const std::string& path, const Image& img) {
-  SEGML_CHECK(img.channels == 1 || img.channels == 3 || img.channels == 4, "save_png '", path, "': ", img.channels,
-              " channels (expected 1, 3 or 4)");
+namespace detail {
+inline void check_writable(const char* op, const std::string& path, const Image& img, bool alpha_ok) {
+  SEGML_CHECK(img.channels == 1 || img.channels == 3 || (alpha_ok && img.channels == 4), op, " '", path, "': ",
+              img.channels, " channels (expected 1, 3", (alpha_ok ? " or 4" : ""), ")");
   SEGML_CHECK(img.height > 0 && img.width > 0 && img.data.size() == static_cast<size_t>(img.height * img.width * img.channels),
-              "save_png '", path, "': image of size ", img.height, "x", img.width, "x", img.channels, " holds ",
+              op, " '", path, "': image of size ", img.height, "x", img.width, "x", img.channels, " holds ",
               img.data.size(), " bytes");
+}
+// stb's write callback: appends the encoded bytes to a std::vector<char>.
+inline void append_bytes(void* ctx, void* data, int size) {
+  auto* out = static_cast<std::vector<char>*>(ctx);
+  out->insert(out->end(), static_cast<char*>(data), static_cast<char*>(data) + size);
+}
+}  // namespace detail
+
+// Writes a 1/3/4-channel image as PNG (lossless: label maps, overlays), atomically.
+inline void save_png(const std::string& path, const Image& img) {
+  detail::check_writable("save_png", path, img, true);
   std::vector<char> bytes;
-  auto sink = [](void* ctx, void* data, int size) {
-    auto* out = static_cast<std::vector<char>*>(ctx);
-    out->insert(out->end(), static_cast<char*>(data), static_cast<char*>(data) + size);
-  };
-  const int ok = stbi_write_png_to_func(sink, &bytes, static_cast<int>(img.width), static_cast<int>(img.height),
-                                        static_cast<int>(img.channels), img.data.data(),
+  const int ok = stbi_write_png_to_func(detail::append_bytes, &bytes, static_cast<int>(img.width),
+                                        static_cast<int>(img.height), static_cast<int>(img.channels), img.data.data(),
                                         static_cast<int>(img.width * img.channels));
   if (!ok) fail("save_png '", path, "': PNG encoding failed");
+  safetensors::write_file_atomic(path, bytes);
+}
+
+// Writes a 1/3-channel image as JPEG (lossy; for photos, never for label maps), atomically.
+inline void save_jpeg(const std::string& path, const Image& img, int quality = 95) {
+  detail::check_writable("save_jpeg", path, img, false);
+  SEGML_CHECK(quality >= 1 && quality <= 100, "save_jpeg '", path, "': quality ", quality, " is not in [1, 100]");
+  std::vector<char> bytes;
+  const int ok = stbi_write_jpg_to_func(detail::append_bytes, &bytes, static_cast<int>(img.width),
+                                        static_cast<int>(img.height), static_cast<int>(img.channels), img.data.data(),
+                                        quality);
+  if (!ok) fail("save_jpeg '", path, "': JPEG encoding failed");
   safetensors::write_file_atomic(path, bytes);
 }
 
@@ -169,6 +188,10 @@ Image load_label_map(const std::string&) {
 template <class T = void>
 void save_png(const std::string&, const Image&) {
   static_assert(detail::needs_stb<T>, "segml::save_png needs stb: install libstb-dev and reconfigure");
+}
+template <class T = void>
+void save_jpeg(const std::string&, const Image&, int = 95) {
+  static_assert(detail::needs_stb<T>, "segml::save_jpeg needs stb: install libstb-dev and reconfigure");
 }
 
 #endif  // SEGML_HAVE_STB

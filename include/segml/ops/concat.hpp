@@ -5,7 +5,6 @@
 // hands each input the slice of the gradient it came from. Nothing is saved but the shapes.
 #pragma once
 
-#include <memory>
 #include <vector>
 
 #include "segml/autograd/variable.hpp"
@@ -44,26 +43,19 @@ Var<T> concat(const std::vector<Var<T>>& xs, int64_t dim) {
   Tensor<T> out = Tensor<T>::empty(out_shape);
   kernels::concat_forward(out.data(), ptrs.data(), inner.data(), n, outer);
 
-  // make_result takes a fixed list of inputs; with a variable count the node is recorded here alike.
-  bool record = false;
-  for (const Var<T>& x : xs) record = record || x.requires_grad();
-  if (!grad_enabled() || !record) return Var<T>(std::move(out), false);
-  std::vector<std::shared_ptr<VarImpl<T>>> edges;
+  std::vector<const Var<T>*> inputs;
   std::vector<Shape> shapes;
   for (const Var<T>& x : xs) {
-    edges.push_back(x.impl());
+    inputs.push_back(&x);
     shapes.push_back(x.shape());
   }
-  BackwardFn<T> fn = [shapes, inner, outer](const Tensor<T>& gy, Grads<T>& g) {
+  return make_result<T>(std::move(out), "concat", inputs, [shapes, inner, outer](const Tensor<T>& gy, Grads<T>& g) {
     const Tensor<T> go = gy.contiguous();
     std::vector<T*> dptrs(shapes.size(), nullptr);
     for (size_t i = 0; i < shapes.size(); ++i)
       if (g.needs(i)) dptrs[i] = (g[i] = Tensor<T>::empty(shapes[i])).data();
     kernels::concat_backward(dptrs.data(), go.data(), inner.data(), static_cast<int64_t>(shapes.size()), outer);
-  };
-  Var<T> result(std::move(out), true);
-  result.impl()->grad_fn = std::make_shared<Node<T>>("concat", std::move(edges), std::move(fn));
-  return result;
+  });
 }
 
 }  // namespace segml::ops
