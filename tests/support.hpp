@@ -12,6 +12,8 @@
 #include <random>
 #include <string>
 
+#include <unistd.h>
+
 #include <segml/autograd/gradcheck.hpp>
 #include <segml/io/safetensors.hpp>
 
@@ -82,6 +84,29 @@ void compare(const std::string& name, const Tensor<A>& got, const Tensor<B>& wan
   MESSAGE(name << ": max abs diff " << worst << " (atol " << atol << ", rtol " << rtol << ") " << std::string(ok ? "OK" : "NOT OK"));
   CHECK_MESSAGE(ok, name << ": max abs diff " << worst << " exceeds tolerance");
 }
+
+// A fresh, empty folder under the system temp dir, removed on destruction. Unique per process and
+// per instance: ctest runs the test cases of one executable as parallel processes.
+class TempDir {
+ public:
+  explicit TempDir(const std::string& name = "tmp") {
+    static int counter = 0;
+    path = std::filesystem::temp_directory_path() /
+           ("segml_" + name + "_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
+    std::filesystem::remove_all(path);
+    std::filesystem::create_directories(path);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  // path / name as a string ("" gives the folder itself).
+  std::string file(const std::string& name = "") const { return name.empty() ? path.string() : (path / name).string(); }
+
+  std::filesystem::path path;
+};
 
 // Deterministic uniform random tensor in [lo, hi).
 template <class T>

@@ -19,21 +19,15 @@
 #include <string>
 #include <vector>
 
+#include "support.hpp"
+
 namespace fs = std::filesystem;
 using doctest::Contains;
 
 namespace {
 
 // A fresh folder under the system temp dir, removed when the test ends.
-struct TempDir {
-  fs::path path;
-  explicit TempDir(const std::string& name)
-      : path(fs::temp_directory_path() / ("segml_test_data_" + std::to_string(::getpid()) + "_" + name)) {
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-};
+using segml::test::TempDir;
 
 void write_text(const fs::path& path, const std::string& text) {
   fs::create_directories(path.parent_path());

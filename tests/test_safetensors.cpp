@@ -41,18 +41,7 @@ std::string header_text(const std::vector<char>& bytes) {
 }
 
 // A fresh, empty directory under the system temp dir, removed at scope exit.
-struct TempDir {
-  std::filesystem::path path;
-  TempDir() {
-    path = std::filesystem::temp_directory_path() / ("segml_st_" + std::to_string(::getpid()) + "_" + std::to_string(counter()++));
-    std::filesystem::create_directories(path);
-  }
-  ~TempDir() { std::filesystem::remove_all(path); }
-  static int& counter() {
-    static int c = 0;
-    return c;
-  }
-};
+using segml::test::TempDir;
 
 #define CHECK_BAD(bytes, text) \
   CHECK_THROWS_WITH_AS(st::File((bytes), "bad.safetensors"), doctest::Contains(text), segml::Error)

@@ -37,10 +37,16 @@
 #include "segml/io/checkpoint.hpp"
 #include "segml/io/image.hpp"
 #include "segml/io/image_processor.hpp"
+#include "segml/io/overlay.hpp"
 #include "segml/train/metrics.hpp"
 #include "segml/train/optim.hpp"
 #include "segml/train/schedule.hpp"
 #if SEGML_HAVE_STB
 #include "segml/data/dataset.hpp"
 #include "segml/data/synthetic_scenes.hpp"
+#include "segml/train/augment.hpp"
+#include "segml/train/evaluation.hpp"
+#include "segml/train/plot.hpp"
+#include "segml/train/prefetch.hpp"
+#include "segml/train/trainer.hpp"
 #endif

@@ -10,7 +10,9 @@
 // the shape the model expects; the LoadReport lists missing keys, unexpected keys and shape
 // mismatches. Strict mode throws on any of them, listing all. A shape mismatch always throws unless
 // ignore_mismatched_sizes is set (then the tensor keeps its fresh initialisation, as in HF).
-// BatchNorm's num_batches_tracked may be absent.
+// BatchNorm's num_batches_tracked may be absent when the rest of its BatchNorm is present. Float
+// weights may be stored as F32, F16, BF16 or F64 (converted to T); any other dtype is an error
+// naming the tensor.
 //
 // save_pretrained(model, dir) writes config.json, model.safetensors (F32, HF names, metadata
 // {"format": "pt"}) and, when given, preprocessor_config.json — each atomically (temp + rename),
@@ -86,7 +88,12 @@ inline std::vector<std::string> checkpoint_files(const std::filesystem::path& pa
     if (!j.contains("weight_map") || !j["weight_map"].is_object())
       fail("from_pretrained: '", index.string(), "' has no weight_map object");
     std::set<std::string> shards;
-    for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) shards.insert(it.value().get<std::string>());
+    for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
+      if (!it.value().is_string())
+        fail("from_pretrained: '", index.string(), "' maps tensor '", it.key(), "' to ", it.value().dump(),
+             ", expected a shard file name");
+      shards.insert(it.value().get<std::string>());
+    }
     std::vector<std::string> files;
     for (const auto& s : shards) files.push_back((path / s).string());
     return files;
@@ -120,15 +127,26 @@ LoadReport load_state_dict(SegformerForSemanticSegmentation<T>& model, const std
 
   LoadReport report;
   std::set<std::string> used;
-  auto load = [&](const std::string& name, Tensor<T>& dst, bool optional) {
+  // `counter`: BatchNorm's num_batches_tracked, an integer buffer that old checkpoints may lack.
+  auto load = [&](const std::string& name, Tensor<T>& dst, bool counter) {
     auto it = where.find(name);
     if (it == where.end()) {
-      if (!optional) report.missing.push_back(name);
+      // A counter is tolerated missing when the rest of its BatchNorm was loaded, reported otherwise.
+      const std::string running_mean = counter ? name.substr(0, name.size() - 19) + "running_mean" : "";
+      if (!counter || !where.count(running_mean)) report.missing.push_back(name);
       return;
     }
     used.insert(name);
     const safetensors::File& f = opened[it->second];
     const safetensors::TensorInfo& info = f.info(original[name]);
+    using safetensors::Dtype;
+    const bool floating = info.dtype == Dtype::F32 || info.dtype == Dtype::F16 || info.dtype == Dtype::BF16 ||
+                          info.dtype == Dtype::F64;
+    const bool integer = info.dtype == Dtype::I64 || info.dtype == Dtype::I32;
+    if (!floating && !(counter && integer))
+      fail("from_pretrained: tensor '", original[name], "' in '", f.path(), "' has dtype ",
+           safetensors::dtype_name(info.dtype), ", which cannot hold ", counter ? "a BatchNorm counter" : "a float weight",
+           " (expected F32, F16, BF16 or F64", counter ? ", I64 or I32" : "", ")");
     if (info.shape != dst.shape()) {
       report.mismatched.push_back(name + ": checkpoint " + shape_str(info.shape) + " vs model " + shape_str(dst.shape()));
       return;

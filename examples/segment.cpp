@@ -1,0 +1,177 @@
+// segment: semantic segmentation of an image (or a folder of images) with a SegFormer checkpoint.
+//
+//   segment --model weights/segformer-b0-finetuned-ade-512-512 --image street.jpg
+//           [--output overlay.png] [--mask mask.png] [--logits logits.safetensors]
+//           [--pixel-values pixel_values.safetensors] [--threads N] [--repeat R] [--alpha A]
+//
+// The pipeline is HF's: SegformerImageProcessor (from the model folder's preprocessor_config.json
+// when present, else HF's defaults), the model in eval mode without autograd, then
+// post_process_semantic_segmentation to the original image size. Writes
+//   --output        the image blended with the class colours, plus a legend of the classes present;
+//   --mask          the label map as an 8-bit greyscale PNG of class ids (needs num_labels <= 256);
+//   --logits        the model's raw logits, float32 tensor `logits` (1, num_labels, h, w);
+//   --pixel-values  the preprocessed input, float32 tensor `pixel_values` (1, 3, H, W)
+//                   (with --logits, tools/check_checkpoint.py compares against PyTorch).
+// With a folder as --image, every image in it is processed in turn and --output, --mask, --logits
+// and --pixel-values name folders; each output file is named after its input (<stem>.png / .safetensors).
+// Prints the latency of preprocessing (decode + resize + normalise), the model and postprocessing
+// (upsample + argmax); with --repeat R the model runs R times and the median is reported.
+#include <CLI/CLI.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include <segml/io/checkpoint.hpp>
+#include <segml/io/image.hpp>
+#include <segml/io/image_processor.hpp>
+#include <segml/io/overlay.hpp>
+
+namespace fs = std::filesystem;
+using namespace segml;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double ms_since(Clock::time_point t0) { return std::chrono::duration<double, std::milli>(Clock::now() - t0).count(); }
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+bool is_image_file(const fs::path& p) {
+  std::string ext = p.extension().string();
+  std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  for (const char* e : {".png", ".jpg", ".jpeg", ".bmp", ".tga", ".ppm", ".pgm", ".gif"})
+    if (ext == e) return true;
+  return false;
+}
+
+struct Outputs {
+  std::string overlay, mask, logits, pixel_values;  // empty: not written
+};
+
+struct Timing {
+  double preprocess = 0, model = 0, postprocess = 0;
+};
+
+Timing segment_one(SegformerForSemanticSegmentation<float>& model, const SegformerImageProcessor& processor,
+                   const std::string& image_path, const Outputs& out, int repeat, double alpha) {
+  Timing t;
+  auto t0 = Clock::now();
+  const Image image = load_image(image_path);
+  const Tensor<float> pixel_values = processor.preprocess(image);
+  t.preprocess = ms_since(t0);
+
+  std::vector<double> runs;
+  Tensor<float> logits;
+  {
+    NoGradGuard no_grad;
+    for (int r = 0; r < repeat; ++r) {
+      t0 = Clock::now();
+      logits = model.forward(Var<float>(pixel_values)).logits.data();
+      runs.push_back(ms_since(t0));
+    }
+  }
+  t.model = median(runs);
+
+  t0 = Clock::now();
+  const Tensor<int64_t> labels = processor.post_process_semantic_segmentation(logits, {{image.height, image.width}})[0];
+  t.postprocess = ms_since(t0);
+
+  if (!out.overlay.empty())
+    save_png(out.overlay, add_legend(overlay(image, labels, alpha), class_histogram(labels), model.config.id2label));
+  if (!out.mask.empty()) {
+    SEGML_CHECK(model.config.num_labels <= 256, "segment: --mask writes 8-bit class ids, but the model has ",
+                model.config.num_labels, " labels");
+    Image mask(labels.size(0), labels.size(1), 1);
+    for (int64_t p = 0; p < labels.numel(); ++p) mask.data[static_cast<size_t>(p)] = static_cast<uint8_t>(labels.data()[p]);
+    save_png(out.mask, mask);
+  }
+  if (!out.logits.empty()) safetensors::save(out.logits, {{"logits", safetensors::make_entry(logits)}}, {{"format", "pt"}});
+  if (!out.pixel_values.empty())
+    safetensors::save(out.pixel_values, {{"pixel_values", safetensors::make_entry(pixel_values)}}, {{"format", "pt"}});
+
+  std::printf("%s: %lldx%lld -> logits [%lld, %lld, %lld, %lld]; %zu classes present\n", image_path.c_str(),
+              static_cast<long long>(image.width), static_cast<long long>(image.height),
+              static_cast<long long>(logits.size(0)), static_cast<long long>(logits.size(1)),
+              static_cast<long long>(logits.size(2)), static_cast<long long>(logits.size(3)), class_histogram(labels).size());
+  std::printf("  latency: preprocess %.1f ms | model %.1f ms%s | postprocess %.1f ms\n", t.preprocess, t.model,
+              repeat > 1 ? (" (median of " + std::to_string(repeat) + ")").c_str() : "", t.postprocess);
+  return t;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"Semantic segmentation with a SegFormer checkpoint (HF folder: config.json + model.safetensors)"};
+  std::string model_path, image_arg;
+  Outputs out;
+  out.overlay = "overlay.png";
+  int threads = 0, repeat = 1;
+  double alpha = 0.5;
+  app.add_option("--model", model_path, "checkpoint folder (or its model.safetensors)")->required();
+  app.add_option("--image", image_arg, "an image, or a folder of images")->required()->check(CLI::ExistingPath);
+  app.add_option("--output", out.overlay, "overlay PNG (with a folder as --image: a folder, default segment-output)")->capture_default_str();
+  app.add_option("--mask", out.mask, "label map PNG of class ids");
+  app.add_option("--logits", out.logits, "raw logits as safetensors (tensor `logits`)");
+  app.add_option("--pixel-values", out.pixel_values, "preprocessed input as safetensors (tensor `pixel_values`)");
+  app.add_option("--threads", threads, "threads for the kernels (default: all cores)")->check(CLI::PositiveNumber);
+  app.add_option("--repeat", repeat, "run the model this many times and report the median latency")->check(CLI::PositiveNumber);
+  app.add_option("--alpha", alpha, "opacity of the class colours in the overlay")->capture_default_str()->check(CLI::Range(0.0, 1.0));
+  CLI11_PARSE(app, argc, argv);
+
+  try {
+    if (threads > 0) set_num_threads(threads);
+    LoadOptions opt;
+    opt.strict = false;  // report, but run, e.g. an encoder-only checkpoint with a fresh head
+    auto t0 = Clock::now();
+    SegformerForSemanticSegmentation<float> model = from_pretrained<float>(model_path, opt);
+    model.eval();
+    const fs::path folder = fs::is_directory(model_path) ? fs::path(model_path) : fs::path(model_path).parent_path();
+    const fs::path pre = folder / "preprocessor_config.json";
+    const SegformerImageProcessor processor =
+        fs::exists(pre) ? SegformerImageProcessor::from_json_file(pre.string()) : SegformerImageProcessor();
+    std::printf("model %s: %lld labels, loaded in %.0f ms; processor %s (%lldx%lld); %d threads\n", model_path.c_str(),
+                static_cast<long long>(model.config.num_labels), ms_since(t0),
+                fs::exists(pre) ? pre.string().c_str() : "HF defaults", static_cast<long long>(processor.height),
+                static_cast<long long>(processor.width), num_threads());
+
+    if (!fs::is_directory(image_arg)) {
+      segment_one(model, processor, image_arg, out, repeat, alpha);
+      return 0;
+    }
+    if (app.count("--output") == 0) out.overlay = "segment-output";
+    std::vector<fs::path> images;
+    for (const auto& e : fs::directory_iterator(image_arg))
+      if (e.is_regular_file() && is_image_file(e.path())) images.push_back(e.path());
+    std::sort(images.begin(), images.end());
+    if (images.empty()) fail("segment: no images in folder '", image_arg, "'");
+    for (const std::string* dir : {&out.overlay, &out.mask, &out.logits, &out.pixel_values})
+      if (!dir->empty()) fs::create_directories(*dir);
+    Timing sum;
+    for (const auto& path : images) {
+      const std::string stem = path.stem().string();
+      auto name = [&](const std::string& dir, const char* ext) { return dir.empty() ? dir : (fs::path(dir) / (stem + ext)).string(); };
+      const Outputs one{name(out.overlay, ".png"), name(out.mask, ".png"), name(out.logits, ".safetensors"),
+                        name(out.pixel_values, ".safetensors")};
+      const Timing t = segment_one(model, processor, path.string(), one, repeat, alpha);
+      sum.preprocess += t.preprocess;
+      sum.model += t.model;
+      sum.postprocess += t.postprocess;
+    }
+    const double n = static_cast<double>(images.size());
+    std::printf("%zu images; mean latency: preprocess %.1f ms | model %.1f ms | postprocess %.1f ms\n", images.size(),
+                sum.preprocess / n, sum.model / n, sum.postprocess / n);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "segment: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

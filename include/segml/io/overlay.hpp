@@ -1,0 +1,187 @@
+// segml/io/overlay.hpp: pictures of label maps — class palette, colour mask, blended overlay, legend.
+//
+// Guarantees:
+//  - palette_color(id) is fixed: ids 0..18 get the Cityscapes colours (road purple, sidewalk pink,
+//    building grey, ...), which also serve ADE20K-style label sets well; every larger id gets a
+//    deterministic hashed colour (the same on every run and platform).
+//  - colorize() maps a (H, W) label map to an RGB image; overlay() blends it over the image
+//    (out = (1 - alpha) * image + alpha * colour, rounded), both at the label map's size.
+//  - class_histogram() counts the pixels of each class present; add_legend() appends a white panel
+//    to the right of an image listing those classes (colour swatch, id, name, share of pixels),
+//    most frequent first. The text uses stb_easy_font (Debian's libstb-dev) when available; without
+//    it the legend shows the swatches only.
+// Does not: resize (the label map must already have the image's size), read or write files.
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "segml/core/error.hpp"
+#include "segml/core/tensor.hpp"
+#include "segml/io/image.hpp"
+
+#if defined(SEGML_HAVE_STB) && __has_include(<stb_easy_font.h>)
+#define SEGML_HAVE_EASY_FONT 1
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wunused-function"
+#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
+#pragma GCC diagnostic ignored "-Wsign-compare"
+#include <stb_easy_font.h>
+#pragma GCC diagnostic pop
+#endif
+
+namespace segml {
+
+using Rgb = std::array<uint8_t, 3>;
+
+// The colour of class `id` (see the file comment).
+inline Rgb palette_color(int64_t id) {
+  static constexpr Rgb kFixed[] = {
+      {128, 64, 128}, {244, 35, 232}, {70, 70, 70},   {102, 102, 156}, {190, 153, 153}, {153, 153, 153}, {250, 170, 30},
+      {220, 220, 0},  {107, 142, 35}, {152, 251, 152}, {70, 130, 180}, {220, 20, 60},   {255, 0, 0},     {0, 0, 142},
+      {0, 0, 70},     {0, 60, 100},   {0, 80, 100},   {0, 0, 230},     {119, 11, 32}};
+  constexpr int64_t fixed = static_cast<int64_t>(sizeof(kFixed) / sizeof(kFixed[0]));
+  if (id >= 0 && id < fixed) return kFixed[id];
+  // splitmix64 of the id: well spread, platform independent; lifted away from black.
+  uint64_t z = static_cast<uint64_t>(id) + 0x9e3779b97f4a7c15ull;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  z ^= z >> 31;
+  return {static_cast<uint8_t>(48 + (z & 0xff) % 208), static_cast<uint8_t>(48 + ((z >> 8) & 0xff) % 208),
+          static_cast<uint8_t>(48 + ((z >> 16) & 0xff) % 208)};
+}
+
+namespace detail {
+inline void check_label_map(const Tensor<int64_t>& labels, const char* what) {
+  SEGML_CHECK(labels.dim() == 2 && labels.numel() > 0, what, ": labels must be a non-empty (H, W) map, got ", labels.shape());
+}
+}  // namespace detail
+
+// labels (H, W) -> RGB image of palette colours.
+inline Image colorize(const Tensor<int64_t>& labels) {
+  detail::check_label_map(labels, "colorize");
+  const Tensor<int64_t> l = labels.contiguous();
+  Image out(l.size(0), l.size(1), 3);
+  for (int64_t p = 0; p < l.numel(); ++p) {
+    const Rgb c = palette_color(l.data()[p]);
+    std::copy(c.begin(), c.end(), out.data.begin() + 3 * p);
+  }
+  return out;
+}
+
+// The image (any channel count, same size as labels) blended with the class colours.
+inline Image overlay(const Image& image, const Tensor<int64_t>& labels, double alpha = 0.5) {
+  detail::check_label_map(labels, "overlay");
+  SEGML_CHECK(image.height == labels.size(0) && image.width == labels.size(1), "overlay: image is ", image.height, "x",
+              image.width, " but the label map is ", labels.size(0), "x", labels.size(1));
+  SEGML_CHECK(alpha >= 0.0 && alpha <= 1.0, "overlay: alpha must be in [0, 1], got ", alpha);
+  const Image rgb = to_rgb(image);
+  Image out = colorize(labels);
+  for (size_t i = 0; i < out.data.size(); ++i)
+    out.data[i] = static_cast<uint8_t>(std::lround((1.0 - alpha) * rgb.data[i] + alpha * out.data[i]));
+  return out;
+}
+
+// Pixels per class present in `labels`, most frequent first (ties: smaller id first).
+inline std::vector<std::pair<int64_t, int64_t>> class_histogram(const Tensor<int64_t>& labels) {
+  detail::check_label_map(labels, "class_histogram");
+  const Tensor<int64_t> l = labels.contiguous();
+  std::map<int64_t, int64_t> counts;
+  for (int64_t p = 0; p < l.numel(); ++p) ++counts[l.data()[p]];
+  std::vector<std::pair<int64_t, int64_t>> out(counts.begin(), counts.end());
+  std::stable_sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.second > b.second; });
+  return out;
+}
+
+namespace detail {
+inline void fill_rect(Image& img, int64_t x0, int64_t y0, int64_t x1, int64_t y1, const Rgb& c) {
+  x0 = std::clamp<int64_t>(x0, 0, img.width);
+  x1 = std::clamp<int64_t>(x1, 0, img.width);
+  y0 = std::clamp<int64_t>(y0, 0, img.height);
+  y1 = std::clamp<int64_t>(y1, 0, img.height);
+  for (int64_t y = y0; y < y1; ++y)
+    for (int64_t x = x0; x < x1; ++x)
+      for (int64_t k = 0; k < 3; ++k) img.at(y, x, k) = c[static_cast<size_t>(k)];
+}
+
+// Draws `text` with its top-left corner at (x, y), each font unit `scale` pixels; returns the width.
+inline int64_t draw_text(Image& img, int64_t x, int64_t y, const std::string& text, int64_t scale, const Rgb& color) {
+#ifdef SEGML_HAVE_EASY_FONT
+  std::string buf = text;  // stb_easy_font takes char*
+  std::vector<char> quads(buf.size() * 300 + 64);
+  const int n = stb_easy_font_print(0, 0, buf.data(), nullptr, quads.data(), static_cast<int>(quads.size()));
+  for (int q = 0; q < n; ++q) {
+    float xs[4], ys[4];
+    for (int v = 0; v < 4; ++v) {
+      std::memcpy(&xs[v], quads.data() + (q * 4 + v) * 16, sizeof(float));
+      std::memcpy(&ys[v], quads.data() + (q * 4 + v) * 16 + 4, sizeof(float));
+    }
+    const float qx0 = *std::min_element(xs, xs + 4), qx1 = *std::max_element(xs, xs + 4);
+    const float qy0 = *std::min_element(ys, ys + 4), qy1 = *std::max_element(ys, ys + 4);
+    fill_rect(img, x + std::lround(qx0 * scale), y + std::lround(qy0 * scale), x + std::lround(qx1 * scale),
+              y + std::lround(qy1 * scale), color);
+  }
+  return stb_easy_font_width(buf.data()) * scale;
+#else
+  (void)img, (void)x, (void)y, (void)text, (void)scale, (void)color;
+  return 0;
+#endif
+}
+
+inline int64_t text_width(const std::string& text, int64_t scale) {
+#ifdef SEGML_HAVE_EASY_FONT
+  std::string buf = text;
+  return stb_easy_font_width(buf.data()) * scale;
+#else
+  (void)text, (void)scale;
+  return 0;
+#endif
+}
+}  // namespace detail
+
+// `image` with a legend panel on its right: one row per class of `histogram` (from class_histogram),
+// "id name  xx.x%", at most `max_rows` rows (then "+ N more"). `names[id]` names the classes.
+inline Image add_legend(const Image& image, const std::vector<std::pair<int64_t, int64_t>>& histogram,
+                        const std::map<int64_t, std::string>& names, size_t max_rows = 40) {
+  SEGML_CHECK(image.height > 0 && image.width > 0, "add_legend: empty image");
+  const Image rgb = to_rgb(image);
+  const int64_t scale = std::max<int64_t>(1, std::min(image.height, image.width) / 320);
+  const int64_t row = 14 * scale, margin = 8 * scale, swatch = 10 * scale, gap = 6 * scale;
+  int64_t total = 0;
+  for (const auto& [id, count] : histogram) total += count;
+  std::vector<std::pair<Rgb, std::string>> rows;
+  for (size_t i = 0; i < histogram.size() && i < max_rows; ++i) {
+    const auto [id, count] = histogram[i];
+    auto it = names.find(id);
+    const double percent = 100.0 * static_cast<double>(count) / static_cast<double>(std::max<int64_t>(total, 1));
+    char share[32];
+    if (percent < 0.1) std::snprintf(share, sizeof share, "  <0.1%%");
+    else std::snprintf(share, sizeof share, "  %.1f%%", percent);
+    rows.emplace_back(palette_color(id), std::to_string(id) + " " + (it != names.end() ? it->second : "?") + share);
+  }
+  if (histogram.size() > max_rows) rows.emplace_back(Rgb{255, 255, 255}, "+ " + std::to_string(histogram.size() - max_rows) + " more");
+  int64_t text = 0;
+  for (const auto& r : rows) text = std::max(text, detail::text_width(r.second, scale));
+  const int64_t panel = margin + swatch + gap + text + margin;
+  const int64_t height = std::max<int64_t>(image.height, 2 * margin + static_cast<int64_t>(rows.size()) * row);
+  Image out(height, image.width + panel, 3, 255);
+  for (int64_t y = 0; y < image.height; ++y)
+    std::copy_n(rgb.data.begin() + y * image.width * 3, image.width * 3, out.data.begin() + y * out.width * 3);
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const int64_t x = image.width + margin, y = margin + static_cast<int64_t>(i) * row;
+    detail::fill_rect(out, x, y, x + swatch, y + swatch, Rgb{0, 0, 0});  // a thin black frame
+    detail::fill_rect(out, x + 1, y + 1, x + swatch - 1, y + swatch - 1, rows[i].first);
+    detail::draw_text(out, x + swatch + gap, y + scale, rows[i].second, scale, Rgb{0, 0, 0});
+  }
+  return out;
+}
+
+}  // namespace segml

@@ -1,0 +1,126 @@
+// segml/train/evaluation.hpp: whole-image evaluation of a SegFormer on a dataset split, as HF does it.
+//
+// evaluate_dataset(): every image is resized by the image processor (its size, bilinear), run in
+// eval mode under NoGradGuard in batches, the logits are upsampled bilinearly (align_corners=False)
+// to the label's own size and argmax'ed (post_process_semantic_segmentation), and the prediction is
+// accumulated against the stored label in a MeanIoUAccumulator (HF evaluate's mean_iou semantics,
+// ignore_index 255, reduce_labels on the labels when asked). The model is left in eval mode.
+// metrics_table() formats the per-class IoU / accuracy table both programs print.
+// Does not: sliding-window or multi-scale inference.
+#pragma once
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "segml/autograd/variable.hpp"
+#include "segml/data/dataset.hpp"
+#include "segml/io/image_processor.hpp"
+#include "segml/models/segformer.hpp"
+#include "segml/train/metrics.hpp"
+
+namespace segml::train {
+
+struct EvalOptions {
+  int64_t batch_size = 4;
+  bool reduce_labels = false;  // HF's reduce_labels on the stored labels (0 -> ignore, k -> k - 1)
+  int64_t ignore_index = 255;
+};
+
+struct EvalResult {
+  MeanIoU metrics;
+  std::vector<double> confusion;  // (num_labels, num_labels) pixel counts, row = label, col = prediction
+  int64_t images = 0;
+  double seconds = 0;  // wall time of the whole loop (decode + model + metrics)
+};
+
+// Called for each image with its index, the decoded sample and the prediction (H, W) at label size.
+using OnPrediction = std::function<void(size_t index, const Sample& sample, const Tensor<int64_t>& prediction)>;
+
+inline EvalResult evaluate_dataset(SegformerForSemanticSegmentation<float>& model, const SegmentationDataset& ds,
+                                   const SegformerImageProcessor& processor, const EvalOptions& opt = {},
+                                   const OnPrediction& on_prediction = {}) {
+  SEGML_CHECK(opt.batch_size >= 1, "evaluate_dataset: batch size must be >= 1, got ", opt.batch_size);
+  const auto t0 = std::chrono::steady_clock::now();
+  model.eval();
+  NoGradGuard no_grad;
+  MeanIoUAccumulator acc(model.config.num_labels, opt.ignore_index, opt.reduce_labels);
+  for (size_t first = 0; first < ds.size(); first += static_cast<size_t>(opt.batch_size)) {
+    const size_t last = std::min(ds.size(), first + static_cast<size_t>(opt.batch_size));
+    std::vector<Sample> samples;
+    std::vector<Image> images;
+    std::vector<std::pair<int64_t, int64_t>> sizes;
+    for (size_t i = first; i < last; ++i) {
+      samples.push_back(ds.load(i));
+      images.push_back(samples.back().rgb);
+      sizes.emplace_back(samples.back().label.height, samples.back().label.width);
+    }
+    const SegformerOutput<float> out = model.forward(Var<float>(processor.preprocess(images)));
+    const std::vector<Tensor<int64_t>> preds = processor.post_process_semantic_segmentation(out.logits.data(), sizes);
+    for (size_t k = 0; k < samples.size(); ++k) {
+      acc.add(preds[k].data(), samples[k].label.data.data(), preds[k].numel());
+      if (on_prediction) on_prediction(first + k, samples[k], preds[k]);
+    }
+  }
+  EvalResult r;
+  r.metrics = acc.compute();
+  r.confusion = acc.confusion();
+  r.images = static_cast<int64_t>(ds.size());
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return r;
+}
+
+// The class names a model trained on `ds` predicts: reduce_labels drops class 0 (the background
+// HF's reduce_labels removes) and shifts the others down by one.
+inline std::vector<std::string> class_names(const std::vector<std::string>& id2label, bool reduce_labels) {
+  if (!reduce_labels) return id2label;
+  SEGML_CHECK(id2label.size() >= 2, "reduce_labels needs at least 2 classes in id2label (class 0 is dropped)");
+  return {id2label.begin() + 1, id2label.end()};
+}
+
+// {"mean_iou", "mean_accuracy", "overall_accuracy", "per_category_iou", "per_category_accuracy"}
+// (NaN -> null), as evaluate's mean_iou returns them.
+inline nlohmann::json metrics_json(const MeanIoU& m) {
+  auto num = [](double v) { return std::isnan(v) ? nlohmann::json(nullptr) : nlohmann::json(v); };
+  nlohmann::json iou = nlohmann::json::array(), acc = nlohmann::json::array();
+  for (double v : m.per_category_iou) iou.push_back(num(v));
+  for (double v : m.per_category_accuracy) acc.push_back(num(v));
+  return {{"mean_iou", num(m.mean_iou)},
+          {"mean_accuracy", num(m.mean_accuracy)},
+          {"overall_accuracy", num(m.overall_accuracy)},
+          {"per_category_iou", iou},
+          {"per_category_accuracy", acc}};
+}
+
+// A plain-text table: one row per class (IoU, accuracy), then the three summary numbers.
+inline std::string metrics_table(const MeanIoU& m, const std::vector<std::string>& names) {
+  auto pct = [](double v) {
+    char buf[32];
+    if (std::isnan(v)) return std::string("     -");
+    std::snprintf(buf, sizeof buf, "%6.2f", 100.0 * v);
+    return std::string(buf);
+  };
+  size_t width = 5;
+  for (const auto& n : names) width = std::max(width, n.size());
+  std::string out;
+  char line[256];
+  std::snprintf(line, sizeof line, "  %-*s  %6s  %6s\n", static_cast<int>(width), "class", "IoU%", "acc%");
+  out += line;
+  for (size_t c = 0; c < m.per_category_iou.size(); ++c) {
+    const std::string name = c < names.size() ? names[c] : std::to_string(c);
+    std::snprintf(line, sizeof line, "  %-*s  %s  %s\n", static_cast<int>(width), name.c_str(),
+                  pct(m.per_category_iou[c]).c_str(), pct(m.per_category_accuracy[c]).c_str());
+    out += line;
+  }
+  std::snprintf(line, sizeof line, "  mean IoU %s%%   mean accuracy %s%%   overall accuracy %s%%\n",
+                pct(m.mean_iou).c_str(), pct(m.mean_accuracy).c_str(), pct(m.overall_accuracy).c_str());
+  out += line;
+  return out;
+}
+
+}  // namespace segml::train
