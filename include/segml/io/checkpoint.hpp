@@ -156,7 +156,7 @@ LoadReport load_state_dict(SegformerForSemanticSegmentation<T>& model, const std
   nn::Visitor<T> v;
   v.parameter = [&](const std::string& name, Var<T>& p) { load(name, p.data(), false); };
   v.buffer = [&](const std::string& name, Tensor<T>& b) {
-    load(name, b, name.size() >= 19 && name.compare(name.size() - 19, 19, "num_batches_tracked") == 0);
+    load(name, b, name.ends_with("num_batches_tracked"));
   };
   model.visit(v);
   for (const auto& [key, idx] : where)
@@ -197,7 +197,7 @@ std::map<std::string, safetensors::Entry> state_dict_entries(SegformerForSemanti
   nn::Visitor<T> v;
   v.parameter = [&](const std::string& name, Var<T>& p) { entries[name] = safetensors::make_entry(p.data()); };
   v.buffer = [&](const std::string& name, Tensor<T>& b) {
-    const bool counter = name.size() >= 19 && name.compare(name.size() - 19, 19, "num_batches_tracked") == 0;
+    const bool counter = name.ends_with("num_batches_tracked");
     entries[name] = safetensors::make_entry(b, counter ? safetensors::Dtype::I64 : safetensors::Dtype::F32);
   };
   model.visit(v);

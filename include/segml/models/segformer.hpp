@@ -336,7 +336,7 @@ class SegformerForSemanticSegmentation {
     v.parameter = [&](const std::string& name, Var<T>& p) {
       Tensor<T>& t = p.data();
       const bool is_norm = name.find("layer_norm") != std::string::npos || name.find("batch_norm") != std::string::npos;
-      const bool is_bias = name.size() >= 4 && name.compare(name.size() - 4, 4, "bias") == 0;
+      const bool is_bias = name.ends_with("bias");
       if (is_norm)
         t.fill_(is_bias ? T(0) : T(1));
       else if (is_bias)

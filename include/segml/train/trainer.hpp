@@ -402,7 +402,7 @@ class Trainer {
       const bool head = name.rfind("decode_head.", 0) == 0;
       const bool norm_or_bias = name.find("layer_norm") != std::string::npos ||
                                 name.find("batch_norm") != std::string::npos ||
-                                (name.size() >= 4 && name.compare(name.size() - 4, 4, "bias") == 0);
+                                name.ends_with("bias");
       const int k = (head ? 1 : 0) | (opt_.no_decay_norm_bias && norm_or_bias ? 2 : 0);
       groups[static_cast<size_t>(k)].params.emplace_back(name, p);
       params_.push_back(&p);
