@@ -33,6 +33,7 @@
 #include "segml/nn/module.hpp"
 #include "segml/models/config.hpp"
 #include "segml/models/segformer.hpp"
+#include "segml/models/segformer_inference.hpp"
 #include "segml/io/safetensors.hpp"
 #include "segml/io/checkpoint.hpp"
 #include "segml/io/image.hpp"
