@@ -8,6 +8,8 @@
 //   gemm_bias(trans_a, trans_b, M, N, K, A, lda, B, ldb, bias, C, ldc)
 //       C = op(A) * op(B) + bias, bias (N) added to every row (may be null); C is write-only.
 //       For float on AVX2/AVX-512 the bias is fused into the micro-kernel's store.
+//   gemm_bias_add(trans_a, trans_b, M, N, K, A, lda, B, ldb, bias, C, ldc)
+//       C += op(A) * op(B) + bias: a residual connection in the same store.
 //   gemm_batched(batch, trans_a, trans_b, M, N, K, alpha, A, lda, stride_a, B, ldb, stride_b,
 //                beta, C, ldc, stride_c)
 //       batch independent gemm calls, matrix b at A + b*stride_a (same for B, C). When one GEMM is
@@ -434,6 +436,14 @@ template <class T>
 inline void gemm_bias(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
                       const T* B, int64_t ldb, const T* bias, T* C, int64_t ldc) {
   gemm_detail::gemm_dispatch<T>("gemm_bias", trans_a, trans_b, M, N, K, T(1), A, lda, B, ldb, T(0), bias, C, ldc);
+}
+
+// C += op(A) * op(B) + bias (bias (N) per column, may be null): a residual connection fused into
+// the GEMM's store, so the sum never makes a separate pass over C.
+template <class T>
+inline void gemm_bias_add(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
+                          const T* B, int64_t ldb, const T* bias, T* C, int64_t ldc) {
+  gemm_detail::gemm_dispatch<T>("gemm_bias_add", trans_a, trans_b, M, N, K, T(1), A, lda, B, ldb, T(1), bias, C, ldc);
 }
 
 // For b in [0, batch): gemm on A + b*stride_a, B + b*stride_b, C + b*stride_c.

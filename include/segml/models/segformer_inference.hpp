@@ -1,10 +1,46 @@
 // segml/models/segformer_inference.hpp: the inference engine for SegformerForSemanticSegmentation.
 //
-// SegformerInference takes a trained model and answers `run(pixel_values) -> logits` with no
-// autograd. Same input, same output as model.forward() in eval mode, to float32 rounding.
+//   SegformerInference<float> engine(model);       // prepares (copies and folds) the weights once
+//   Tensor<float> logits = engine.run(pixel_values);  // (B, 3, H, W) -> (B, num_labels, ceil(H/4), ceil(W/4))
+//
+// It computes the same function as model.forward() in eval mode, on plain buffers:
+//  - No autograd: no graph, no saved activations, no Var.
+//  - Channels-last throughout. The encoder's tokens (N = h*w, C) are also its NHWC images, so the
+//    patch embeddings and the sequence-reduction convs are GEMMs on row matrices (kernels/im2row.hpp)
+//    that come out as tokens, and the Mix-FFN's depthwise conv runs on the tokens in place.
+//  - Residual connections are fused into the store of the GEMM before them (gemm_bias_add).
+//  - The decode head is folded (docs/ops/decode_head_folding.md). Its linear_c.i projections, the
+//    matching slices of linear_fuse and the eval-mode BatchNorm are all affine and the bilinear
+//    upsampling commutes with per-pixel channel mixing, so
+//        BN(linear_fuse(concat_i up(linear_c.i(x_i)))) = Σ_i up(A_i x_i) + b,
+//    with A_i = diag(s) Wfuse_i Wc_i and b = s ∘ (Σ_i Wfuse_i bc_i − μ) + β, s = γ / sqrt(σ² + ε),
+//    computed once here (in double). Each stage is projected at its own resolution, straight to
+//    decoder_hidden_size channels, and the 4·D-channel GEMM at stride 4 disappears.
+//  - Memory: one workspace, sized for the input's resolution on the first call and reused after;
+//    a stage's output is consumed by the decode head as soon as it exists, so no stage is kept.
+// Results equal model.forward() to float32 rounding (the folding and the fused residuals change
+// the order of the sums; tests/test_inference.cpp states the tolerance against PyTorch).
+// The engine holds its own copy of the weights: it does not see later changes to the model.
+// Not done: batch entries are run one after another (the kernels are parallel inside an image).
 #pragma once
 
-#include "segml/autograd/variable.hpp"
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <map>
+#include <cstring>
+#include <vector>
+
+#include "segml/core/error.hpp"
+#include "segml/core/parallel.hpp"
+#include "segml/core/tensor.hpp"
+#include "segml/kernels/activations.hpp"
+#include "segml/kernels/attention.hpp"
+#include "segml/kernels/dwconv.hpp"
+#include "segml/kernels/gemm.hpp"
+#include "segml/kernels/im2row.hpp"
+#include "segml/kernels/layernorm.hpp"
+#include "segml/kernels/resize.hpp"
 #include "segml/models/segformer.hpp"
 
 namespace segml {
@@ -12,23 +48,325 @@ namespace segml {
 template <class T = float>
 class SegformerInference {
  public:
-  // Keeps a reference to `model`: the model must outlive the engine.
-  explicit SegformerInference(SegformerForSemanticSegmentation<T>& model) : model_(model) {}
+  explicit SegformerInference(const SegformerForSemanticSegmentation<T>& model) : config_(model.config) {
+    const SegformerConfig& cfg = config_;
+    const auto& enc = model.encoder;
+    for (int64_t s = 0; s < cfg.num_encoder_blocks; ++s) {
+      Stage st;
+      const auto& pe = enc.patch_embeddings[s];
+      st.hidden = cfg.hidden_sizes[s];
+      st.in_channels = s == 0 ? cfg.num_channels : cfg.hidden_sizes[s - 1];
+      st.kernel = cfg.patch_sizes[s];
+      st.stride = cfg.strides[s];
+      st.pad = cfg.patch_sizes[s] / 2;
+      st.heads = cfg.num_attention_heads[s];
+      st.sr = cfg.sr_ratios[s];
+      st.mlp_hidden = cfg.hidden_sizes[s] * cfg.mlp_ratios[s];
+      // Stage 0 reads the NCHW pixels: PyTorch's weight order is the row order. Later stages read tokens.
+      st.patch = s == 0 ? affine(pe.proj) : affine_nhwc(pe.proj);
+      st.patch_norm = norm(pe.layer_norm);
+      for (const auto& layer : enc.block[s]) {
+        Block b;
+        const auto& self = layer.attention.self;
+        b.layer_norm_1 = norm(layer.layer_norm_1);
+        b.query = affine(self.query);
+        b.key = affine(self.key);
+        b.value = affine(self.value);
+        if (st.sr > 1) {
+          b.sr = affine_nhwc(self.sr);
+          b.sr_norm = norm(self.layer_norm);
+        }
+        b.output_dense = affine(layer.attention.output_dense);
+        b.layer_norm_2 = norm(layer.layer_norm_2);
+        b.dense1 = affine(layer.mlp.dense1);
+        b.dwconv = {layer.mlp.dwconv_weight.data().clone(), layer.mlp.dwconv_bias.data().clone()};
+        b.dense2 = affine(layer.mlp.dense2);
+        st.blocks.push_back(std::move(b));
+      }
+      st.final_norm = norm(enc.layer_norm[s]);
+      stages_.push_back(std::move(st));
+    }
+    fold_decode_head(model.decode_head);
+  }
 
-  // pixel_values (B, 3, H, W) -> logits (B, num_labels, ceil(H/4), ceil(W/4)).
+  const SegformerConfig& config() const { return config_; }
+
+  // pixel_values (B, num_channels, H, W) -> logits (B, num_labels, ceil(H/4), ceil(W/4)).
   Tensor<T> run(const Tensor<T>& pixel_values) {
-    NoGradGuard no_grad;
-    const bool was_training = model_.training();
-    model_.eval();
-    Tensor<T> logits = model_.forward(Var<T>(pixel_values)).logits.data();
-    model_.train(was_training);
+    SEGML_CHECK(pixel_values.dim() == 4 && pixel_values.size(1) == config_.num_channels,
+                "SegformerInference::run: pixel_values must be (B, ", config_.num_channels, ", H, W), got ",
+                pixel_values.shape());
+    SEGML_CHECK(pixel_values.size(2) > 0 && pixel_values.size(3) > 0,
+                "SegformerInference::run: empty image ", pixel_values.shape());
+    const Tensor<T> pixels = pixel_values.contiguous();
+    const int64_t B = pixels.size(0), H = pixels.size(2), W = pixels.size(3);
+    plan(H, W);
+    const int64_t L = config_.num_labels, h1 = shapes_[0].h, w1 = shapes_[0].w;
+    Tensor<T> logits = Tensor<T>::empty({B, L, h1, w1});
+    for (int64_t b = 0; b < B; ++b)
+      run_image(logits.data() + b * L * h1 * w1, pixels.data() + b * config_.num_channels * H * W, H, W);
     return logits;
   }
 
-  const SegformerConfig& config() const { return model_.config; }
+  // Per-phase wall time (ms, summed over runs since enabled), for finding where the time goes.
+  void set_profiling(bool on) {
+    profiling_ = on;
+    profile_.clear();
+  }
+  const std::map<std::string, double>& profile() const { return profile_; }
+
+  // Bytes of the workspace for the last input size (activations only, weights excluded).
+  int64_t workspace_bytes() const { return arena_size_ * static_cast<int64_t>(sizeof(T)); }
 
  private:
-  SegformerForSemanticSegmentation<T>& model_;
+  struct Affine {  // y = x Wᵀ + b, W (out, in) in the row order its input is laid out in
+    Tensor<T> weight, bias;
+    int64_t out() const { return weight.size(0); }
+    int64_t in() const { return weight.size(1); }
+  };
+  struct Norm {
+    Tensor<T> weight, bias;
+    T eps;
+  };
+  struct DepthwiseConv {
+    Tensor<T> weight, bias;  // (C, 1, 3, 3), (C)
+  };
+  struct Block {
+    Norm layer_norm_1, sr_norm, layer_norm_2;
+    Affine query, key, value, sr, output_dense, dense1, dense2;
+    DepthwiseConv dwconv;
+  };
+  struct Stage {
+    int64_t hidden, in_channels, kernel, stride, pad, heads, sr, mlp_hidden;
+    Affine patch;
+    Norm patch_norm, final_norm;
+    std::vector<Block> blocks;
+    Affine head;  // the folded decode-head projection A_s (decoder_hidden_size, hidden), no bias
+  };
+  struct StageShape {
+    int64_t h, w, rh, rw;  // token grid, and the reduced grid of keys / values
+  };
+
+  static Affine affine(const nn::Linear<T>& l) {
+    return {l.weight.data().clone(), l.bias.defined() ? l.bias.data().clone() : Tensor<T>()};
+  }
+  static Affine affine(const nn::Conv2d<T>& c) {
+    const Tensor<T> w = c.weight.data().clone();
+    return {w.reshape({w.size(0), w.numel() / w.size(0)}),
+            c.bias.defined() ? c.bias.data().clone() : Tensor<T>()};
+  }
+  static Affine affine_nhwc(const nn::Conv2d<T>& c) {
+    const Tensor<T> w = c.weight.data().contiguous();
+    const int64_t OC = w.size(0), C = w.size(1), KH = w.size(2), KW = w.size(3);
+    Tensor<T> permuted = Tensor<T>::empty({OC, KH * KW * C});
+    kernels::permute_weight_to_nhwc(permuted.data(), w.data(), OC, C, KH, KW);
+    return {permuted, c.bias.defined() ? c.bias.data().clone() : Tensor<T>()};
+  }
+  static Norm norm(const nn::LayerNorm<T>& n) { return {n.weight.data().clone(), n.bias.data().clone(), n.eps}; }
+
+  // A_s = diag(s) Wfuse_s Wc_s and b = s ∘ (Σ_s Wfuse_s bc_s − μ) + β, in double. linear_fuse reads
+  // the stages deepest first, so stage s is its input block S-1-s.
+  void fold_decode_head(const SegformerDecodeHead<T>& head) {
+    const int64_t S = config_.num_encoder_blocks, D = config_.decoder_hidden_size;
+    const Tensor<T> fuse = head.linear_fuse.weight.data().contiguous();  // (D, S*D, 1, 1)
+    const auto& bn = head.batch_norm;
+    std::vector<double> scale(D), shift(D);
+    for (int64_t o = 0; o < D; ++o) {
+      scale[o] = static_cast<double>(bn.weight.data().at({o})) /
+                 std::sqrt(static_cast<double>(bn.running_var.at({o})) + static_cast<double>(bn.eps));
+      shift[o] = -static_cast<double>(bn.running_mean.at({o}));
+    }
+    for (int64_t s = 0; s < S; ++s) {
+      const Tensor<T> wc = head.linear_c[s].weight.data().contiguous();  // (D, C_s)
+      const Tensor<T> bc = head.linear_c[s].bias.data().contiguous();    // (D)
+      const int64_t C = wc.size(1), block = S - 1 - s;
+      Tensor<T> a = Tensor<T>::empty({D, C});
+      std::vector<double> row(C);
+      for (int64_t o = 0; o < D; ++o) {
+        const T* f = fuse.data() + o * S * D + block * D;
+        std::fill(row.begin(), row.end(), 0.0);
+        double bias = 0;
+        for (int64_t j = 0; j < D; ++j) {
+          const double fj = f[j];
+          const T* wr = wc.data() + j * C;
+          for (int64_t c = 0; c < C; ++c) row[c] += fj * static_cast<double>(wr[c]);
+          bias += fj * static_cast<double>(bc.data()[j]);
+        }
+        for (int64_t c = 0; c < C; ++c) a.data()[o * C + c] = static_cast<T>(scale[o] * row[c]);
+        shift[o] += bias;
+      }
+      stages_[s].head = {a, Tensor<T>()};
+    }
+    head_bias_ = Tensor<T>::empty({D});
+    for (int64_t o = 0; o < D; ++o)
+      head_bias_.data()[o] = static_cast<T>(scale[o] * shift[o] + static_cast<double>(bn.bias.data().at({o})));
+    classifier_ = affine(head.classifier);
+  }
+
+  // Sizes the workspace for an H x W input (only when the size changes).
+  void plan(int64_t H, int64_t W) {
+    if (H == planned_h_ && W == planned_w_) return;
+    shapes_.clear();
+    int64_t h = H, w = W, x_size = 0, cols_size = 0, kv_size = 0, mlp_size = 0, z_size = 0, rows = 0;
+    int64_t in_channels = config_.num_channels;
+    for (const Stage& st : stages_) {
+      const kernels::Im2rowGeometry g{in_channels, h, w, st.kernel, st.kernel, st.stride, st.pad};
+      h = g.out_h();
+      w = g.out_w();
+      SEGML_CHECK(h > 0 && w > 0, "SegformerInference::run: input ", H, "x", W, " is too small for stage ", shapes_.size() + 1);
+      const int64_t rh = st.sr > 1 ? h / st.sr : h, rw = st.sr > 1 ? w / st.sr : w;
+      SEGML_CHECK(rh > 0 && rw > 0, "SegformerInference::run: input ", H, "x", W,
+                  " is too small for the sequence reduction of stage ", shapes_.size() + 1);
+      shapes_.push_back({h, w, rh, rw});
+      const int64_t N = h * w, M = rh * rw;
+      x_size = std::max(x_size, N * st.hidden);
+      cols_size = std::max({cols_size, N * g.row_size(), M * st.sr * st.sr * st.hidden});
+      kv_size = std::max(kv_size, M * st.hidden);
+      mlp_size = std::max(mlp_size, N * st.mlp_hidden);
+      z_size = std::max(z_size, N * config_.decoder_hidden_size);
+      rows = std::max(rows, N);
+      in_channels = st.hidden;
+    }
+    const int64_t sizes[] = {x_size, x_size, x_size, cols_size, kv_size, kv_size, kv_size, kv_size,
+                             mlp_size, mlp_size, z_size, shapes_[0].h * shapes_[0].w * config_.decoder_hidden_size,
+                             rows, rows};
+    int64_t total = 0;
+    for (int64_t n : sizes) total += round_up(n);
+    arena_ = allocate_aligned<T>(total);
+    arena_size_ = total;
+    T* p = arena_.get();
+    T** slots[] = {&ws_.x, &ws_.t, &ws_.q, &ws_.cols, &ws_.r1, &ws_.r2, &ws_.k, &ws_.v,
+                   &ws_.h1, &ws_.h2, &ws_.z, &ws_.fused, &ws_.mean, &ws_.rstd};
+    for (size_t i = 0; i < std::size(slots); ++i) {
+      *slots[i] = p;
+      p += round_up(sizes[i]);
+    }
+    planned_h_ = H;
+    planned_w_ = W;
+  }
+  static int64_t round_up(int64_t n) { return (n + 15) / 16 * 16; }  // 64-byte aligned slots
+
+  void layer_norm(T* y, const T* x, const Norm& n, int64_t rows) const {
+    kernels::layernorm_forward(y, ws_.mean, ws_.rstd, x, n.weight.data(), n.bias.data(), rows, n.weight.numel(), n.eps);
+  }
+  static void linear(T* y, const T* x, const Affine& a, int64_t rows) {
+    kernels::gemm_bias(false, true, rows, a.out(), a.in(), x, a.in(), a.weight.data(), a.in(), a.bias.data(), y, a.out());
+  }
+  static void linear_add(T* y, const T* x, const Affine& a, int64_t rows) {  // y += x Wᵀ + b
+    kernels::gemm_bias_add(false, true, rows, a.out(), a.in(), x, a.in(), a.weight.data(), a.in(), a.bias.data(), y,
+                           a.out());
+  }
+
+  // logits (L, h1, w1) of one image, pixels (C, H, W).
+  void run_image(T* logits, const T* pixels, int64_t H, int64_t W) {
+    const int64_t D = config_.decoder_hidden_size, L = config_.num_labels;
+    const int64_t h1 = shapes_[0].h, w1 = shapes_[0].w, N1 = h1 * w1;
+    const T* input = pixels;  // stage s reads stage s-1's output (tokens, i.e. NHWC); stage 0 the NCHW pixels
+    int64_t in_h = H, in_w = W;
+    for (size_t s = 0; s < stages_.size(); ++s) {
+      const Stage& st = stages_[s];
+      const StageShape& sh = shapes_[s];
+      const int64_t N = sh.h * sh.w;
+      // Overlapping patch embedding: conv (as im2row + GEMM, straight to tokens), then LayerNorm.
+      timed("patch_embeddings", [&] {
+        const kernels::Im2rowGeometry g{st.in_channels, in_h, in_w, st.kernel, st.kernel, st.stride, st.pad};
+        if (s == 0)
+          kernels::im2row_nchw(ws_.cols, input, g);
+        else
+          kernels::im2row_nhwc(ws_.cols, input, g);
+        linear(ws_.q, ws_.cols, st.patch, N);
+        layer_norm(ws_.x, ws_.q, st.patch_norm, N);
+      });
+      for (const Block& b : st.blocks) block(b, st, sh);
+      // The stage's hidden state, consumed at once by the next stage and by the decode head.
+      timed("layer_norm", [&] { layer_norm(ws_.t, ws_.x, st.final_norm, N); });
+      timed("decode_head", [&] {
+        if (s == 0) {
+          linear(ws_.fused, ws_.t, st.head, N);  // stage 1 is at the output resolution already
+        } else {
+          linear(ws_.z, ws_.t, st.head, N);
+          kernels::resize_bilinear_nhwc_add(ws_.fused, ws_.z, sh.h, sh.w, D, h1, w1);
+        }
+      });
+      std::swap(ws_.t, ws_.x);  // the next stage reads its input from x; t is free again
+      input = ws_.x;
+      in_h = sh.h;
+      in_w = sh.w;
+    }
+    // fused = relu(Σ up(A_s x_s) + b), then the classifier: logits (L, N1) = Wcls fusedᵀ + bcls.
+    timed("decode_head", [&] {
+      const T* bias = head_bias_.data();
+      T* fused = ws_.fused;
+      parallel_for(N1, std::max<int64_t>(1, 4096 / D), [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r)
+          for (int64_t c = 0; c < D; ++c) fused[r * D + c] = std::max(fused[r * D + c] + bias[c], T(0));
+      });
+    });
+    timed("classifier", [&] {
+      const T* cls_bias = classifier_.bias.data();
+      for (int64_t l = 0; l < L; ++l) std::fill(logits + l * N1, logits + (l + 1) * N1, cls_bias ? cls_bias[l] : T(0));
+      kernels::gemm(false, true, L, N1, D, T(1), classifier_.weight.data(), D, ws_.fused, D, T(1), logits, N1);
+    });
+  }
+
+  // x += attention(LN1(x)); x += MixFFN(LN2(x)), on the token buffer ws_.x (N, C).
+  void block(const Block& b, const Stage& st, const StageShape& sh) {
+    const int64_t N = sh.h * sh.w, C = st.hidden, Cm = st.mlp_hidden;
+    timed("layer_norm", [&] { layer_norm(ws_.t, ws_.x, b.layer_norm_1, N); });
+    timed("attention.query", [&] { linear(ws_.q, ws_.t, b.query, N); });
+    const T* kv_input = ws_.t;
+    int64_t M = N;
+    if (st.sr > 1) {  // sequence reduction: an sr x sr conv with stride sr on the tokens seen as NHWC
+      M = sh.rh * sh.rw;
+      timed("attention.sr", [&] {
+        kernels::im2row_nhwc(ws_.cols, ws_.t, kernels::Im2rowGeometry{C, sh.h, sh.w, st.sr, st.sr, st.sr, 0});
+        linear(ws_.r1, ws_.cols, b.sr, M);
+        layer_norm(ws_.r2, ws_.r1, b.sr_norm, M);
+      });
+      kv_input = ws_.r2;
+    }
+    timed("attention.key_value", [&] {
+      linear(ws_.k, kv_input, b.key, M);
+      linear(ws_.v, kv_input, b.value, M);
+    });
+    timed("attention.softmax(QKᵀ)V", [&] {
+      kernels::attention_forward<T>(ws_.t, nullptr, ws_.q, ws_.k, ws_.v, 1, N, M, C, st.heads);
+    });
+    timed("attention.output_dense", [&] { linear_add(ws_.x, ws_.t, b.output_dense, N); });
+    // Mix-FFN: dense1 -> depthwise 3x3 on the tokens as an (h, w, Cm) image -> GELU -> dense2.
+    timed("layer_norm", [&] { layer_norm(ws_.t, ws_.x, b.layer_norm_2, N); });
+    timed("mlp.dense1", [&] { linear(ws_.h1, ws_.t, b.dense1, N); });
+    timed("mlp.dwconv", [&] {
+      kernels::dwconv3x3_nhwc_forward(ws_.h2, ws_.h1, b.dwconv.weight.data(), b.dwconv.bias.data(), 1, sh.h, sh.w, Cm);
+    });
+    timed("mlp.gelu", [&] { kernels::gelu_forward(ws_.h2, ws_.h2, N * Cm); });
+    timed("mlp.dense2", [&] { linear_add(ws_.x, ws_.h2, b.dense2, N); });
+  }
+
+  // Runs f, charging its wall time to `phase` when profiling.
+  template <class F>
+  void timed(const char* phase, F&& f) {
+    if (!profiling_) return f();
+    const auto start = std::chrono::steady_clock::now();
+    f();
+    profile_[phase] += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  }
+
+  struct Workspace {
+    T *x, *t, *q, *cols, *r1, *r2, *k, *v, *h1, *h2, *z, *fused, *mean, *rstd;
+  };
+
+  SegformerConfig config_;
+  std::vector<Stage> stages_;
+  Tensor<T> head_bias_;
+  Affine classifier_;
+  std::vector<StageShape> shapes_;
+  std::shared_ptr<T[]> arena_;
+  int64_t arena_size_ = 0;
+  Workspace ws_{};
+  int64_t planned_h_ = -1, planned_w_ = -1;
+  bool profiling_ = false;
+  std::map<std::string, double> profile_;
 };
 
 }  // namespace segml
