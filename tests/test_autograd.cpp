@@ -65,3 +65,17 @@ TEST_CASE("gradcheck: elementwise ops") {
                         [](const std::vector<Var<double>>& v) { return ops::scale(ops::add(ops::mul(v[0], v[1]), v[0]), 0.5); },
                         {test::random_tensor<double>({3, 5}, 1), test::random_tensor<double>({3, 5}, 2)});
 }
+
+TEST_CASE("gradcheck: shape ops (reshape, permute, narrow)") {
+  test::check_gradients("narrow/permute/reshape",
+                        [](const std::vector<Var<double>>& v) {
+                          const Var<double> n = ops::narrow(v[0], 1, 2, 3);  // (4, 3, 5)
+                          return ops::mul(ops::reshape(ops::permute(n, {2, 0, 1}), {5, 12}), v[1]);
+                        },
+                        {test::random_tensor<double>({4, 7, 5}, 3), test::random_tensor<double>({5, 12}, 4)});
+  const Var<double> x(test::random_tensor<double>({4, 7}, 5));
+  const Var<double> n = ops::narrow(x, 1, 5, 2);
+  CHECK(n.shape() == Shape{4, 2});
+  CHECK(n.data().at({3, 1}) == x.data().at({3, 6}));
+  CHECK_THROWS_WITH_AS(ops::narrow(x, 1, 6, 2), doctest::Contains("narrow: start 6 length 2 out of range"), segml::Error);
+}

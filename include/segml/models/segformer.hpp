@@ -22,7 +22,6 @@
 #include "segml/models/config.hpp"
 #include "segml/nn/module.hpp"
 #include "segml/ops/attention.hpp"
-#include "segml/ops/concat.hpp"
 #include "segml/ops/dropout.hpp"
 #include "segml/ops/elementwise.hpp"
 #include "segml/ops/loss.hpp"
@@ -256,6 +255,7 @@ struct SegformerEncoder {
 
 // The all-MLP decode head: project every stage to decoder_hidden_size, upsample to stage 1's
 // resolution, concatenate (deepest first), fuse with a 1x1 conv + BatchNorm + ReLU, classify.
+// (The forward evaluates the projections and the fuse in the cheaper, equal order described below.)
 template <class T>
 struct SegformerDecodeHead {
   std::vector<nn::Linear<T>> linear_c;  // linear_c.{i}.proj
@@ -273,15 +273,30 @@ struct SegformerDecodeHead {
   }
 
   // Also returns the fused features (after linear_fuse) through `fused` when non-null, for debugging.
+  //
+  // linear_fuse(concat_i up(linear_c.i(x_i))) is computed in the cheap order (the algebra is in
+  // docs/ops/decode_head_folding.md). Split linear_fuse's weight into the D x D blocks Wf_i that read
+  // stage i's slice of the concatenation (deepest stage first, as HF concatenates); bilinear
+  // upsampling acts on each channel separately and keeps constants, so it commutes with Wf_i:
+  //     fused = Σ_i up(x_i (Wf_i Wc_i)ᵀ + Wf_i bc_i).
+  // The same function, but every product runs at its stage's own resolution and the 4·D-channel
+  // tensor at stride 4 never exists. Autograd differentiates through the weight products, so
+  // linear_c and linear_fuse get their exact gradients.
   Var<T> operator()(const std::vector<Var<T>>& hidden_states, const ForwardContext& ctx, Var<T>* fused = nullptr) {
+    const int64_t S = static_cast<int64_t>(hidden_states.size()), D = linear_fuse.weight.size(0);
     const int64_t H1 = hidden_states[0].size(2), W1 = hidden_states[0].size(3);
-    std::vector<Var<T>> projected;
-    for (size_t i = hidden_states.size(); i-- > 0;) {  // reversed: [c4, c3, c2, c1]
-      const Var<T>& state = hidden_states[i];
-      Var<T> proj = detail::tokens_to_nchw(linear_c[i](detail::nchw_to_tokens(state)), state.size(2), state.size(3));
-      projected.push_back(ops::resize_bilinear(proj, H1, W1));
+    const Var<T> fuse_weight = ops::reshape(linear_fuse.weight, {D, S * D});
+    Var<T> hidden;
+    for (int64_t i = 0; i < S; ++i) {
+      const Var<T>& state = hidden_states[static_cast<size_t>(i)];
+      const int64_t h = state.size(2), w = state.size(3);
+      const Var<T> fuse_i = ops::narrow(fuse_weight, 1, (S - 1 - i) * D, D);                            // Wf_i (D, D)
+      const Var<T> weight = ops::linear(fuse_i, ops::permute(linear_c[i].weight, {1, 0}));               // Wf_i Wc_i
+      const Var<T> bias = ops::reshape(ops::linear(ops::reshape(linear_c[i].bias, {1, D}), fuse_i), {D});  // Wf_i bc_i
+      Var<T> proj = detail::tokens_to_nchw(ops::linear(detail::nchw_to_tokens(state), weight, bias), h, w);
+      if (h != H1 || w != W1) proj = ops::resize_bilinear(proj, H1, W1);
+      hidden = hidden.defined() ? ops::add(hidden, proj) : proj;
     }
-    Var<T> hidden = linear_fuse(ops::concat(projected, 1));
     if (fused) *fused = hidden;
     hidden = ops::relu(batch_norm(hidden, ctx.training));
     hidden = ops::dropout(hidden, classifier_dropout_prob, ctx.training, *ctx.generator);

@@ -1,4 +1,5 @@
-// segml/ops/elementwise.hpp: differentiable add (residual), mul, scale and sum.
+// segml/ops/elementwise.hpp: differentiable add (residual), mul, scale, sum and the shape ops
+// (reshape, permute, narrow).
 //
 // Shapes must match exactly (no broadcasting) except where stated; a mismatch throws naming the op
 // and both shapes.
@@ -84,6 +85,18 @@ Var<T> permute(const Var<T>& x, const std::vector<int64_t>& dims) {
   return make_result<T>(std::move(out), "permute", {&x}, [inverse](const Tensor<T>& gy, Grads<T>& g) {
     g[0] = gy.permute(inverse).contiguous();
   });
+}
+
+// Elements [start, start + length) along dim, as a contiguous tensor (torch.narrow); the gradient
+// is gy in that slice and zero elsewhere.
+template <class T>
+Var<T> narrow(const Var<T>& x, int64_t dim, int64_t start, int64_t length) {
+  Tensor<T> out = x.data().narrow(dim, start, length).contiguous();
+  return make_result<T>(std::move(out), "narrow", {&x},
+                        [shape = x.shape(), dim, start, length](const Tensor<T>& gy, Grads<T>& g) {
+                          g[0] = Tensor<T>::zeros(shape);
+                          g[0].narrow(dim, start, length).copy_(gy);
+                        });
 }
 
 }  // namespace segml::ops
