@@ -79,3 +79,20 @@ TEST_CASE("gradcheck: shape ops (reshape, permute, narrow)") {
   CHECK(n.data().at({3, 1}) == x.data().at({3, 6}));
   CHECK_THROWS_WITH_AS(ops::narrow(x, 1, 6, 2), doctest::Contains("narrow: start 6 length 2 out of range"), segml::Error);
 }
+
+TEST_CASE("autograd: a value no backward needs is freed when its last handle goes, gradients still flow") {
+  const Var<double> x(test::random_tensor<double>({3, 4}, 6), true);
+  std::weak_ptr<VarImpl<double>> sum_impl;
+  Var<double> out;
+  {
+    const Var<double> sum = ops::add(x, x);  // add saves nothing for its backward
+    sum_impl = sum.impl();
+    out = ops::mul(ops::scale(sum, 2.0), x);  // scale saves nothing either; mul saves its inputs
+  }
+  REQUIRE(!sum_impl.expired());              // the graph still holds the node's gradient slot...
+  CHECK(!sum_impl.lock()->data.defined());   // ...but not its value
+  ops::sum(out).backward();
+  // d/dx sum(4x * x) = 8x
+  for (int64_t i = 0; i < x.numel(); ++i) CHECK(x.grad().data()[i] == doctest::Approx(8 * x.data().data()[i]));
+  CHECK(sum_impl.expired());  // and the graph is gone after backward
+}

@@ -209,6 +209,27 @@ TEST_CASE("depthwise_conv3x3: SIMD vs scalar twin on every channel / width remai
   }
 }
 
+TEST_CASE("dwconv3x3_nhwc_gelu_forward: equals dwconv then GELU, SIMD vs scalar twin on every remainder") {
+  // The fused kernel must equal the two-pass scalar oracle (dwconv_ref, then gelu_ref): the conv
+  // sums differ by FMA rounding (1e-5, as above) and GELU's slope is at most 1.13.
+  for (Isa isa_ : isas()) {
+    ScopedIsa scoped(isa_);
+    double worst = 0;
+    for (int64_t C : {1, 7, 8, 9, 16, 17, 33})
+      for (int64_t W : {1, 3, 7, 17}) {
+        const int64_t B = 2, H = 3;
+        const Tensor<float> w = rnd({C, 1, 3, 3}, 51), b = rnd({C}, 52), x = rnd({B, H, W, C}, 53);
+        Tensor<float> y = Tensor<float>::empty({B, H, W, C}), yr = y.clone();
+        kernels::dwconv3x3_nhwc_gelu_forward(y.data(), x.data(), w.data(), b.data(), B, H, W, C);
+        kernels::dwconv3x3_nhwc_forward_ref(yr.data(), x.data(), w.data(), b.data(), B, H, W, C);
+        kernels::gelu_forward_ref(yr.data(), yr.data(), yr.numel());
+        worst = std::max(worst, test::max_abs_diff(y, yr));
+      }
+    MESSAGE("dwconv+gelu " << std::string(isa_name(isa_)) << " vs two-pass scalar twin: max abs diff " << worst);
+    CHECK(worst <= 2e-5);
+  }
+}
+
 TEST_CASE("depthwise_conv3x3: NHWC equals NCHW on the permuted input") {
   const Tensor<float> x = rnd({2, 24, 9, 13}, 51), w = rnd({24, 1, 3, 3}, 52), b = rnd({24}, 53);
   const Var<float> y = ops::depthwise_conv3x3(Var<float>(x), Var<float>(w), Var<float>(b));

@@ -3,7 +3,8 @@
 // Generator: determinism per seed, class coverage and pixel shares over a batch, colour variety
 // within each class. Dataset: write/read round trip of write_synthetic_dataset (reuse and
 // regeneration), the seeded flat-layout split and subset(), class maps, every error case (written
-// into a temporary folder), and CamVid in ../shared/data/camvid when that folder exists.
+// into a temporary folder), a folder written by tools/export_hf_dataset.py (tests/data/hf_export),
+// and CamVid in ../shared/data/camvid when that folder exists.
 #include <doctest/doctest.h>
 #include <unistd.h>
 
@@ -360,4 +361,36 @@ TEST_CASE("SegmentationDataset: CamVid (../shared/data/camvid)") {
   for (size_t v = 0; v < 256; ++v)
     if (histogram[v]) CHECK_MESSAGE((v <= 10 || v == 255), "label value " << v);
   for (size_t v = 0; v <= 10; ++v) CHECK(histogram[v] > 0);
+}
+
+TEST_CASE("SegmentationDataset: reads a folder written by tools/export_hf_dataset.py (class map applied)") {
+  // tests/data/hf_export and its expected contents come from tools/fixtures/hf_export.py: HF-style rows
+  // (JPEG and PNG images, L and palette labels) exported with 6 classes collapsed to 3.
+  const fs::path dir = fs::path(SEGML_FIXTURE_DIR) / ".." / "data" / "hf_export";
+  const segml::test::Fixture fx("hf_export");
+  const auto train = segml::SegmentationDataset::open(dir, "train");
+  const auto val = segml::SegmentationDataset::open(dir, "val");
+  CHECK(train.size() == 2);
+  CHECK(val.size() == 1);
+  CHECK(train.id2label() == std::vector<std::string>{"road+sidewalk", "person", "car+tree"});
+  CHECK(train.path_of(0).filename() == "000000.jpg");
+  for (const auto* ds : {&train, &val})
+    for (size_t i = 0; i < ds->size(); ++i) {
+      const std::string key = ds->split() + "." + std::to_string(i);
+      const segml::Sample s = ds->load(i);
+      const segml::Tensor<int64_t> want_label = fx.get<int64_t>(key + ".label"), want_rgb = fx.get<int64_t>(key + ".rgb");
+      REQUIRE(s.label.height == want_label.size(0));
+      REQUIRE(s.label.width == want_label.size(1));
+      REQUIRE(s.rgb.channels == 3);
+      int64_t label_diffs = 0, rgb_max_diff = 0;
+      for (int64_t k = 0; k < want_label.numel(); ++k) label_diffs += s.label.data[size_t(k)] != want_label.data()[k];
+      for (int64_t k = 0; k < want_rgb.numel(); ++k)
+        rgb_max_diff = std::max<int64_t>(rgb_max_diff, std::abs(int64_t(s.rgb.data[size_t(k)]) - want_rgb.data()[k]));
+      CHECK_MESSAGE(label_diffs == 0, key << ": " << label_diffs << " label pixels differ");
+      // PNG decodes exactly; stb's JPEG decoder differs from libjpeg (PIL) by a few levels.
+      const bool jpeg = ds->path_of(i).extension() == ".jpg";
+      const std::string what = key + (jpeg ? " (JPEG)" : " (PNG)");
+      MESSAGE(what << ": max abs pixel diff vs PIL " << rgb_max_diff);
+      CHECK(rgb_max_diff <= (jpeg ? 8 : 0));
+    }
 }

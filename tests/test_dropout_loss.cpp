@@ -398,3 +398,61 @@ TEST_CASE("cross_entropy: bad labels and shapes throw, naming the op") {
   CHECK_THROWS_WITH_AS(ops::cross_entropy(Var<float>(Tensor<float>::ones({3, 0})), Tensor<int64_t>::zeros({3})),
                        doctest::Contains("have no classes"), Error);
 }
+
+// ---- upsampled_cross_entropy: HF's loss (resize then cross-entropy) fused -----------------------
+
+TEST_CASE("upsampled_cross_entropy: equals cross_entropy(resize_bilinear(x)), forward and gradient, every ISA") {
+  // Up, down, same size and odd factors; ignored pixels; C = 1, 7 (tail only), 19 (body + tail).
+  struct Case {
+    int64_t B, C, h, w, H, W;
+  };
+  for (const Case c : {Case{2, 19, 5, 7, 20, 28}, Case{1, 7, 9, 6, 4, 3}, Case{1, 1, 3, 3, 3, 3}, Case{2, 19, 4, 5, 13, 11}}) {
+    const Tensor<float> x = test::random_tensor<float>({c.B, c.C, c.h, c.w}, 61, -4.0, 4.0);
+    const Tensor<int64_t> lab = random_labels({c.B, c.H, c.W}, c.C, 255, 0.2, 62);
+    // The oracle: the unfused reference kernels, in double.
+    Tensor<double> x64 = Tensor<double>::empty(x.shape());
+    for (int64_t i = 0; i < x.numel(); ++i) x64.data()[i] = x.data()[i];
+    Tensor<double> up = Tensor<double>::empty({c.B, c.C, c.H, c.W});
+    kernels::resize_bilinear_forward_ref(up.data(), x64.data(), c.B * c.C, c.h, c.w, c.H, c.W);
+    const int64_t n_valid = kernels::cross_entropy_count_valid(lab.data(), lab.numel(), c.C, 255);
+    REQUIRE(n_valid > 0);
+    const double want = kernels::cross_entropy_forward_ref(up.data(), lab.data(), c.B, c.C, c.H * c.W, 255) / double(n_valid);
+    Tensor<double> dup = Tensor<double>::empty(up.shape()), dwant = Tensor<double>::empty(x.shape());
+    kernels::cross_entropy_backward_ref(dup.data(), up.data(), lab.data(), c.B, c.C, c.H * c.W, 255, 1.0 / double(n_valid));
+    kernels::resize_bilinear_backward_ref(dwant.data(), dup.data(), c.B * c.C, c.h, c.w, c.H, c.W);
+    for (Isa which : {Isa::scalar, Isa::avx2, Isa::avx512}) {
+      if (which > detect_isa()) continue;
+      ScopedIsa scoped(which);
+      const Var<float> v(x, true);
+      const Var<float> loss = ops::upsampled_cross_entropy(v, lab);
+      loss.backward();
+      INFO(isa_name(which), " B ", c.B, " C ", c.C, " ", c.h, "x", c.w, " -> ", c.H, "x", c.W);
+      // float sampling + 1-ulp exp vs a double oracle: ~1e-6 relative on losses of order 1.
+      CHECK(std::abs(double(loss.data().data()[0]) - want) <= 1e-5 * std::max(1.0, std::abs(want)));
+      test::compare(std::string("upsampled_cross_entropy grad ") + isa_name(which), v.grad(), dwant, 1e-6);
+    }
+  }
+}
+
+TEST_CASE("upsampled_cross_entropy: gradcheck (double) and thread-count independence") {
+  const Tensor<int64_t> lab = random_labels({2, 11, 9}, 5, 255, 0.25, 63);
+  test::check_gradients("upsampled_cross_entropy 4x3 -> 11x9",
+                        [lab](const std::vector<Var<double>>& v) { return ops::upsampled_cross_entropy(v[0], lab); },
+                        {test::random_tensor<double>({2, 5, 4, 3}, 64, -3.0, 3.0)});
+  const Tensor<float> x = test::random_tensor<float>({2, 21, 16, 16}, 65, -5.0, 5.0);
+  const Tensor<int64_t> big = random_labels({2, 64, 64}, 21, 255, 0.1, 66);
+  const Var<float> v0(x, true);
+  ops::upsampled_cross_entropy(v0, big).backward();
+  const float ref = ops::upsampled_cross_entropy(Var<float>(x), big).data().data()[0];
+  for_thread_counts([&](int threads) {
+    const Var<float> v(x, true);
+    const Var<float> loss = ops::upsampled_cross_entropy(v, big);
+    loss.backward();
+    CHECK_MESSAGE(loss.data().data()[0] == ref, "threads " << threads);
+    CHECK_MESSAGE(test::max_abs_diff(v.grad(), v0.grad()) == 0, "threads " << threads);
+  });
+  CHECK_THROWS_WITH_AS(ops::upsampled_cross_entropy(Var<float>(x), random_labels({2, 8, 8}, 30, 255, 0.0, 67)),
+                       doctest::Contains("out of range for 21 classes"), segml::Error);
+  CHECK_THROWS_WITH_AS(ops::upsampled_cross_entropy(Var<float>(x), Tensor<int64_t>::zeros({3, 8, 8})),
+                       doctest::Contains("labels must be (B=2, H, W)"), segml::Error);
+}

@@ -11,14 +11,18 @@
 //   - nothing is ever overwritten; the first contribution is stored without a copy unless it
 //     aliases another live gradient, in which case it is cloned first.
 //
-// Memory: each Node keeps exactly what its backward needs (captured Tensors, never Vars). After a
-// Node's backward has run, backward() drops it, so saved activations are freed as soon as possible
-// and the graph is gone when backward() returns. Intermediate gradients are freed the same way.
+// Memory: each Node keeps exactly what its backward needs (captured Tensors, never Vars). The graph's
+// edges need only an intermediate's gradient slot, not its value: when the last Var handle to a
+// non-leaf goes away, its value is released, even while the graph lives (as in PyTorch, where an
+// activation nobody saved is freed during the forward). After a Node's backward has run,
+// backward() drops it, so saved activations are freed as soon as possible and the graph is gone
+// when backward() returns. Intermediate gradients are freed the same way.
 // Under NoGradGuard no Node is created, so no activation is kept.
 //
 // Destruction of long graphs is iterative (see ~Node): a 10,000-op chain does not recurse.
 #pragma once
 
+#include <atomic>
 #include <functional>
 #include <memory>
 #include <string>
@@ -106,11 +110,13 @@ struct Node {
 
 template <class T>
 struct VarImpl {
-  Tensor<T> data;
+  Tensor<T> data;   // released when the last Var handle to a non-leaf goes away (see Var)
+  Shape shape;      // data's shape, kept for checking gradients after data is released
   Tensor<T> grad;
   bool requires_grad = false;
   bool retain_grad = false;
   std::shared_ptr<Node<T>> grad_fn;  // null for leaves
+  std::atomic<int64_t> handles{0};   // live Var handles (graph edges do not count)
 };
 
 template <class T>
@@ -118,9 +124,29 @@ class Var {
  public:
   Var() = default;
   explicit Var(Tensor<T> data, bool requires_grad = false) : impl_(std::make_shared<VarImpl<T>>()) {
+    impl_->shape = data.shape();
     impl_->data = std::move(data);
     impl_->requires_grad = requires_grad;
+    impl_->handles = 1;
   }
+  Var(const Var& o) : impl_(o.impl_) { acquire(); }
+  Var(Var&& o) noexcept : impl_(std::move(o.impl_)) {}
+  Var& operator=(const Var& o) {
+    if (impl_ != o.impl_) {
+      release();
+      impl_ = o.impl_;
+      acquire();
+    }
+    return *this;
+  }
+  Var& operator=(Var&& o) noexcept {
+    if (this != &o) {
+      release();
+      impl_ = std::move(o.impl_);
+    }
+    return *this;
+  }
+  ~Var() { release(); }
 
   bool defined() const { return impl_ != nullptr; }
   const Tensor<T>& data() const { return impl_->data; }
@@ -159,6 +185,14 @@ class Var {
   const std::shared_ptr<VarImpl<T>>& impl() const { return impl_; }
 
  private:
+  void acquire() {
+    if (impl_) ++impl_->handles;
+  }
+  // The last handle to a non-leaf frees its value: the graph keeps only what backward captured.
+  void release() {
+    if (impl_ && --impl_->handles == 0 && impl_->grad_fn) impl_->data = Tensor<T>();
+  }
+
   std::shared_ptr<VarImpl<T>> impl_;
 };
 
@@ -166,8 +200,9 @@ namespace detail {
 // The single place where gradients are combined: see THE GRADIENT-ACCUMULATION RULE above.
 template <class T>
 void accumulate(VarImpl<T>& v, Tensor<T> g) {
-  SEGML_CHECK(g.shape() == v.data.shape(), "autograd: gradient of shape ", g.shape(),
-              " does not match its variable's shape ", v.data.shape());
+  const Shape& shape = v.data.defined() ? v.data.shape() : v.shape;  // a non-leaf's value may be released
+  SEGML_CHECK(g.shape() == shape, "autograd: gradient of shape ", g.shape(), " does not match its variable's shape ",
+              shape);
   if (!v.grad.defined())
     v.grad = std::move(g);
   else

@@ -2,8 +2,9 @@
 //
 // Guarantees:
 //  - Image is uint8, row-major HWC, with 1, 3 or 4 channels.
-//  - load_image() returns RGB, converted as PIL's convert("RGB") does for the common modes:
-//    grey is replicated, alpha is dropped (not composited), palettes are expanded.
+//  - load_image() (a file) and load_image_from_memory() (encoded bytes) return RGB, converted as
+//    PIL's convert("RGB") does for the common modes: grey is replicated, alpha is dropped (not
+//    composited), palettes are expanded.
 //  - load_label_map() returns the class ids as a 1-channel image. A 3-channel PNG whose channels
 //    are all equal is accepted as grey; a colour PNG, a palette (indexed) PNG and a 16-bit PNG are
 //    errors, because stb_image would silently turn them into something other than the class ids.
@@ -21,6 +22,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -106,6 +108,25 @@ inline int png_color_type(const std::string& path) {
 // Any format stb_image reads (PNG, JPEG, BMP, TGA, GIF first frame, PPM, ...), as RGB.
 inline Image load_image(const std::string& path) { return detail::stb_decode(path, 3, "load_image"); }
 
+// An encoded image held in memory (e.g. an HTTP upload), as RGB; `name` only labels the errors.
+// Same formats and conversion as load_image().
+inline Image load_image_from_memory(const std::string& bytes, const std::string& name = "<memory>") {
+  SEGML_CHECK(!bytes.empty(), "load_image_from_memory '", name, "': no bytes (empty upload?)");
+  SEGML_CHECK(bytes.size() <= static_cast<size_t>(std::numeric_limits<int>::max()), "load_image_from_memory '", name,
+              "': ", bytes.size(), " bytes is more than stb_image can read");
+  int w = 0, h = 0, n = 0;
+  unsigned char* px = stbi_load_from_memory(reinterpret_cast<const unsigned char*>(bytes.data()),
+                                            static_cast<int>(bytes.size()), &w, &h, &n, 3);
+  if (!px) fail("load_image_from_memory '", name, "': cannot decode (corrupt or unsupported format): ", stbi_failure_reason());
+  Image img;
+  img.height = h;
+  img.width = w;
+  img.channels = 3;
+  img.data.assign(px, px + static_cast<size_t>(w) * static_cast<size_t>(h) * 3);
+  stbi_image_free(px);
+  return img;
+}
+
 // A label map: one class id per pixel, as a 1-channel image.
 inline Image load_label_map(const std::string& path) {
   detail::require_readable(path, "load_label_map");
@@ -178,6 +199,11 @@ inline constexpr bool needs_stb = false;
 template <class T = void>
 Image load_image(const std::string&) {
   static_assert(detail::needs_stb<T>, "segml::load_image needs stb: install libstb-dev and reconfigure");
+  return {};
+}
+template <class T = void>
+Image load_image_from_memory(const std::string&, const std::string& = "<memory>") {
+  static_assert(detail::needs_stb<T>, "segml::load_image_from_memory needs stb: install libstb-dev and reconfigure");
   return {};
 }
 template <class T = void>

@@ -3,6 +3,7 @@
 //   NCHW  x (B, C, H, W)  PyTorch's layout; SIMD over W.
 //   NHWC  x (B, H, W, C)  the token layout (B, N = H*W, C) seen as an image; SIMD over C.
 // Weights are always PyTorch's (C, 1, 3, 3), bias (C) or null; y has x's shape.
+// dwconv3x3_nhwc_gelu_forward applies GELU in the same pass (the inference engine's Mix-FFN).
 //
 // Contract:
 //  - Backward gives dx, dw, db (each may be null; overwritten, never accumulated). The input
@@ -26,6 +27,7 @@
 
 #include "segml/core/cpu.hpp"
 #include "segml/core/parallel.hpp"
+#include "segml/kernels/activations.hpp"
 
 namespace segml::kernels {
 
@@ -194,7 +196,7 @@ SEGML_DW_AVX2 inline void avx2_store(float* p, __m256i m, __m256 v) {
 // Output pixel j of one row, channels [c, c+8), any j (taps outside the row skipped).
 template <bool kFull>
 SEGML_DW_AVX2 inline void dw_nhwc_pixel_avx2(float* yr, const float* const rows[3], const float* wt, const float* bias,
-                                             int64_t j, int64_t W, int64_t C, int64_t c, __m256i m) {
+                                             int64_t j, int64_t W, int64_t C, int64_t c, __m256i m, bool gelu) {
   __m256 acc = avx2_load<kFull>(bias + c, m);
   for (int kh = 0; kh < 3; ++kh) {
     if (!rows[kh]) continue;
@@ -204,13 +206,13 @@ SEGML_DW_AVX2 inline void dw_nhwc_pixel_avx2(float* yr, const float* const rows[
     acc = _mm256_fmadd_ps(avx2_load<kFull>(p, m), avx2_load<kFull>(w + C, m), acc);
     if (j + 1 < W) acc = _mm256_fmadd_ps(avx2_load<kFull>(p + C, m), avx2_load<kFull>(w + 2 * C, m), acc);
   }
-  avx2_store<kFull>(yr + j * C + c, m, acc);
+  avx2_store<kFull>(yr + j * C + c, m, gelu ? gelu256_ps(acc) : acc);
 }
 
 // Output pixels j..j+3 of one row, channels [c, c+8); requires 1 <= j and j + 4 < W (all taps inside).
 template <bool kFull>
 SEGML_DW_AVX2 inline void dw_nhwc_quad_avx2(float* yr, const float* const rows[3], const float* wt, const float* bias,
-                                            int64_t j, int64_t C, int64_t c, __m256i m) {
+                                            int64_t j, int64_t C, int64_t c, __m256i m, bool gelu) {
   __m256 acc[4];
   for (auto& a : acc) a = avx2_load<kFull>(bias + c, m);
   for (int kh = 0; kh < 3; ++kh) {
@@ -224,12 +226,12 @@ SEGML_DW_AVX2 inline void dw_nhwc_quad_avx2(float* yr, const float* const rows[3
         if (i - q >= 0 && i - q < 3) acc[q] = _mm256_fmadd_ps(xv, w[i - q], acc[q]);
     }
   }
-  for (int q = 0; q < 4; ++q) avx2_store<kFull>(yr + (j + q) * C + c, m, acc[q]);
+  for (int q = 0; q < 4; ++q) avx2_store<kFull>(yr + (j + q) * C + c, m, gelu ? gelu256_ps(acc[q]) : acc[q]);
 }
 
-// NHWC forward, image rows [r0, r1) of B*H.  wt (9, C), bias (C)
+// NHWC forward, image rows [r0, r1) of B*H, GELU applied to the result when `gelu`.  wt (9, C), bias (C)
 SEGML_DW_AVX2 inline void dw_nhwc_rows_avx2(float* y, const float* x, const float* wt, const float* bias, int64_t H,
-                                            int64_t W, int64_t C, int64_t r0, int64_t r1) {
+                                            int64_t W, int64_t C, int64_t r0, int64_t r1, bool gelu) {
   const int64_t C8 = C / 8 * 8;
   const __m256i m = avx2_mask(C - C8 ? C - C8 : 8);
   for (int64_t r = r0; r < r1; ++r) {
@@ -239,12 +241,12 @@ SEGML_DW_AVX2 inline void dw_nhwc_rows_avx2(float* y, const float* x, const floa
     float* yr = y + r * W * C;
     for (int64_t j = 0; j < W;) {
       if (j >= 1 && j + 4 < W) {
-        for (int64_t c = 0; c < C8; c += 8) dw_nhwc_quad_avx2<true>(yr, rows, wt, bias, j, C, c, m);
-        if (C8 < C) dw_nhwc_quad_avx2<false>(yr, rows, wt, bias, j, C, C8, m);
+        for (int64_t c = 0; c < C8; c += 8) dw_nhwc_quad_avx2<true>(yr, rows, wt, bias, j, C, c, m, gelu);
+        if (C8 < C) dw_nhwc_quad_avx2<false>(yr, rows, wt, bias, j, C, C8, m, gelu);
         j += 4;
       } else {
-        for (int64_t c = 0; c < C8; c += 8) dw_nhwc_pixel_avx2<true>(yr, rows, wt, bias, j, W, C, c, m);
-        if (C8 < C) dw_nhwc_pixel_avx2<false>(yr, rows, wt, bias, j, W, C, C8, m);
+        for (int64_t c = 0; c < C8; c += 8) dw_nhwc_pixel_avx2<true>(yr, rows, wt, bias, j, W, C, c, m, gelu);
+        if (C8 < C) dw_nhwc_pixel_avx2<false>(yr, rows, wt, bias, j, W, C, C8, m, gelu);
         j += 1;
       }
     }
@@ -373,7 +375,7 @@ SEGML_DW_AVX2 inline void dw_nchw_wgrad_planes_avx2(float* part, const float* dy
 
 // The AVX-512 kernels: the same loops, 16 lanes, masks instead of tail branches.
 SEGML_DW_AVX512 inline void dw_nhwc_rows_avx512(float* y, const float* x, const float* wt, const float* bias, int64_t H,
-                                                int64_t W, int64_t C, int64_t r0, int64_t r1) {
+                                                int64_t W, int64_t C, int64_t r0, int64_t r1, bool gelu) {
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t h = r % H;
     const float* rows[3];
@@ -393,7 +395,7 @@ SEGML_DW_AVX512 inline void dw_nhwc_rows_avx512(float* y, const float* x, const 
           acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, p), wv[kh * 3 + 1], acc);
           if (j + 1 < W) acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, p + C), wv[kh * 3 + 2], acc);
         }
-        _mm512_mask_storeu_ps(yr + j * C + c, m, acc);
+        _mm512_mask_storeu_ps(yr + j * C + c, m, gelu ? gelu512_ps(acc) : acc);
       }
     }
   }
@@ -514,21 +516,22 @@ inline bool dw_nchw_apply_simd(float* y, const float* x, const float* w9, const 
 #endif
 }
 
-// The SIMD NHWC forward over all rows (wt (9, C), bias (C)); false when no SIMD ISA is active.
+// The SIMD NHWC forward over all rows (wt (9, C), bias (C)), then GELU when `gelu`; false when no
+// SIMD ISA is active.
 inline bool dw_nhwc_apply_simd(float* y, const float* x, const float* wt, const float* bias, int64_t B, int64_t H,
-                               int64_t W, int64_t C) {
+                               int64_t W, int64_t C, bool gelu = false) {
 #if defined(__x86_64__)
   const Isa i = isa();
   if (i == Isa::scalar) return false;
   parallel_for(B * H, dw_grain(W * C), [&](int64_t r0, int64_t r1) {
     if (i == Isa::avx512)
-      dw_nhwc_rows_avx512(y, x, wt, bias, H, W, C, r0, r1);
+      dw_nhwc_rows_avx512(y, x, wt, bias, H, W, C, r0, r1, gelu);
     else
-      dw_nhwc_rows_avx2(y, x, wt, bias, H, W, C, r0, r1);
+      dw_nhwc_rows_avx2(y, x, wt, bias, H, W, C, r0, r1, gelu);
   });
   return true;
 #else
-  (void)y, (void)x, (void)wt, (void)bias, (void)B, (void)H, (void)W, (void)C;
+  (void)y, (void)x, (void)wt, (void)bias, (void)B, (void)H, (void)W, (void)C, (void)gelu;
   return false;
 #endif
 }
@@ -592,6 +595,19 @@ inline void dwconv3x3_nhwc_forward(T* y, const T* x, const T* w, const T* b, int
     if (detail::dw_nhwc_apply_simd(y, x, wt.data(), bias.data(), B, H, W, C)) return;
   }
   dwconv3x3_nhwc_forward_ref(y, x, w, b, B, H, W, C);
+}
+
+// NHWC forward followed by GELU in the same pass (the Mix-FFN's dwconv -> GELU, for inference):
+// y = gelu(dwconv3x3(x) + b), equal to dwconv3x3_nhwc_forward then gelu_forward.  x, y (B, H, W, C)
+template <class T>
+inline void dwconv3x3_nhwc_gelu_forward(T* y, const T* x, const T* w, const T* b, int64_t B, int64_t H, int64_t W,
+                                        int64_t C) {
+  if constexpr (std::is_same_v<T, float>) {
+    const std::vector<float> wt = detail::taps_by_channel(w, C), bias = detail::bias_or_zeros(b, C);
+    if (detail::dw_nhwc_apply_simd(y, x, wt.data(), bias.data(), B, H, W, C, /*gelu=*/true)) return;
+  }
+  dwconv3x3_nhwc_forward_ref(y, x, w, b, B, H, W, C);
+  gelu_forward_ref(y, y, B * H * W * C);
 }
 
 // NHWC backward (dx, dw, db each may be null).  dy, x, dx (B, H, W, C), w, dw (C, 1, 3, 3), db (C)

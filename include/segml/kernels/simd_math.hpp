@@ -120,13 +120,15 @@ SEGML_AVX2_FN __m256 ndtr256_ps(__m256 x) {
   const __m256 one = _mm256_set1_ps(1.0f), half = _mm256_set1_ps(0.5f), sign = _mm256_set1_ps(-0.0f);
   const __m256 u = _mm256_mul_ps(x, _mm256_set1_ps(coef::sqrt1_2));
   const __m256 small = _mm256_fmadd_ps(_mm256_mul_ps(u, horner256_ps(_mm256_mul_ps(u, u), coef::erf_poly)), half, half);
+  const __m256 tail = _mm256_cmp_ps(_mm256_andnot_ps(sign, u), one, _CMP_GE_OQ);
+  if (_mm256_testz_ps(tail, tail)) return small;  // no lane needs the tail (the common case): skip it
   // |x| in [sqrt2, 14.5] (Phi(-14.5) underflows to 0); u^2 = x^2 / 2 exactly as (hi + lo) / 2.
   const __m256 xa = _mm256_min_ps(_mm256_set1_ps(14.5f), _mm256_max_ps(_mm256_set1_ps(1.4142135f), _mm256_andnot_ps(sign, x)));
   const __m256 hi = _mm256_mul_ps(xa, xa), lo = _mm256_fmsub_ps(xa, xa, hi);
   const __m256 h = _mm256_mul_ps(half, erfc_tail256_ps(_mm256_mul_ps(xa, _mm256_set1_ps(coef::sqrt1_2)), _mm256_mul_ps(hi, half),
                                                        _mm256_mul_ps(lo, half)));
   const __m256 big = _mm256_blendv_ps(_mm256_sub_ps(one, h), h, _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_LT_OQ));
-  return _mm256_blendv_ps(small, big, _mm256_cmp_ps(_mm256_andnot_ps(sign, u), one, _CMP_GE_OQ));
+  return _mm256_blendv_ps(small, big, tail);
 }
 
 // ================================ AVX-512 (16 lanes) ============================================
@@ -191,12 +193,14 @@ SEGML_AVX512_FN __m512 ndtr512_ps(__m512 x) {
   const __m512 one = _mm512_set1_ps(1.0f), half = _mm512_set1_ps(0.5f), sign = _mm512_set1_ps(-0.0f);
   const __m512 u = _mm512_mul_ps(x, _mm512_set1_ps(coef::sqrt1_2));
   const __m512 small = _mm512_fmadd_ps(_mm512_mul_ps(u, horner512_ps(_mm512_mul_ps(u, u), coef::erf_poly)), half, half);
+  const __mmask16 tail = _mm512_cmp_ps_mask(_mm512_andnot_ps(sign, u), one, _CMP_GE_OQ);
+  if (!tail) return small;  // no lane needs the tail (the common case): skip it
   const __m512 xa = _mm512_maskz_min_ps(kAll, _mm512_set1_ps(14.5f), _mm512_maskz_max_ps(kAll, _mm512_set1_ps(1.4142135f), _mm512_andnot_ps(sign, x)));
   const __m512 hi = _mm512_mul_ps(xa, xa), lo = _mm512_fmsub_ps(xa, xa, hi);
   const __m512 h = _mm512_mul_ps(half, erfc_tail512_ps(_mm512_mul_ps(xa, _mm512_set1_ps(coef::sqrt1_2)), _mm512_mul_ps(hi, half),
                                                        _mm512_mul_ps(lo, half)));
   const __m512 big = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ), _mm512_sub_ps(one, h), h);
-  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(_mm512_andnot_ps(sign, u), one, _CMP_GE_OQ), small, big);
+  return _mm512_mask_blend_ps(tail, small, big);
 }
 
 }  // namespace segml::simd

@@ -293,7 +293,8 @@ struct SegformerDecodeHead {
       const Var<T> fuse_i = ops::narrow(fuse_weight, 1, (S - 1 - i) * D, D);                            // Wf_i (D, D)
       const Var<T> weight = ops::linear(fuse_i, ops::permute(linear_c[i].weight, {1, 0}));               // Wf_i Wc_i
       const Var<T> bias = ops::reshape(ops::linear(ops::reshape(linear_c[i].bias, {1, D}), fuse_i), {D});  // Wf_i bc_i
-      Var<T> proj = detail::tokens_to_nchw(ops::linear(detail::nchw_to_tokens(state), weight, bias), h, w);
+      // A 1x1 conv on the NCHW state: a GEMM on it as it lies, no transposes.
+      Var<T> proj = ops::conv2d(state, ops::reshape(weight, {D, state.size(1), 1, 1}), bias, {1, 1}, {0, 0}, 1);
       if (h != H1 || w != W1) proj = ops::resize_bilinear(proj, H1, W1);
       hidden = hidden.defined() ? ops::add(hidden, proj) : proj;
     }
@@ -382,8 +383,8 @@ class SegformerForSemanticSegmentation {
     SEGML_CHECK(labels.dim() == 3 && labels.size(0) == logits.size(0), "SegformerForSemanticSegmentation: labels must be (B=",
                 logits.size(0), ", H, W), got ", labels.shape());
     SEGML_CHECK(config.num_labels > 1, "SegformerForSemanticSegmentation: the loss for num_labels == 1 is not supported");
-    Var<T> upsampled = ops::resize_bilinear(logits, labels.size(1), labels.size(2));
-    return ops::cross_entropy(upsampled, labels, config.semantic_loss_ignore_index);
+    // One fused pass: the upsampled logits (B, num_labels, H', W') are never materialised.
+    return ops::upsampled_cross_entropy(logits, labels, config.semantic_loss_ignore_index);
   }
 
  private:

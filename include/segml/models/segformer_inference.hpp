@@ -336,10 +336,10 @@ class SegformerInference {
     // Mix-FFN: dense1 -> depthwise 3x3 on the tokens as an (h, w, Cm) image -> GELU -> dense2.
     timed("layer_norm", [&] { layer_norm(ws_.t, ws_.x, b.layer_norm_2, N); });
     timed("mlp.dense1", [&] { linear(ws_.h1, ws_.t, b.dense1, N); });
-    timed("mlp.dwconv", [&] {
-      kernels::dwconv3x3_nhwc_forward(ws_.h2, ws_.h1, b.dwconv.weight.data(), b.dwconv.bias.data(), 1, sh.h, sh.w, Cm);
+    timed("mlp.dwconv+gelu", [&] {
+      kernels::dwconv3x3_nhwc_gelu_forward(ws_.h2, ws_.h1, b.dwconv.weight.data(), b.dwconv.bias.data(), 1, sh.h, sh.w,
+                                           Cm);
     });
-    timed("mlp.gelu", [&] { kernels::gelu_forward(ws_.h2, ws_.h2, N * Cm); });
     timed("mlp.dense2", [&] { linear_add(ws_.x, ws_.h2, b.dense2, N); });
   }
 

@@ -1,4 +1,5 @@
-// segml/ops/loss.hpp: differentiable pixel-wise cross-entropy with ignore_index.
+// segml/ops/loss.hpp: differentiable pixel-wise cross-entropy with ignore_index, and HF SegFormer's
+// loss (bilinear upsampling of the logits to the label size, then cross-entropy) fused into one op.
 //
 // cross_entropy(logits, labels, ignore_index) equals
 //   torch.nn.functional.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="mean"):
@@ -15,6 +16,7 @@
 
 #include "segml/autograd/variable.hpp"
 #include "segml/kernels/cross_entropy.hpp"
+#include "segml/kernels/upsampled_cross_entropy.hpp"
 
 namespace segml::ops {
 
@@ -49,6 +51,36 @@ Var<T> cross_entropy(const Var<T>& logits, const Tensor<int64_t>& labels, int64_
           kernels::cross_entropy_backward(d.data(), x.data(), lab.data(), B, C, P, ignore_index, scale);
         }
         g[0] = rows ? d.transpose(0, 1).contiguous() : d;
+      });
+}
+
+// cross_entropy(resize_bilinear(logits, H, W), labels, ignore_index) for labels (B, H, W), logits
+// (B, C, h, w): HF SegFormer's semantic-segmentation loss, computed without materialising the
+// upsampled logits or their gradient (kernels/upsampled_cross_entropy.hpp). Same semantics and
+// label checks as cross_entropy above.
+template <class T>
+Var<T> upsampled_cross_entropy(const Var<T>& logits, const Tensor<int64_t>& labels, int64_t ignore_index = 255) {
+  SEGML_CHECK(logits.dim() == 4, "upsampled_cross_entropy: logits must be (B, C, h, w), got shape ", logits.shape());
+  SEGML_CHECK(labels.dim() == 3 && labels.size(0) == logits.size(0), "upsampled_cross_entropy: labels must be (B=",
+              logits.size(0), ", H, W), got shape ", labels.shape());
+  const int64_t B = logits.size(0), C = logits.size(1), h = logits.size(2), w = logits.size(3);
+  const int64_t H = labels.size(1), W = labels.size(2);
+  SEGML_CHECK(C >= 1 && h >= 1 && w >= 1, "upsampled_cross_entropy: empty logits of shape ", logits.shape());
+  const Tensor<T> x = logits.data().permute({0, 2, 3, 1}).contiguous();  // classes contiguous per pixel
+  const Tensor<int64_t> lab = labels.contiguous();
+  const int64_t n_valid = kernels::cross_entropy_count_valid(lab.data(), lab.numel(), C, ignore_index);
+  const double sum =
+      n_valid ? kernels::upsampled_cross_entropy_forward(x.data(), lab.data(), B, h, w, C, H, W, ignore_index) : 0.0;
+  Tensor<T> out = Tensor<T>::full({}, static_cast<T>(n_valid ? sum / static_cast<double>(n_valid) : 0.0));
+  return make_result<T>(
+      std::move(out), "upsampled_cross_entropy", {&logits},
+      [x, lab, B, C, h, w, H, W, ignore_index, n_valid](const Tensor<T>& gy, Grads<T>& g) {
+        Tensor<T> d = Tensor<T>::zeros(x.shape());
+        if (n_valid) {
+          const T scale = static_cast<T>(static_cast<double>(gy.data()[0]) / static_cast<double>(n_valid));
+          kernels::upsampled_cross_entropy_backward(d.data(), x.data(), lab.data(), B, h, w, C, H, W, ignore_index, scale);
+        }
+        g[0] = d.permute({0, 3, 1, 2}).contiguous();
       });
 }
 

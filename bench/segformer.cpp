@@ -1,0 +1,498 @@
+// bench/segformer: end-to-end SegFormer benchmark (inference and one training step).
+//
+//   segformer [--cases b0_512,train_b0_512] [--threads 1,2] [--repeats 10] [--warmup 2] [--json out.json]
+//             [--model DIR]
+//   segformer --case b0_512 --threads 2 [--model DIR] [--input in.safetensors] [--save-logits out.safetensors]
+//             [--json out.json]                         (one case, in this process; used by bench/peers)
+//
+// Cases (batch 1 unless stated; 150 labels as ADE20K; random weights unless --model):
+//   b0_512, b1_512, b2_512, b0_1024   inference through SegformerInference::run (no autograd)
+//   train_b0_512                      one training step, batch 2: forward, loss, backward, AdamW, zero_grad
+//
+// Without --case, this program is a driver: it measures the machine's fp32 peak for each thread count,
+// then runs every (case, threads) pair in a fresh child process (itself with --case), so that each
+// case's peak RSS (ru_maxrss of that child) is its own. Per case it reports median and min ms,
+// images/s, GFLOP/s from an analytic multiply-accumulate count (see count_macs), that rate as a
+// fraction of the measured peak, peak RSS and the speed-up from the first to the last thread count.
+//
+// With --model DIR every case uses the checkpoint's architecture and weights (the case name then
+// only picks the input size, batch and mode). With --input, pixel_values (and, for training, labels)
+// come from a safetensors file; otherwise they are random with a fixed seed.
+// What it does not do: check the logits against a reference (bench/peers does that across engines).
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <memory>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <segml/core/cpu.hpp>
+#include <segml/core/parallel.hpp>
+#include <segml/io/checkpoint.hpp>
+#include <segml/io/safetensors.hpp>
+#include <segml/models/segformer.hpp>
+#include <segml/models/segformer_inference.hpp>
+#include <segml/train/optim.hpp>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+namespace fs = std::filesystem;
+using segml::SegformerConfig;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+// ---- the cases ------------------------------------------------------------------------------------
+struct Case {
+  std::string name;
+  std::string variant;  // b0, b1, b2 (ignored with --model)
+  int64_t size;         // square input, size x size
+  int64_t batch;
+  bool train;
+};
+
+const std::vector<Case>& all_cases() {
+  static const std::vector<Case> cases = {{"b0_512", "b0", 512, 1, false},
+                                          {"b1_512", "b1", 512, 1, false},
+                                          {"b2_512", "b2", 512, 1, false},
+                                          {"b0_1024", "b0", 1024, 1, false},
+                                          {"train_b0_512", "b0", 512, 2, true}};
+  return cases;
+}
+
+const Case& find_case(const std::string& name) {
+  for (const Case& c : all_cases())
+    if (c.name == name) return c;
+  std::string known;
+  for (const Case& c : all_cases()) known += (known.empty() ? "" : ", ") + c.name;
+  throw CLI::ValidationError("unknown case '" + name + "' (known: " + known + ")");
+}
+
+SegformerConfig preset(const std::string& variant) {
+  SegformerConfig c = variant == "b0" ? SegformerConfig::b0() : variant == "b1" ? SegformerConfig::b1() : SegformerConfig::b2();
+  c.set_num_labels(150);
+  return c;
+}
+
+// ---- analytic multiply-accumulate count, per image ------------------------------------------------
+// Counted: every conv and linear (output elements x fan-in), attention (QK^T and AV: 2 N M C per
+// layer, all heads together), the depthwise 3x3 conv (9 per output element) and bilinear resizes
+// (4 per output element; a resize to the same size is a copy and counts 0). Not counted: LayerNorm,
+// BatchNorm, GELU, softmax, bias and residual adds (O(elements), not MACs).
+// folded_head: the decode head as Σ_i up(A_i x_i + b_i) (issue 5 §4): linear_c_i becomes a
+// (decoder, C_i) map at stage i's resolution and linear_fuse (4D -> D at stride 4) disappears.
+// with_loss: adds HF's loss upsampling of the logits to the input size (training only).
+struct MacCount {
+  std::map<std::string, double> parts;
+  double total() const {
+    double t = 0;
+    for (const auto& [k, v] : parts) t += v;
+    return t;
+  }
+};
+
+MacCount count_macs(const SegformerConfig& c, int64_t H, int64_t W, bool folded_head, bool with_loss = false) {
+  MacCount m;
+  auto& p = m.parts;
+  int64_t h = H, w = W, in = c.num_channels;
+  std::vector<int64_t> tokens;
+  for (int64_t i = 0; i < c.num_encoder_blocks; ++i) {
+    const auto s = static_cast<size_t>(i);
+    const int64_t k = c.patch_sizes[s], stride = c.strides[s], C = c.hidden_sizes[s], sr = c.sr_ratios[s];
+    h = (h + 2 * (k / 2) - k) / stride + 1;
+    w = (w + 2 * (k / 2) - k) / stride + 1;
+    const double N = double(h * w), Cd = double(C), hid = double(C * c.mlp_ratios[s]);
+    p["patch_embed"] += N * Cd * double(in * k * k);
+    for (int64_t j = 0; j < c.depths[s]; ++j) {
+      double M = N;
+      if (sr > 1) {
+        M = double((h / sr) * (w / sr));
+        p["attn_sr_conv"] += M * Cd * Cd * double(sr * sr);
+      }
+      p["attn_qkvo"] += 2 * N * Cd * Cd + 2 * M * Cd * Cd;
+      p["attn_scores_av"] += 2 * N * M * Cd;
+      p["ffn_dense"] += 2 * N * Cd * hid;
+      p["ffn_dwconv"] += N * hid * 9;
+    }
+    tokens.push_back(h * w);
+    in = C;
+  }
+  const double N1 = double(tokens[0]), D = double(c.decoder_hidden_size);
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    p["head_linear_c"] += double(tokens[i]) * double(c.hidden_sizes[i]) * D;
+    if (tokens[i] != tokens[0]) p["head_resize"] += N1 * D * 4;
+  }
+  if (!folded_head) p["head_linear_fuse"] = N1 * D * D * double(c.num_encoder_blocks);
+  p["head_classifier"] = N1 * D * double(c.num_labels);
+  if (with_loss) p["loss_resize"] = double(H * W * c.num_labels) * 4;
+  return m;
+}
+
+// One training step: forward (with the loss resize) + backward, counted as 2x forward (gradient of
+// the input and of the weights), minus the input gradient of the first conv (pixels need none).
+double train_macs(const SegformerConfig& c, int64_t H, int64_t W, bool folded_head) {
+  const MacCount fwd = count_macs(c, H, W, folded_head, /*with_loss=*/true);
+  const int64_t k = c.patch_sizes[0];
+  const int64_t h = (H + 2 * (k / 2) - k) / c.strides[0] + 1, w = (W + 2 * (k / 2) - k) / c.strides[0] + 1;
+  const double first_input_grad = double(h * w * c.hidden_sizes[0] * c.num_channels * k * k);
+  return 3 * fwd.total() - first_input_grad;
+}
+
+// ---- fp32 peak: independent FMA chains on every thread --------------------------------------------
+// kChains independent accumulators per thread (more than FMA latency x FMA pipes, so the pipes never
+// wait); FLOPs = threads x iterations x kChains x lanes x 2. The best of 5 runs (the machine may be shared).
+constexpr int kChains = 12;
+volatile float g_sink = 0;
+
+#if defined(__x86_64__)
+__attribute__((target("avx2,fma"))) float fma_chains_avx2(int64_t n) {
+  __m256 acc[kChains];
+  for (int i = 0; i < kChains; ++i) acc[i] = _mm256_set1_ps(0.001f * float(i));
+  const __m256 x = _mm256_set1_ps(0.9999f), y = _mm256_set1_ps(1e-6f);
+  for (int64_t k = 0; k < n; ++k) {
+#pragma GCC unroll 16
+    for (int i = 0; i < kChains; ++i) acc[i] = _mm256_fmadd_ps(acc[i], x, y);
+  }
+  __m256 s = acc[0];
+  for (int i = 1; i < kChains; ++i) s = _mm256_add_ps(s, acc[i]);
+  return _mm256_cvtss_f32(s);
+}
+
+__attribute__((target("avx512f"))) float fma_chains_avx512(int64_t n) {
+  __m512 acc[kChains];
+  for (int i = 0; i < kChains; ++i) acc[i] = _mm512_set1_ps(0.001f * float(i));
+  const __m512 x = _mm512_set1_ps(0.9999f), y = _mm512_set1_ps(1e-6f);
+  for (int64_t k = 0; k < n; ++k) {
+#pragma GCC unroll 16
+    for (int i = 0; i < kChains; ++i) acc[i] = _mm512_fmadd_ps(acc[i], x, y);
+  }
+  __m512 s = acc[0];
+  for (int i = 1; i < kChains; ++i) s = _mm512_add_ps(s, acc[i]);
+  alignas(64) float out[16];
+  _mm512_store_ps(out, s);
+  return out[0];
+}
+#endif
+
+// GFLOP/s of the widest FMA the CPU has, on `threads` threads (0 when there is no SIMD path).
+double peak_gflops(int threads, int64_t n = 10'000'000) {
+#if defined(__x86_64__)
+  const bool avx512 = segml::detect_isa() == segml::Isa::avx512;
+  if (segml::detect_isa() == segml::Isa::scalar) return 0;
+  const int lanes = avx512 ? 16 : 8;
+  double best = 0;
+  for (int rep = 0; rep < 5; ++rep) {
+    float sink = 0;
+    const auto t0 = Clock::now();
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(threads) reduction(+ : sink)
+#endif
+    sink += avx512 ? fma_chains_avx512(n) : fma_chains_avx2(n);
+    g_sink = sink;  // consumes the result so that the loop stays
+    const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+    best = std::max(best, double(threads) * double(n) * kChains * lanes * 2 / s * 1e-9);
+  }
+  return best;
+#else
+  (void)threads, (void)n;
+  return 0;
+#endif
+}
+
+// ---- one case, in this process --------------------------------------------------------------------
+struct Options {
+  std::vector<std::string> cases;
+  std::string one_case;
+  std::vector<int> threads;
+  int repeats = 10, warmup = 2;
+  std::string model_dir, input, save_logits, json_out;
+  bool child = false;
+};
+
+double peak_rss_mb() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return double(ru.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB on Linux
+}
+
+double ms_since(Clock::time_point t0) { return std::chrono::duration<double, std::milli>(Clock::now() - t0).count(); }
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+void check_finite(const segml::Tensor<float>& t, const char* what) {
+  const segml::Tensor<float> c = t.contiguous();
+  for (int64_t i = 0; i < c.numel(); ++i)
+    if (!std::isfinite(c.data()[i])) segml::fail(what, " is not finite at element ", i);
+}
+
+nlohmann::json run_case(const Case& cs, const Options& opt) {
+  const int threads = opt.threads.empty() ? segml::num_threads() : opt.threads.front();
+  segml::set_num_threads(threads);
+  segml::LoadOptions strict;
+  strict.strict = true;
+  segml::SegformerForSemanticSegmentation<float> model =
+      opt.model_dir.empty() ? segml::SegformerForSemanticSegmentation<float>(preset(cs.variant), /*seed=*/0)
+                            : segml::from_pretrained<float>(opt.model_dir, strict);
+  const SegformerConfig& cfg = model.config;
+  const segml::Shape pixel_shape{cs.batch, cfg.num_channels, cs.size, cs.size};
+
+  segml::Tensor<float> pixels;
+  segml::Tensor<int64_t> labels;
+  if (!opt.input.empty()) {
+    const segml::safetensors::File f(opt.input);
+    pixels = f.get<float>("pixel_values", pixel_shape);
+    if (cs.train) labels = f.get<int64_t>("labels", {cs.batch, cs.size, cs.size});
+  } else {
+    std::mt19937 rng(1);
+    std::normal_distribution<float> normal(0.f, 1.f);
+    pixels = segml::Tensor<float>::empty(pixel_shape);
+    for (int64_t i = 0; i < pixels.numel(); ++i) pixels.data()[i] = normal(rng);
+    if (cs.train) {
+      std::uniform_int_distribution<int64_t> label(0, cfg.num_labels - 1);
+      labels = segml::Tensor<int64_t>::empty({cs.batch, cs.size, cs.size});
+      for (int64_t i = 0; i < labels.numel(); ++i) labels.data()[i] = label(rng);
+    }
+  }
+
+  const double rss_setup = peak_rss_mb();  // model and input in memory, nothing run yet
+
+  std::function<void()> step;
+  segml::SegformerInference<float> engine(model);
+  segml::Tensor<float> logits, loss;  // the last run's outputs (the step lambdas write them)
+  std::unique_ptr<segml::train::AdamW<float>> optimizer;
+  if (cs.train) {
+    segml::train::ParamGroup<float> group;
+    group.weight_decay = 0.01;
+    segml::nn::Visitor<float> v;
+    v.parameter = [&](const std::string& name, segml::Var<float>& p) { group.params.emplace_back(name, p); };
+    v.buffer = [](const std::string&, segml::Tensor<float>&) {};
+    model.visit(v);
+    optimizer = std::make_unique<segml::train::AdamW<float>>(std::vector<segml::train::ParamGroup<float>>{group});
+    model.train();
+    step = [&] {
+      const segml::SegformerOutput<float> out = model.forward(segml::Var<float>(pixels), &labels);
+      out.loss.backward();
+      optimizer->step(6e-5);
+      optimizer->zero_grad();
+      loss = out.loss.data();
+    };
+    step();  // the first step, untimed, validates: its loss must be finite
+    check_finite(loss, "the training loss");
+  } else {
+    logits = engine.run(pixels);
+    const segml::Shape want{cs.batch, cfg.num_labels, (cs.size + 3) / 4, (cs.size + 3) / 4};
+    if (logits.shape() != want) segml::fail("logits have shape ", logits.shape(), ", expected ", want);
+    check_finite(logits, "the logits");
+    if (!opt.save_logits.empty())
+      segml::safetensors::save(opt.save_logits, {{"logits", segml::safetensors::make_entry(logits)}});
+    step = [&] { logits = engine.run(pixels); };
+  }
+
+  for (int i = 0; i < opt.warmup; ++i) step();
+  std::vector<double> times;
+  for (int i = 0; i < opt.repeats; ++i) {
+    const auto t0 = Clock::now();
+    step();
+    times.push_back(ms_since(t0));
+  }
+
+  const double med = median(times), best = *std::min_element(times.begin(), times.end());
+  const double per_image_nominal = cs.train ? train_macs(cfg, cs.size, cs.size, false)
+                                            : count_macs(cfg, cs.size, cs.size, false).total();
+  const double per_image_folded = cs.train ? train_macs(cfg, cs.size, cs.size, true)
+                                           : count_macs(cfg, cs.size, cs.size, true).total();
+  nlohmann::json r;
+  r["case"] = cs.name;
+  r["model"] = opt.model_dir.empty() ? cs.variant + " (random weights, 150 labels)" : opt.model_dir;
+  r["mode"] = cs.train ? "train step (forward, loss, backward, AdamW)" : "inference";
+  r["input"] = pixel_shape;
+  r["threads"] = threads;
+  r["isa"] = segml::isa_name(segml::isa());
+  r["warmup"] = opt.warmup;
+  r["times_ms"] = times;
+  r["median_ms"] = med;
+  r["min_ms"] = best;
+  r["images_per_s"] = double(cs.batch) * 1000.0 / med;
+  r["gmac_nominal"] = per_image_nominal * double(cs.batch) * 1e-9;
+  r["gmac_folded"] = per_image_folded * double(cs.batch) * 1e-9;
+  r["gflops_nominal"] = 2 * per_image_nominal * double(cs.batch) / (med * 1e-3) * 1e-9;
+  r["gflops_folded"] = 2 * per_image_folded * double(cs.batch) / (med * 1e-3) * 1e-9;
+  r["rss_before_first_run_mb"] = rss_setup;
+  r["peak_rss_mb"] = peak_rss_mb();
+  return r;
+}
+
+// ---- the driver: every (case, threads) in a fresh child process -----------------------------------
+nlohmann::json run_child(const Case& cs, int threads, const Options& opt, const fs::path& tmp) {
+  const fs::path out = tmp / (cs.name + "_t" + std::to_string(threads) + ".json");
+  std::vector<std::string> args = {"/proc/self/exe", "--child",   "--case",   cs.name,
+                                   "--threads",      std::to_string(threads), "--repeats", std::to_string(opt.repeats),
+                                   "--warmup",       std::to_string(opt.warmup), "--json", out.string()};
+  if (!opt.model_dir.empty()) args.insert(args.end(), {"--model", opt.model_dir});
+  if (!opt.input.empty()) args.insert(args.end(), {"--input", opt.input});
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  std::fflush(stdout);
+  const pid_t pid = fork();
+  if (pid < 0) segml::fail("fork failed");
+  if (pid == 0) {
+    execv("/proc/self/exe", argv.data());
+    std::perror("bench/segformer: execv");
+    _exit(127);
+  }
+  int status = 0;
+  rusage ru{};
+  if (wait4(pid, &status, 0, &ru) < 0) segml::fail("wait4 failed");
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+    segml::fail("case ", cs.name, " with ", threads, " threads failed (status ", status, ")");
+  std::ifstream in(out);
+  nlohmann::json r = nlohmann::json::parse(in);
+  r["peak_rss_mb"] = double(ru.ru_maxrss) / 1024.0;  // the child's own peak, seen by wait4
+  return r;
+}
+
+void print_table(const nlohmann::json& results, const std::map<int, double>& peak) {
+  std::printf("\n| case | threads | median ms | min ms | images/s | GFLOP/s (nominal / folded) | %% of peak (folded) | peak RSS MB |\n");
+  std::printf("|---|---|---|---|---|---|---|---|\n");
+  for (const auto& r : results) {
+    const int t = r["threads"];
+    std::printf("| %s | %d | %.1f | %.1f | %.2f | %.1f / %.1f | %.1f | %.0f |\n", r["case"].get<std::string>().c_str(), t,
+                r["median_ms"].get<double>(), r["min_ms"].get<double>(), r["images_per_s"].get<double>(),
+                r["gflops_nominal"].get<double>(), r["gflops_folded"].get<double>(),
+                peak.at(t) > 0 ? 100.0 * r["gflops_folded"].get<double>() / peak.at(t) : 0.0,
+                r["peak_rss_mb"].get<double>());
+  }
+}
+
+int drive(const Options& opt) {
+  std::vector<int> threads = opt.threads.empty() ? std::vector<int>{1, 2} : opt.threads;
+  const std::vector<std::string> names = opt.cases.empty() ? [] {
+    std::vector<std::string> n;
+    for (const Case& c : all_cases()) n.push_back(c.name);
+    return n;
+  }() : opt.cases;
+
+  nlohmann::json doc;
+  doc["isa_detected"] = segml::isa_name(segml::detect_isa());
+  doc["omp_max_threads"] = segml::num_threads();
+  doc["repeats"] = opt.repeats;
+  doc["warmup"] = opt.warmup;
+  std::map<int, double> peak;
+  for (int t : threads) {
+    peak[t] = peak_gflops(t);
+    std::printf("fp32 peak, %s FMA chains, %d thread%s: %.1f GFLOP/s\n", segml::isa_name(segml::detect_isa()), t,
+                t == 1 ? "" : "s", peak[t]);
+    doc["peak_gflops"][std::to_string(t)] = peak[t];
+  }
+
+  // MAC counts of every case's architecture, nominal and with the folded decode head.
+  for (const std::string& n : names) {
+    const Case& cs = find_case(n);
+    const SegformerConfig cfg = opt.model_dir.empty() ? preset(cs.variant)
+                                                      : SegformerConfig::from_json_file((fs::path(opt.model_dir) / "config.json").string());
+    const MacCount nominal = count_macs(cfg, cs.size, cs.size, false), folded = count_macs(cfg, cs.size, cs.size, true);
+    std::printf("%s: %.3f GMAC per image (folded decode head: %.3f)", n.c_str(), nominal.total() * 1e-9,
+                folded.total() * 1e-9);
+    if (cs.train)
+      std::printf("; training step, batch %lld: %.2f GMAC (folded: %.2f)", static_cast<long long>(cs.batch),
+                  train_macs(cfg, cs.size, cs.size, false) * 1e-9 * double(cs.batch),
+                  train_macs(cfg, cs.size, cs.size, true) * 1e-9 * double(cs.batch));
+    std::printf("\n");
+    nlohmann::json parts;
+    for (const auto& [k, v] : nominal.parts) parts[k] = v * 1e-9;
+    doc["gmac_per_image"][n] = {{"nominal", nominal.total() * 1e-9}, {"folded", folded.total() * 1e-9}, {"parts", parts}};
+  }
+
+  const fs::path tmp = fs::temp_directory_path() / ("segml_bench_" + std::to_string(getpid()));
+  fs::create_directories(tmp);
+  nlohmann::json results = nlohmann::json::array();
+  for (const std::string& n : names)
+    for (int t : threads) {
+      nlohmann::json r = run_child(find_case(n), t, opt, tmp);
+      r["pct_peak_nominal"] = peak[t] > 0 ? 100.0 * r["gflops_nominal"].get<double>() / peak[t] : 0.0;
+      r["pct_peak_folded"] = peak[t] > 0 ? 100.0 * r["gflops_folded"].get<double>() / peak[t] : 0.0;
+      std::printf("  %-13s %d thread%s: median %.1f ms, min %.1f ms, peak RSS %.0f MB\n", n.c_str(), t, t == 1 ? " " : "s",
+                  r["median_ms"].get<double>(), r["min_ms"].get<double>(), r["peak_rss_mb"].get<double>());
+      results.push_back(r);
+    }
+  fs::remove_all(tmp);
+  doc["results"] = results;
+
+  print_table(results, peak);
+  if (threads.size() > 1) {
+    std::printf("\nScaling (median at %d thread(s) / median at %d threads):\n", threads.front(), threads.back());
+    for (const std::string& n : names) {
+      double first = 0, last = 0;
+      for (const auto& r : results) {
+        if (r["case"] != n) continue;
+        if (r["threads"] == threads.front()) first = r["median_ms"];
+        if (r["threads"] == threads.back()) last = r["median_ms"];
+      }
+      std::printf("  %-13s %.2fx\n", n.c_str(), first / last);
+      doc["scaling"][n] = first / last;
+    }
+  }
+  if (!opt.json_out.empty()) std::ofstream(opt.json_out) << doc.dump(2) << "\n";
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"bench/segformer: end-to-end SegFormer inference and training-step benchmark"};
+  Options opt;
+  std::string cases_csv;
+  app.add_option("--cases", cases_csv, "comma-separated subset of: b0_512,b1_512,b2_512,b0_1024,train_b0_512 (default all)");
+  app.add_option("--case", opt.one_case, "run one case in this process (no child processes, no peak measurement)");
+  app.add_option("--threads", opt.threads, "thread counts (driver default: 1 2; --case: one value)")->delimiter(',');
+  app.add_option("--repeats", opt.repeats, "timed runs per case")->check(CLI::PositiveNumber);
+  app.add_option("--warmup", opt.warmup, "untimed runs before timing")->check(CLI::NonNegativeNumber);
+  app.add_option("--model", opt.model_dir, "HF checkpoint folder (config.json + model.safetensors) instead of random weights")
+      ->check(CLI::ExistingDirectory);
+  app.add_option("--input", opt.input, "safetensors with pixel_values (B,3,H,W) and, for training, labels (B,H,W)")
+      ->check(CLI::ExistingFile);
+  app.add_option("--save-logits", opt.save_logits, "with --case (inference): write the logits as safetensors `logits`");
+  app.add_option("--json", opt.json_out, "write the results as JSON");
+  app.add_flag("--child", opt.child, "internal: invoked by the driver")->group("");
+  CLI11_PARSE(app, argc, argv);
+
+  try {
+    std::stringstream ss(cases_csv);
+    for (std::string n; std::getline(ss, n, ',');)
+      if (!n.empty()) opt.cases.push_back(find_case(n).name);
+    if (opt.one_case.empty()) return drive(opt);
+
+    if (opt.threads.size() > 1) throw CLI::ValidationError("--case takes one --threads value");
+    const nlohmann::json r = run_case(find_case(opt.one_case), opt);
+    if (!opt.json_out.empty()) std::ofstream(opt.json_out) << r.dump(2) << "\n";
+    if (!opt.child)
+      std::printf("%s, %d thread(s): median %.1f ms, min %.1f ms, %.2f images/s, %.1f GFLOP/s nominal, peak RSS %.0f MB\n",
+                  opt.one_case.c_str(), r["threads"].get<int>(), r["median_ms"].get<double>(), r["min_ms"].get<double>(),
+                  r["images_per_s"].get<double>(), r["gflops_nominal"].get<double>(), r["peak_rss_mb"].get<double>());
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench/segformer: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

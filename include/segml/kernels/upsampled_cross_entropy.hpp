@@ -1,0 +1,250 @@
+// segml/kernels/upsampled_cross_entropy.hpp: HF SegFormer's loss in one pass: bilinear upsampling of
+// the logits to the label size (align_corners=False) followed by pixel-wise softmax cross-entropy,
+// without ever building the upsampled logits.
+//
+//   loss_sum = Σ_{b, Y, X not ignored}  logsumexp_c(u[b, :, Y, X]) − u[b, label, Y, X],
+//   u = resize_bilinear(logits, H, W)     (the taps and expression of kernels/resize.hpp)
+//
+// At 512x512 labels, 128x128 logits and 150 classes, u has 39 M values per image; the unfused
+// loss writes them, reads them, and its backward writes and reads their gradient again. Here each
+// output pixel's class vector u is formed from its four source pixels on the fly, used, and dropped.
+//
+// Layout: logits channels-last, x (B, h, w, C), so a pixel's classes are contiguous; labels (B, H, W).
+//  - Forward: the sum in double, per fixed chunk of output rows, chunk sums added in order: the
+//    result does not depend on the thread count.
+//  - Backward: dx = resizeᵀ(scale · (softmax(u) − onehot(label))), 0 at ignored pixels. Work is split
+//    over blocks of SOURCE rows; a block recomputes every output row that reads it (rows on a block
+//    boundary are computed twice) and adds only into its own rows, in increasing output order. So
+//    there are no write conflicts and the result is independent of the thread count.
+//  - Labels are not validated here; the op validates them first (cross_entropy_count_valid).
+//  - The scalar oracle is the composition resize_bilinear_forward_ref + cross_entropy_forward_ref
+//    (and the backward twins), in tests/test_dropout_loss.cpp.
+// The AVX2 path (used on AVX-512 machines too) vectorises the class loops and uses simd::exp256_ps.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "segml/core/cpu.hpp"
+#include "segml/core/parallel.hpp"
+#include "segml/kernels/resize.hpp"
+#include "segml/kernels/simd_math.hpp"
+
+namespace segml::kernels {
+
+namespace detail {
+
+// Output rows per forward chunk (fixed: the summation order must not depend on the thread count).
+inline constexpr int64_t kUceRows = 4;
+
+// v (C) = the bilinear sample of one output pixel from its four source pixels' class vectors.
+template <class T>
+inline void uce_sample(T* __restrict v, const T* a, const T* b, const T* c, const T* d, T wy0, T wy1, T wx0, T wx1,
+                       int64_t C) {
+  for (int64_t k = 0; k < C; ++k) v[k] = wy0 * (wx0 * a[k] + wx1 * b[k]) + wy1 * (wx0 * c[k] + wx1 * d[k]);
+}
+
+// log Σ exp(v), max-subtracted.
+template <class T>
+inline T uce_logsumexp(const T* v, int64_t C) {
+  T m = v[0];
+  for (int64_t k = 1; k < C; ++k) m = std::max(m, v[k]);
+  double s = 0;
+  for (int64_t k = 0; k < C; ++k) s += std::exp(static_cast<double>(v[k] - m));
+  return m + static_cast<T>(std::log(s));
+}
+
+// v := scale · (softmax(v) − onehot(label)), in place.
+template <class T>
+inline void uce_grad(T* v, int64_t label, T scale, int64_t C) {
+  const T lse = uce_logsumexp(v, C);
+  for (int64_t k = 0; k < C; ++k) v[k] = scale * static_cast<T>(std::exp(static_cast<double>(v[k] - lse)));
+  v[label] -= scale;
+}
+
+// d (C) += a · v (C): one tap of the adjoint resize.
+template <class T>
+inline void uce_axpy(T* __restrict d, T a, const T* __restrict v, int64_t C) {
+  for (int64_t k = 0; k < C; ++k) d[k] += a * v[k];
+}
+
+#if defined(__x86_64__)
+SEGML_AVX2_FN float uce_logsumexp_avx2(const float* v, int64_t C) {
+  const int64_t body = C & ~int64_t{7}, tail = C - body;
+  const __m256i tm = simd::tail_mask256(tail);
+  const __m256 ninf = _mm256_set1_ps(-INFINITY);
+  __m256 vm = ninf;
+  for (int64_t k = 0; k < body; k += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(v + k));
+  if (tail) vm = _mm256_max_ps(vm, _mm256_blendv_ps(ninf, _mm256_maskload_ps(v + body, tm), _mm256_castsi256_ps(tm)));
+  const float m = simd::hmax256_ps(vm);
+  const __m256 mv = _mm256_set1_ps(m);
+  __m256 s = _mm256_setzero_ps();
+  for (int64_t k = 0; k < body; k += 8) s = _mm256_add_ps(s, simd::exp256_ps(_mm256_sub_ps(_mm256_loadu_ps(v + k), mv)));
+  if (tail)
+    s = _mm256_add_ps(s, _mm256_and_ps(simd::exp256_ps(_mm256_sub_ps(_mm256_maskload_ps(v + body, tm), mv)),
+                                       _mm256_castsi256_ps(tm)));
+  return m + std::log(simd::hsum256_ps(s));
+}
+
+// v := scale · (softmax(v) − onehot(label)): one exp per class (e = exp(v − max) is kept, then scaled).
+SEGML_AVX2_FN void uce_grad_avx2(float* v, int64_t label, float scale, int64_t C) {
+  const int64_t body = C & ~int64_t{7}, tail = C - body;
+  const __m256i tm = simd::tail_mask256(tail);
+  const __m256 ninf = _mm256_set1_ps(-INFINITY);
+  __m256 vm = ninf;
+  for (int64_t k = 0; k < body; k += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(v + k));
+  if (tail) vm = _mm256_max_ps(vm, _mm256_blendv_ps(ninf, _mm256_maskload_ps(v + body, tm), _mm256_castsi256_ps(tm)));
+  const __m256 mv = _mm256_set1_ps(simd::hmax256_ps(vm));
+  __m256 s = _mm256_setzero_ps();
+  for (int64_t k = 0; k < body; k += 8) {
+    const __m256 e = simd::exp256_ps(_mm256_sub_ps(_mm256_loadu_ps(v + k), mv));
+    _mm256_storeu_ps(v + k, e);
+    s = _mm256_add_ps(s, e);
+  }
+  if (tail) {
+    const __m256 e = _mm256_and_ps(simd::exp256_ps(_mm256_sub_ps(_mm256_maskload_ps(v + body, tm), mv)), _mm256_castsi256_ps(tm));
+    _mm256_maskstore_ps(v + body, tm, e);
+    s = _mm256_add_ps(s, e);
+  }
+  const __m256 k_scale = _mm256_set1_ps(scale / simd::hsum256_ps(s));
+  for (int64_t k = 0; k < body; k += 8) _mm256_storeu_ps(v + k, _mm256_mul_ps(k_scale, _mm256_loadu_ps(v + k)));
+  if (tail) _mm256_maskstore_ps(v + body, tm, _mm256_mul_ps(k_scale, _mm256_maskload_ps(v + body, tm)));
+  v[label] -= scale;
+}
+
+// The sampling and the adjoint taps, compiled for AVX2 + FMA (the loops are the generic ones).
+SEGML_AVX2_FN void uce_sample_avx2(float* __restrict v, const float* a, const float* b, const float* c, const float* d,
+                                   float wy0, float wy1, float wx0, float wx1, int64_t C) {
+  for (int64_t k = 0; k < C; ++k) v[k] = wy0 * (wx0 * a[k] + wx1 * b[k]) + wy1 * (wx0 * c[k] + wx1 * d[k]);
+}
+SEGML_AVX2_FN void uce_axpy_avx2(float* __restrict d, float a, const float* __restrict v, int64_t C) {
+  for (int64_t k = 0; k < C; ++k) d[k] += a * v[k];
+}
+#endif
+
+template <class T>
+inline T uce_logsumexp_dispatch(const T* v, int64_t C, [[maybe_unused]] bool simd) {
+#if defined(__x86_64__)
+  if constexpr (std::is_same_v<T, float>)
+    if (simd) return uce_logsumexp_avx2(v, C);
+#endif
+  return uce_logsumexp(v, C);
+}
+
+template <class T>
+inline void uce_grad_dispatch(T* v, int64_t label, T scale, int64_t C, [[maybe_unused]] bool simd) {
+#if defined(__x86_64__)
+  if constexpr (std::is_same_v<T, float>)
+    if (simd) return uce_grad_avx2(v, label, scale, C);
+#endif
+  uce_grad(v, label, scale, C);
+}
+
+template <class T>
+inline void uce_sample_dispatch(T* v, const T* a, const T* b, const T* c, const T* d, T wy0, T wy1, T wx0, T wx1,
+                                int64_t C, [[maybe_unused]] bool simd) {
+#if defined(__x86_64__)
+  if constexpr (std::is_same_v<T, float>)
+    if (simd) return uce_sample_avx2(v, a, b, c, d, wy0, wy1, wx0, wx1, C);
+#endif
+  uce_sample(v, a, b, c, d, wy0, wy1, wx0, wx1, C);
+}
+
+template <class T>
+inline void uce_axpy_dispatch(T* d, T a, const T* v, int64_t C, [[maybe_unused]] bool simd) {
+#if defined(__x86_64__)
+  if constexpr (std::is_same_v<T, float>)
+    if (simd) return uce_axpy_avx2(d, a, v, C);
+#endif
+  uce_axpy(d, a, v, C);
+}
+
+}  // namespace detail
+
+// Σ over non-ignored pixels of the cross-entropy of the upsampled logits.
+// x (B, h, w, C) channels-last logits, labels (B, H, W)
+template <class T>
+inline double upsampled_cross_entropy_forward(const T* x, const int64_t* labels, int64_t B, int64_t h, int64_t w,
+                                              int64_t C, int64_t H, int64_t W, int64_t ignore_index) {
+  const detail::ResizeAxis<T> ry(h, H), rx(w, W);
+  const bool simd = std::is_same_v<T, float> && isa() != Isa::scalar;
+  const int64_t per_image = (H + detail::kUceRows - 1) / detail::kUceRows, chunks = B * per_image;
+  std::vector<double> sums(static_cast<size_t>(chunks), 0.0);
+  parallel_for(chunks, 1, [&](int64_t k0, int64_t k1) {
+    std::vector<T> v(static_cast<size_t>(C));
+    for (int64_t k = k0; k < k1; ++k) {
+      const int64_t b = k / per_image, y0 = (k % per_image) * detail::kUceRows, y1 = std::min(H, y0 + detail::kUceRows);
+      const T* img = x + b * h * w * C;
+      double acc = 0;
+      for (int64_t oy = y0; oy < y1; ++oy) {
+        const T* top = img + ry.i0[oy] * w * C;
+        const T* bottom = img + ry.i1[oy] * w * C;
+        const int64_t* lab = labels + (b * H + oy) * W;
+        for (int64_t ox = 0; ox < W; ++ox) {
+          if (lab[ox] == ignore_index) continue;
+          detail::uce_sample_dispatch(v.data(), top + rx.i0[ox] * C, top + rx.i1[ox] * C, bottom + rx.i0[ox] * C,
+                                      bottom + rx.i1[ox] * C, ry.w0[oy], ry.w1[oy], rx.w0[ox], rx.w1[ox], C, simd);
+          acc += static_cast<double>(detail::uce_logsumexp_dispatch(v.data(), C, simd) - v[lab[ox]]);
+        }
+      }
+      sums[static_cast<size_t>(k)] = acc;
+    }
+  });
+  double total = 0;
+  for (double s : sums) total += s;
+  return total;
+}
+
+// dx = d(scale · loss_sum)/dx, overwritten.  dx, x (B, h, w, C), labels (B, H, W)
+template <class T>
+inline void upsampled_cross_entropy_backward(T* dx, const T* x, const int64_t* labels, int64_t B, int64_t h, int64_t w,
+                                             int64_t C, int64_t H, int64_t W, int64_t ignore_index, T scale) {
+  const detail::ResizeAxis<T> ry(h, H), rx(w, W);
+  const bool simd = std::is_same_v<T, float> && isa() != Isa::scalar;
+  std::fill(dx, dx + B * h * w * C, T(0));
+  // first[i]: the first output row that reads source row i (i0 and i1 never decrease with oy).
+  std::vector<int64_t> first(static_cast<size_t>(h + 1), H);
+  for (int64_t oy = H; oy-- > 0;) first[static_cast<size_t>(ry.i0[oy])] = oy;
+  for (int64_t i = h; i-- > 0;) first[static_cast<size_t>(i)] = std::min(first[static_cast<size_t>(i)], first[static_cast<size_t>(i + 1)]);
+  const int64_t block = 8;  // source rows per task
+  const int64_t per_image = (h + block - 1) / block;
+  parallel_for(B * per_image, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<T> v(static_cast<size_t>(C));
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b = t / per_image, r0 = (t % per_image) * block, r1 = std::min(h, r0 + block);
+      const T* img = x + b * h * w * C;
+      T* dimg = dx + b * h * w * C;
+      // Output rows that read a row in [r0, r1) start with those whose i0 is r0 - 1 (their i1 is r0).
+      const int64_t oy_begin = r0 > 0 ? first[static_cast<size_t>(r0 - 1)] : 0;
+      for (int64_t oy = oy_begin; oy < H; ++oy) {
+        const int64_t i0 = ry.i0[oy], i1 = ry.i1[oy];
+        if (i0 >= r1) break;
+        const bool own0 = i0 >= r0 && i0 < r1, own1 = i1 >= r0 && i1 < r1;
+        if (!own0 && !own1) continue;
+        const T* top = img + i0 * w * C;
+        const T* bottom = img + i1 * w * C;
+        const int64_t* lab = labels + (b * H + oy) * W;
+        for (int64_t ox = 0; ox < W; ++ox) {
+          if (lab[ox] == ignore_index) continue;
+          const int64_t j0 = rx.i0[ox], j1 = rx.i1[ox];
+          const T wx0 = rx.w0[ox], wx1 = rx.w1[ox];
+          detail::uce_sample_dispatch(v.data(), top + j0 * C, top + j1 * C, bottom + j0 * C, bottom + j1 * C,
+                                      ry.w0[oy], ry.w1[oy], wx0, wx1, C, simd);
+          detail::uce_grad_dispatch(v.data(), lab[ox], scale, C, simd);
+          // resizeᵀ: the same four taps, each weighted by its share.
+          for (int q = 0; q < 2; ++q) {
+            if (!(q == 0 ? own0 : own1)) continue;
+            const T wy = q == 0 ? ry.w0[oy] : ry.w1[oy];
+            T* row = dimg + (q == 0 ? i0 : i1) * w * C;
+            detail::uce_axpy_dispatch(row + j0 * C, wy * wx0, v.data(), C, simd);
+            detail::uce_axpy_dispatch(row + j1 * C, wy * wx1, v.data(), C, simd);
+          }
+        }
+      }
+    }
+  });
+}
+
+}  // namespace segml::kernels

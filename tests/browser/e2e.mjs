@@ -1,0 +1,201 @@
+// End-to-end test of the demo page: starts demo_server, opens the page in headless Debian Chromium
+// (driven by playwright-core), uploads a street photo, waits for the overlay, checks the legend,
+// the latency panel and the view toggles, checks that a bad upload shows an error, runs the live
+// mode on Chromium's fake camera, and saves screenshots (laptop, phone and live).
+//
+//   node e2e.mjs --server build/examples/demo_server [--model DIR] [--image street.jpg] [--out DIR]
+//
+// --model (or $SEGML_DEMO_MODEL): the checkpoint to serve; default a random tiny model (the test is
+// about the page, not the predictions). --image (or $SEGML_DEMO_IMAGE): default the first CamVid val
+// image in ../shared/data/camvid, else a synthetic scene from runs/synthetic-scenes (written by
+// examples/finetune_sidewalk), else tests/data/street_375x500.png. --out: where the screenshots go.
+// Exit code 77 (ctest: skipped) when chromium or node_modules/playwright-core is missing.
+import {spawn} from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import {fileURLToPath} from 'node:url';
+
+const SKIP = 77;
+const here = path.dirname(fileURLToPath(import.meta.url));
+const repo = path.resolve(here, '..', '..');
+const CHROMIUM = process.env.SEGML_CHROMIUM || '/usr/bin/chromium';
+
+function arg(name, fallback) {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1] : fallback;
+}
+
+function skip(why) {
+  console.log(`SKIPPED: ${why}`);
+  process.exit(SKIP);
+}
+
+function firstImage(dir) {
+  if (!fs.existsSync(dir)) return null;
+  const files = fs.readdirSync(dir).filter((f) => /\.(jpe?g|png)$/i.test(f)).sort();
+  return files.length ? path.join(dir, files[0]) : null;
+}
+
+function pickImage() {
+  const given = arg('image', process.env.SEGML_DEMO_IMAGE);
+  if (given) return given;
+  return firstImage(path.resolve(repo, '..', 'shared', 'data', 'camvid', 'val', 'images')) ||
+         firstImage(path.join(repo, 'runs', 'synthetic-scenes', 'val', 'images')) ||
+         path.join(repo, 'tests', 'data', 'street_375x500.png');
+}
+
+const freePort = () => new Promise((resolve, reject) => {
+  const srv = net.createServer();
+  srv.once('error', reject);
+  srv.listen(0, '127.0.0.1', () => {
+    const {port} = srv.address();
+    srv.close(() => resolve(port));
+  });
+});
+
+async function waitForHealth(url, server, timeoutMs) {
+  const t0 = Date.now();
+  while (Date.now() - t0 < timeoutMs) {
+    if (server.exitCode !== null) throw new Error(`demo_server exited with code ${server.exitCode}`);
+    try {
+      const r = await fetch(`${url}/healthz`);
+      if (r.ok) return;
+    } catch (e) { /* not up yet */ }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`demo_server did not answer /healthz within ${timeoutMs / 1000} s`);
+}
+
+function check(cond, message) {
+  if (!cond) throw new Error(`check failed: ${message}`);
+  console.log(`ok - ${message}`);
+}
+
+async function main() {
+  const serverBin = arg('server', process.env.SEGML_DEMO_SERVER);
+  const outDir = path.resolve(arg('out', path.join(repo, 'build', 'demo_server_browser')));
+  const model = arg('model', process.env.SEGML_DEMO_MODEL);
+  if (!serverBin || !fs.existsSync(serverBin)) skip(`demo_server binary not found (--server ${serverBin})`);
+  if (!fs.existsSync(CHROMIUM)) skip(`${CHROMIUM} not found (apt-get install chromium)`);
+  let chromium;
+  try {
+    ({chromium} = await import('playwright-core'));
+  } catch (e) {
+    skip(`playwright-core is not installed (cd tests/browser && npm ci)`);
+  }
+  const image = pickImage();
+  check(fs.existsSync(image), `test image ${image} exists`);
+  fs.mkdirSync(outDir, {recursive: true});
+
+  const port = await freePort();
+  const url = `http://127.0.0.1:${port}`;
+  const serverArgs = ['--host', '127.0.0.1', '--port', String(port), ...(model ? ['--model', model] : ['--random-init', 'tiny'])];
+  console.log(`starting ${serverBin} ${serverArgs.join(' ')}`);
+  const server = spawn(serverBin, serverArgs, {stdio: ['ignore', 'inherit', 'inherit']});
+  let browser;
+  try {
+    await waitForHealth(url, server, 60000);
+    browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      headless: true,
+      args: ['--no-sandbox', '--disable-background-networking', '--disable-component-update', '--disable-sync',
+             '--disable-default-apps', '--no-first-run', '--disable-dev-shm-usage', '--disable-gpu',
+             // A synthetic camera (a moving test pattern) for the live mode, without a permission prompt.
+             '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream'],
+    });
+    const context = await browser.newContext({viewport: {width: 1280, height: 860}});
+    const page = await context.newPage();
+    const pageErrors = [];
+    page.on('pageerror', (e) => pageErrors.push(String(e)));
+    page.on('console', (m) => { if (m.type() === 'error') pageErrors.push(m.text()); });
+
+    await page.goto(url);
+    await page.waitForFunction(() => !document.getElementById('model-name').textContent.includes('connecting'));
+    const modelText = await page.textContent('#model-name');
+    check(/classes/.test(modelText), `header shows the model: "${modelText}"`);
+
+    // Upload the photo and wait for the overlay.
+    console.log(`uploading ${image}`);
+    await page.setInputFiles('#file-input', image);
+    await page.waitForSelector('body[data-state="ready"]', {timeout: 120000});
+    const canvas = await page.$eval('#canvas', (c) => ({hidden: c.hidden, w: c.width, h: c.height}));
+    check(!canvas.hidden && canvas.w > 0 && canvas.h > 0, `overlay canvas is shown (${canvas.w}x${canvas.h})`);
+    const legend = await page.$$eval('#legend li', (lis) => lis.map((li) => ({
+      name: li.querySelector('.name')?.textContent, share: li.querySelector('.share')?.textContent,
+      color: li.querySelector('.swatch')?.style.background,
+    })));
+    check(legend.length > 0 && legend.every((l) => l.name && l.share && l.color),
+          `legend lists ${legend.length} classes: ${legend.map((l) => `${l.name} ${l.share}`).join(', ')}`);
+    const timings = Object.fromEntries(await Promise.all(['upload', 'server', 'model', 'render', 'total'].map(
+        async (k) => [k, await page.textContent(`#t-${k}`)])));
+    check(Object.values(timings).every((t) => /ms$/.test(t)), `latency panel filled: ${JSON.stringify(timings)}`);
+
+    // The view toggles and the opacity slider change the picture.
+    const pixels = () => page.$eval('#canvas', (c) => {
+      const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+      let sum = 0;
+      for (let i = 0; i < d.length; i += 97) sum += d[i];
+      return sum;
+    });
+    await page.click('[data-view="original"]');
+    const original = await pixels();
+    await page.click('[data-view="mask"]');
+    const mask = await pixels();
+    await page.click('[data-view="overlay"]');
+    const overlay = await pixels();
+    check(original !== mask && overlay !== mask && overlay !== original, 'original / overlay / mask views differ');
+    await page.$eval('#opacity', (el) => { el.value = '80'; el.dispatchEvent(new Event('input')); });
+    check((await pixels()) !== overlay, 'opacity slider changes the overlay');
+    await page.$eval('#opacity', (el) => { el.value = '55'; el.dispatchEvent(new Event('input')); });
+
+    const shot = path.join(outDir, 'demo_screenshot.png');
+    await page.screenshot({path: shot, fullPage: true});
+    console.log(`screenshot: ${shot}`);
+
+    // A corrupt "JPEG" gets the server's 400 message in a toast; the page keeps its result.
+    await page.setInputFiles('#file-input', {name: 'broken.jpg', mimeType: 'image/jpeg', buffer: Buffer.from('not really a jpeg')});
+    await page.waitForSelector('#toast:not([hidden])', {timeout: 30000});
+    const toast = await page.textContent('#toast');
+    check(/not an image/.test(toast), `a corrupt upload shows the server's error: "${toast}"`);
+    check((await page.$$('#legend li .name')).length === legend.length, 'the previous result stays on screen');
+
+    // The phone layout: one column, the toolbar under the image.
+    const phone = await browser.newContext({viewport: {width: 390, height: 844}, deviceScaleFactor: 2, isMobile: true, hasTouch: true});
+    const phonePage = await phone.newPage();
+    await phonePage.goto(url);
+    await phonePage.setInputFiles('#file-input', image);
+    await phonePage.waitForSelector('body[data-state="ready"]', {timeout: 120000});
+    const overflow = await phonePage.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    check(overflow <= 0, `no horizontal scrolling on a 390 px wide phone (overflow ${overflow} px)`);
+    const phoneShot = path.join(outDir, 'demo_screenshot_phone.png');
+    await phonePage.screenshot({path: phoneShot, fullPage: true});
+    console.log(`screenshot: ${phoneShot}`);
+
+    // Live mode with Chromium's fake camera: frames keep coming and the FPS badge counts them.
+    const live = await browser.newContext({viewport: {width: 1280, height: 860}, permissions: ['camera']});
+    const livePage = await live.newPage();
+    await livePage.goto(url);
+    await livePage.click('#live-button');
+    await livePage.waitForFunction(() => /^[\d.]+ fps$/.test(document.getElementById('fps').textContent), null,
+                                   {timeout: 120000});
+    const fps = await livePage.textContent('#fps');
+    const liveClasses = await livePage.$$eval('#legend li .name', (els) => els.length);
+    check(liveClasses > 0, `live camera mode segments frames: ${fps}, ${liveClasses} classes in the legend`);
+    await livePage.screenshot({path: path.join(outDir, 'demo_screenshot_live.png')});
+    await livePage.click('#live-button');
+    check(await livePage.$eval('#fps', (el) => el.hidden), 'stopping the live mode hides the FPS badge');
+
+    const unexpected = pageErrors.filter((e) => !/status of 400/.test(e));  // the corrupt upload's 400
+    check(unexpected.length === 0, `no errors in the page's console${unexpected.length ? `: ${unexpected.join('; ')}` : ''}`);
+    console.log('PASS');
+  } finally {
+    if (browser) await browser.close();
+    server.kill('SIGTERM');
+  }
+}
+
+main().catch((e) => {
+  console.error(`FAIL: ${e.stack || e}`);
+  process.exit(1);
+});
