@@ -22,79 +22,18 @@
 #include <random>
 #include <vector>
 
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
+
+#include "fp32_peak.hpp"
 
 namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// ---- fp32 peak: independent FMA chains, all threads -------------------------------------------
-// Each thread runs kChains independent accumulator chains (more than FMA latency x FMA ports =
-// 4 x 2 on Zen, so the pipes never wait), n iterations, then the result is consumed so that the
-// loop cannot be removed. FLOPs = threads * n * kChains * lanes * 2.
-constexpr int kChains = 12;
-
-#if defined(__x86_64__)
-__attribute__((target("avx2,fma"))) float fma_chains_avx2(int64_t n) {
-  __m256 acc[kChains];
-  for (int i = 0; i < kChains; ++i) acc[i] = _mm256_set1_ps(0.001f * i);
-  const __m256 x = _mm256_set1_ps(0.9999f), y = _mm256_set1_ps(1e-6f);
-  for (int64_t k = 0; k < n; ++k) {
-#pragma GCC unroll 16
-    for (int i = 0; i < kChains; ++i) acc[i] = _mm256_fmadd_ps(acc[i], x, y);
-  }
-  __m256 s = acc[0];
-  for (int i = 1; i < kChains; ++i) s = _mm256_add_ps(s, acc[i]);
-  return _mm256_cvtss_f32(s);
-}
-
-__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl"))) float fma_chains_avx512(int64_t n) {
-  __m512 acc[kChains];
-  for (int i = 0; i < kChains; ++i) acc[i] = _mm512_set1_ps(0.001f * i);
-  const __m512 x = _mm512_set1_ps(0.9999f), y = _mm512_set1_ps(1e-6f);
-  for (int64_t k = 0; k < n; ++k) {
-#pragma GCC unroll 16
-    for (int i = 0; i < kChains; ++i) acc[i] = _mm512_fmadd_ps(acc[i], x, y);
-  }
-  __m512 s = acc[0];
-  for (int i = 1; i < kChains; ++i) s = _mm512_add_ps(s, acc[i]);
-  alignas(64) float out[16];
-  _mm512_store_ps(out, s);
-  return out[0];
-}
-#endif
-
-// GFLOP/s of n FMA-chain iterations on every thread; the best of 3 runs.
-double peak_gflops(segml::Isa isa, int64_t n = 20'000'000) {
-#if defined(__x86_64__)
-  const int lanes = isa == segml::Isa::avx512 ? 16 : 8;
-  const int nt = segml::num_threads();
-  double best = 0;
-  for (int rep = 0; rep < 3; ++rep) {
-    float sink = 0;
-    const auto t0 = Clock::now();
-#if defined(_OPENMP)
-#pragma omp parallel num_threads(nt) reduction(+ : sink)
-#endif
-    sink += isa == segml::Isa::avx512 ? fma_chains_avx512(n) : fma_chains_avx2(n);
-    const double s = std::chrono::duration<double>(Clock::now() - t0).count();
-    benchmark::DoNotOptimize(sink);
-    best = std::max(best, double(nt) * n * kChains * lanes * 2 / s * 1e-9);
-  }
-  return best;
-#else
-  (void)isa, (void)n;
-  return 0;
-#endif
-}
-
 // The peak of the ISA segml's GEMM uses, measured once.
 double machine_peak() {
   static const double peak = [] {
     const segml::Isa isa = segml::isa() == segml::Isa::scalar ? segml::Isa::avx2 : segml::isa();
-    const double p = segml::isa() == segml::Isa::scalar ? 0 : peak_gflops(isa);
+    const double p = segml::isa() == segml::Isa::scalar ? 0 : segml_bench::peak_gflops(isa, segml::num_threads());
     std::printf("fp32 peak (%s FMA chains, %d threads): %.1f GFLOP/s\n", segml::isa_name(isa), segml::num_threads(),
                 p);
     return p;
@@ -105,7 +44,7 @@ double machine_peak() {
 void BM_peak(benchmark::State& state, segml::Isa isa) {
   if (isa > segml::detect_isa()) return state.SkipWithError("ISA not supported on this CPU");
   double g = 0;
-  for (auto _ : state) g = peak_gflops(isa, 5'000'000);
+  for (auto _ : state) g = segml_bench::peak_gflops(isa, segml::num_threads(), 5'000'000, 3);
   state.counters["GFLOPS"] = g;
   state.counters["threads"] = segml::num_threads();
 }

@@ -48,9 +48,8 @@
 #include <segml/models/segformer_inference.hpp>
 #include <segml/train/optim.hpp>
 
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
+#include "fp32_peak.hpp"
+
 
 namespace fs = std::filesystem;
 using segml::SegformerConfig;
@@ -154,66 +153,8 @@ double train_macs(const SegformerConfig& c, int64_t H, int64_t W, bool folded_he
   return 3 * fwd.total() - first_input_grad;
 }
 
-// ---- fp32 peak: independent FMA chains on every thread --------------------------------------------
-// kChains independent accumulators per thread (more than FMA latency x FMA pipes, so the pipes never
-// wait); FLOPs = threads x iterations x kChains x lanes x 2. The best of 5 runs (the machine may be shared).
-constexpr int kChains = 12;
-volatile float g_sink = 0;
-
-#if defined(__x86_64__)
-__attribute__((target("avx2,fma"))) float fma_chains_avx2(int64_t n) {
-  __m256 acc[kChains];
-  for (int i = 0; i < kChains; ++i) acc[i] = _mm256_set1_ps(0.001f * float(i));
-  const __m256 x = _mm256_set1_ps(0.9999f), y = _mm256_set1_ps(1e-6f);
-  for (int64_t k = 0; k < n; ++k) {
-#pragma GCC unroll 16
-    for (int i = 0; i < kChains; ++i) acc[i] = _mm256_fmadd_ps(acc[i], x, y);
-  }
-  __m256 s = acc[0];
-  for (int i = 1; i < kChains; ++i) s = _mm256_add_ps(s, acc[i]);
-  return _mm256_cvtss_f32(s);
-}
-
-__attribute__((target("avx512f"))) float fma_chains_avx512(int64_t n) {
-  __m512 acc[kChains];
-  for (int i = 0; i < kChains; ++i) acc[i] = _mm512_set1_ps(0.001f * float(i));
-  const __m512 x = _mm512_set1_ps(0.9999f), y = _mm512_set1_ps(1e-6f);
-  for (int64_t k = 0; k < n; ++k) {
-#pragma GCC unroll 16
-    for (int i = 0; i < kChains; ++i) acc[i] = _mm512_fmadd_ps(acc[i], x, y);
-  }
-  __m512 s = acc[0];
-  for (int i = 1; i < kChains; ++i) s = _mm512_add_ps(s, acc[i]);
-  alignas(64) float out[16];
-  _mm512_store_ps(out, s);
-  return out[0];
-}
-#endif
-
-// GFLOP/s of the widest FMA the CPU has, on `threads` threads (0 when there is no SIMD path).
-double peak_gflops(int threads, int64_t n = 10'000'000) {
-#if defined(__x86_64__)
-  const bool avx512 = segml::detect_isa() == segml::Isa::avx512;
-  if (segml::detect_isa() == segml::Isa::scalar) return 0;
-  const int lanes = avx512 ? 16 : 8;
-  double best = 0;
-  for (int rep = 0; rep < 5; ++rep) {
-    float sink = 0;
-    const auto t0 = Clock::now();
-#if defined(_OPENMP)
-#pragma omp parallel num_threads(threads) reduction(+ : sink)
-#endif
-    sink += avx512 ? fma_chains_avx512(n) : fma_chains_avx2(n);
-    g_sink = sink;  // consumes the result so that the loop stays
-    const double s = std::chrono::duration<double>(Clock::now() - t0).count();
-    best = std::max(best, double(threads) * double(n) * kChains * lanes * 2 / s * 1e-9);
-  }
-  return best;
-#else
-  (void)threads, (void)n;
-  return 0;
-#endif
-}
+// ---- fp32 peak (bench/fp32_peak.hpp), of the widest ISA the CPU has -------------------------------
+double peak_gflops(int threads) { return segml_bench::peak_gflops(segml::detect_isa(), threads); }
 
 // ---- one case, in this process --------------------------------------------------------------------
 struct Options {

@@ -51,31 +51,54 @@ inline void softmax_backward_ref(T* dx, const T* y, const T* dy, int64_t rows, i
 #if defined(__x86_64__)
 namespace detail {
 // ---- AVX2 ----------------------------------------------------------------------------------------
-SEGML_AVX2_FN void softmax_forward_avx2(float* y, const float* x, int64_t rows, int64_t cols) {
+// max over one row x (cols).
+SEGML_AVX2_FN float row_max_avx2(const float* x, int64_t cols) {
   const int64_t body = cols & ~int64_t{7}, tail = cols - body;
-  const __m256i tm = simd::tail_mask256(tail);
   const __m256 ninf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  __m256 vm = ninf;
+  for (int64_t j = 0; j < body; j += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(x + j));
+  if (tail) {
+    const __m256i tm = simd::tail_mask256(tail);
+    vm = _mm256_max_ps(vm, _mm256_blendv_ps(ninf, _mm256_maskload_ps(x + body, tm), _mm256_castsi256_ps(tm)));
+  }
+  return simd::hmax256_ps(vm);
+}
+
+// Σ exp(x − m) over one row; also writes y = exp(x − m) when y is non-null (y may alias x).
+SEGML_AVX2_FN float row_exp_sum_avx2(float* y, const float* x, float m, int64_t cols) {
+  const int64_t body = cols & ~int64_t{7}, tail = cols - body;
+  const __m256 mv = _mm256_set1_ps(m);
+  __m256 vs = _mm256_setzero_ps();
+  for (int64_t j = 0; j < body; j += 8) {
+    const __m256 e = simd::exp256_ps(_mm256_sub_ps(_mm256_loadu_ps(x + j), mv));
+    if (y) _mm256_storeu_ps(y + j, e);
+    vs = _mm256_add_ps(vs, e);
+  }
+  if (tail) {
+    const __m256i tm = simd::tail_mask256(tail);
+    const __m256 e = _mm256_and_ps(simd::exp256_ps(_mm256_sub_ps(_mm256_maskload_ps(x + body, tm), mv)), _mm256_castsi256_ps(tm));
+    if (y) _mm256_maskstore_ps(y + body, tm, e);
+    vs = _mm256_add_ps(vs, e);
+  }
+  return simd::hsum256_ps(vs);
+}
+
+// y = a * y over one row.
+SEGML_AVX2_FN void row_scale_avx2(float* y, float a, int64_t cols) {
+  const int64_t body = cols & ~int64_t{7}, tail = cols - body;
+  const __m256 av = _mm256_set1_ps(a);
+  for (int64_t j = 0; j < body; j += 8) _mm256_storeu_ps(y + j, _mm256_mul_ps(_mm256_loadu_ps(y + j), av));
+  if (tail) {
+    const __m256i tm = simd::tail_mask256(tail);
+    _mm256_maskstore_ps(y + body, tm, _mm256_mul_ps(_mm256_maskload_ps(y + body, tm), av));
+  }
+}
+
+SEGML_AVX2_FN void softmax_forward_avx2(float* y, const float* x, int64_t rows, int64_t cols) {
   for (int64_t r = 0; r < rows; ++r) {
-    const float* xr = x + r * cols;
-    float* yr = y + r * cols;
-    __m256 vm = ninf;
-    for (int64_t j = 0; j < body; j += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(xr + j));
-    if (tail) vm = _mm256_max_ps(vm, _mm256_blendv_ps(ninf, _mm256_maskload_ps(xr + body, tm), _mm256_castsi256_ps(tm)));
-    const __m256 m = _mm256_set1_ps(simd::hmax256_ps(vm));
-    __m256 vs = _mm256_setzero_ps();
-    for (int64_t j = 0; j < body; j += 8) {
-      const __m256 e = simd::exp256_ps(_mm256_sub_ps(_mm256_loadu_ps(xr + j), m));
-      _mm256_storeu_ps(yr + j, e);
-      vs = _mm256_add_ps(vs, e);
-    }
-    if (tail) {
-      const __m256 e = _mm256_and_ps(simd::exp256_ps(_mm256_sub_ps(_mm256_maskload_ps(xr + body, tm), m)), _mm256_castsi256_ps(tm));
-      _mm256_maskstore_ps(yr + body, tm, e);
-      vs = _mm256_add_ps(vs, e);
-    }
-    const __m256 inv = _mm256_set1_ps(1.0f / simd::hsum256_ps(vs));
-    for (int64_t j = 0; j < body; j += 8) _mm256_storeu_ps(yr + j, _mm256_mul_ps(_mm256_loadu_ps(yr + j), inv));
-    if (tail) _mm256_maskstore_ps(yr + body, tm, _mm256_mul_ps(_mm256_maskload_ps(yr + body, tm), inv));
+    const float m = row_max_avx2(x + r * cols, cols);
+    const float s = row_exp_sum_avx2(y + r * cols, x + r * cols, m, cols);
+    row_scale_avx2(y + r * cols, 1.0f / s, cols);
   }
 }
 SEGML_AVX2_FN void softmax_backward_avx2(float* dx, const float* y, const float* dy, int64_t rows, int64_t cols) {

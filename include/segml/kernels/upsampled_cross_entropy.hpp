@@ -31,6 +31,7 @@
 #include "segml/core/parallel.hpp"
 #include "segml/kernels/resize.hpp"
 #include "segml/kernels/simd_math.hpp"
+#include "segml/kernels/softmax.hpp"
 
 namespace segml::kernels {
 
@@ -71,46 +72,16 @@ inline void uce_axpy(T* __restrict d, T a, const T* __restrict v, int64_t C) {
 }
 
 #if defined(__x86_64__)
+// The row primitives of kernels/softmax.hpp.
 SEGML_AVX2_FN float uce_logsumexp_avx2(const float* v, int64_t C) {
-  const int64_t body = C & ~int64_t{7}, tail = C - body;
-  const __m256i tm = simd::tail_mask256(tail);
-  const __m256 ninf = _mm256_set1_ps(-INFINITY);
-  __m256 vm = ninf;
-  for (int64_t k = 0; k < body; k += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(v + k));
-  if (tail) vm = _mm256_max_ps(vm, _mm256_blendv_ps(ninf, _mm256_maskload_ps(v + body, tm), _mm256_castsi256_ps(tm)));
-  const float m = simd::hmax256_ps(vm);
-  const __m256 mv = _mm256_set1_ps(m);
-  __m256 s = _mm256_setzero_ps();
-  for (int64_t k = 0; k < body; k += 8) s = _mm256_add_ps(s, simd::exp256_ps(_mm256_sub_ps(_mm256_loadu_ps(v + k), mv)));
-  if (tail)
-    s = _mm256_add_ps(s, _mm256_and_ps(simd::exp256_ps(_mm256_sub_ps(_mm256_maskload_ps(v + body, tm), mv)),
-                                       _mm256_castsi256_ps(tm)));
-  return m + std::log(simd::hsum256_ps(s));
+  const float m = row_max_avx2(v, C);
+  return m + std::log(row_exp_sum_avx2(nullptr, v, m, C));
 }
 
-// v := scale · (softmax(v) − onehot(label)): one exp per class (e = exp(v − max) is kept, then scaled).
+// v := scale · (softmax(v) − onehot(label)): one exp per class.
 SEGML_AVX2_FN void uce_grad_avx2(float* v, int64_t label, float scale, int64_t C) {
-  const int64_t body = C & ~int64_t{7}, tail = C - body;
-  const __m256i tm = simd::tail_mask256(tail);
-  const __m256 ninf = _mm256_set1_ps(-INFINITY);
-  __m256 vm = ninf;
-  for (int64_t k = 0; k < body; k += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(v + k));
-  if (tail) vm = _mm256_max_ps(vm, _mm256_blendv_ps(ninf, _mm256_maskload_ps(v + body, tm), _mm256_castsi256_ps(tm)));
-  const __m256 mv = _mm256_set1_ps(simd::hmax256_ps(vm));
-  __m256 s = _mm256_setzero_ps();
-  for (int64_t k = 0; k < body; k += 8) {
-    const __m256 e = simd::exp256_ps(_mm256_sub_ps(_mm256_loadu_ps(v + k), mv));
-    _mm256_storeu_ps(v + k, e);
-    s = _mm256_add_ps(s, e);
-  }
-  if (tail) {
-    const __m256 e = _mm256_and_ps(simd::exp256_ps(_mm256_sub_ps(_mm256_maskload_ps(v + body, tm), mv)), _mm256_castsi256_ps(tm));
-    _mm256_maskstore_ps(v + body, tm, e);
-    s = _mm256_add_ps(s, e);
-  }
-  const __m256 k_scale = _mm256_set1_ps(scale / simd::hsum256_ps(s));
-  for (int64_t k = 0; k < body; k += 8) _mm256_storeu_ps(v + k, _mm256_mul_ps(k_scale, _mm256_loadu_ps(v + k)));
-  if (tail) _mm256_maskstore_ps(v + body, tm, _mm256_mul_ps(k_scale, _mm256_maskload_ps(v + body, tm)));
+  const float m = row_max_avx2(v, C);
+  row_scale_avx2(v, scale / row_exp_sum_avx2(v, v, m, C), C);
   v[label] -= scale;
 }
 
