@@ -19,6 +19,8 @@
 // Not done here: the projections, dropout (SegFormer's rate is 0), masking.
 #pragma once
 
+#include <vector>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -43,12 +45,15 @@ inline void attention_forward(T* out, T* probs, const T* q, const T* k, const T*
   const int64_t d = C / heads, blocks = (N + kAttentionBlock - 1) / kAttentionBlock;
   const T scale = T(1) / std::sqrt(T(d));
   parallel_for(B * heads * blocks, 1, [&](int64_t begin, int64_t end) {
-    std::shared_ptr<T[]> scratch;
-    if (!probs) scratch = allocate_aligned<T>(kAttentionBlock * M);
+    // The score tile of this thread: grow-only and kept across calls (threads persist), so the
+    // inference path allocates nothing once warm.
+    thread_local std::vector<T> scratch;
+    if (!probs && scratch.size() < static_cast<size_t>(kAttentionBlock * M))
+      scratch.resize(static_cast<size_t>(kAttentionBlock * M));
     for (int64_t t = begin; t < end; ++t) {
       const int64_t bh = t / blocks, n0 = (t % blocks) * kAttentionBlock, b = bh / heads, h = bh % heads;
       const int64_t rows = std::min(kAttentionBlock, N - n0);
-      T* s = probs ? probs + (bh * N + n0) * M : scratch.get();
+      T* s = probs ? probs + (bh * N + n0) * M : scratch.data();
       const T* qh = q + (b * N + n0) * C + h * d;
       const T* kh = k + b * M * C + h * d;
       const T* vh = v + b * M * C + h * d;
