@@ -54,3 +54,21 @@ TEST_CASE("tensor: bad shapes throw messages naming the op and shapes") {
   CHECK_THROWS_WITH_AS(t.add_(Tensor<float>::zeros({3, 2})), doctest::Contains("add_: shape [3, 2] cannot be added to shape [2, 3]"),
                        segml::Error);
 }
+
+TEST_CASE("tensor: large strided copies and add_ (parallel paths) equal the element-by-element definition") {
+  Tensor<float> x = Tensor<float>::empty({3, 5, 70, 90});
+  for (int64_t i = 0; i < x.numel(); ++i) x.data()[i] = static_cast<float>(i % 1009) - 500.f;
+  const Tensor<float> p = x.permute({2, 0, 3, 1}).contiguous();  // (70, 3, 90, 5)
+  REQUIRE(p.shape() == segml::Shape{70, 3, 90, 5});
+  int64_t bad = 0;
+  for (int64_t a = 0; a < 70; ++a)
+    for (int64_t b = 0; b < 3; ++b)
+      for (int64_t c = 0; c < 90; ++c)
+        for (int64_t d = 0; d < 5; ++d) bad += p.at({a, b, c, d}) != x.at({b, d, a, c});
+  CHECK(bad == 0);
+  Tensor<float> sum = p.clone();
+  sum.add_(p);
+  bad = 0;
+  for (int64_t i = 0; i < p.numel(); ++i) bad += sum.data()[i] != 2 * p.data()[i];
+  CHECK(bad == 0);
+}

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "segml/core/error.hpp"
+#include "segml/core/parallel.hpp"
 
 namespace segml {
 
@@ -218,6 +219,21 @@ class Tensor {
     if (is_contiguous()) {  // gather: walk the source's strides, write densely
       T* d = data();
       const T* sp = src.data();
+      if (numel_ >= kParallelCopy && dim() >= 2) {  // large (a permute's copy): rows of the two outer dims in parallel
+        const int64_t outer = shape_[0] * shape_[1], inner = numel_ / std::max<int64_t>(outer, 1);
+        Tensor rest = src;  // the inner dims' view: its offsets are relative to one outer position
+        rest.shape_.erase(rest.shape_.begin(), rest.shape_.begin() + 2);
+        rest.strides_.erase(rest.strides_.begin(), rest.strides_.begin() + 2);
+        rest.numel_ = inner;
+        parallel_for(outer, std::max<int64_t>(1, kParallelCopy / std::max<int64_t>(inner, 1)), [&](int64_t o0, int64_t o1) {
+          for (int64_t o = o0; o < o1; ++o) {
+            const T* base = sp + (o / shape_[1]) * src.strides_[0] + (o % shape_[1]) * src.strides_[1];
+            T* out = d + o * inner;
+            rest.for_each_offset([&](int64_t off) { *out++ = base[off]; });
+          }
+        });
+        return;
+      }
       int64_t i = 0;
       src.for_each_offset([&](int64_t off) { d[i++] = sp[off]; });
       return;
@@ -233,7 +249,9 @@ class Tensor {
     if (is_contiguous() && other.is_contiguous()) {
       T* a = data();
       const T* b = other.data();
-      for (int64_t i = 0; i < numel_; ++i) a[i] += b[i];
+      parallel_for(numel_, kParallelCopy, [&](int64_t i0, int64_t i1) {
+        for (int64_t i = i0; i < i1; ++i) a[i] += b[i];
+      });
       return;
     }
     const Tensor o = other.contiguous();
@@ -269,6 +287,8 @@ class Tensor {
   }
 
  private:
+  static constexpr int64_t kParallelCopy = int64_t{1} << 16;  // elements worth splitting over threads
+
   int64_t wrap_dim(int64_t d, const char* op) const {
     const int64_t r = dim();
     SEGML_CHECK(d >= -r && d < r, op, ": dim ", d, " out of range for tensor of shape ", shape_);
