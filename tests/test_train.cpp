@@ -326,3 +326,39 @@ TEST_CASE("clip_grad_norm: torch semantics (total L2 norm, scale by max / (norm 
   CHECK(a.grad().data()[0] == doctest::Approx(3.0 / (5.0 + 1e-6)));
   CHECK(b.grad().data()[0] == doctest::Approx(4.0 / (5.0 + 1e-6)));
 }
+
+TEST_CASE("mean_iou: randomized cases equal a numpy reimplementation of evaluate's mean_iou") {
+  // tools/fixtures/metrics.py: maps of random sizes, stored ignore values, a class absent from both,
+  // reduce_labels, a label_map, 35 classes. Exact counts, so the results agree to double rounding.
+  const test::Fixture fx("metrics");
+  for (const std::string c : {"plain", "absent_class", "reduce_labels", "label_map", "many_classes"}) {
+    const Tensor<int64_t> params = fx.get<int64_t>(c + ".params");
+    const int64_t num_labels = params.data()[0], ignore = params.data()[1], maps = params.data()[3];
+    std::map<int64_t, int64_t> label_map;
+    if (fx.contains(c + ".label_map")) {
+      const Tensor<int64_t> m = fx.get<int64_t>(c + ".label_map");
+      for (int64_t i = 0; i < m.size(0); ++i) label_map[m.at({i, 0})] = m.at({i, 1});
+    }
+    MeanIoUAccumulator acc(num_labels, ignore, params.data()[2] != 0, label_map);
+    for (int64_t i = 0; i < maps; ++i) {
+      const Tensor<int64_t> p = fx.get<int64_t>(c + ".pred." + std::to_string(i));
+      const Tensor<int64_t> l = fx.get<int64_t>(c + ".label." + std::to_string(i));
+      acc.add(p.data(), l.data(), p.numel());
+    }
+    const MeanIoU r = acc.compute();
+    auto same = [](double got, double want) { return std::isnan(want) ? std::isnan(got) : std::abs(got - want) <= 1e-12; };
+    INFO("case ", c);
+    CHECK(same(r.mean_iou, fx.get<double>(c + ".mean_iou").data()[0]));
+    CHECK(same(r.mean_accuracy, fx.get<double>(c + ".mean_accuracy").data()[0]));
+    CHECK(same(r.overall_accuracy, fx.get<double>(c + ".overall_accuracy").data()[0]));
+    const Tensor<double> iou = fx.get<double>(c + ".per_category_iou"), accuracy = fx.get<double>(c + ".per_category_accuracy");
+    int64_t bad = 0, nans = 0;
+    for (int64_t k = 0; k < num_labels; ++k) {
+      bad += !same(r.per_category_iou[size_t(k)], iou.data()[k]) + !same(r.per_category_accuracy[size_t(k)], accuracy.data()[k]);
+      nans += std::isnan(iou.data()[k]);
+    }
+    CHECK(bad == 0);
+    if (c == "absent_class") CHECK(nans >= 1);
+    MESSAGE(c << ": mean_iou " << r.mean_iou << " (numpy " << fx.get<double>(c + ".mean_iou").data()[0] << ")");
+  }
+}
