@@ -245,7 +245,7 @@ TEST_CASE("concat: matches torch.cat (forward and input grads)") {
 
 // ---- graph behaviour and errors ----------------------------------------------------------------
 
-TEST_CASE("attention, resize, concat: no graph under NoGradGuard; only wanted gradients are made") {
+TEST_CASE("attention, resize, concat: no graph under NoGradGuard and only wanted gradients are made") {
   Var<float> q(test::random_tensor<float>({1, 4, 4}, 1), true), kv(test::random_tensor<float>({1, 2, 4}, 2), false);
   {
     NoGradGuard ng;

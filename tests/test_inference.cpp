@@ -56,7 +56,7 @@ TEST_CASE("inference: B0 logits at 512x512 and at the odd size 375x500 match PyT
   }
 }
 
-TEST_CASE("inference: B0 at a small size matches PyTorch; the BatchNorm statistics are non-trivial") {
+TEST_CASE("inference: B0 at a small size matches PyTorch and the BatchNorm statistics are non-trivial") {
   const test::Fixture fx("model_b0");
   SegformerForSemanticSegmentation<float> model = load_model("model_b0");
   const Tensor<float>& mean = model.decode_head.batch_norm.running_mean;
@@ -66,7 +66,7 @@ TEST_CASE("inference: B0 at a small size matches PyTorch; the BatchNorm statisti
   test::compare("b0.eval.logits", engine.run(fx.get("pixel_values")), fx.get("eval.logits"), 1e-4);
 }
 
-TEST_CASE("inference: a batch equals its images run one by one; the engine keeps its own weights") {
+TEST_CASE("inference: a batch equals its images run one by one and the engine keeps its own weights") {
   SegformerConfig cfg = SegformerConfig::b0();
   cfg.num_labels = 5;
   SegformerForSemanticSegmentation<float> model(cfg, 7);

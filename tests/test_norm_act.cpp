@@ -170,7 +170,7 @@ TEST_CASE("softmax: SIMD vs scalar twin, every ISA and remainder") {
   }
 }
 
-TEST_CASE("layernorm: SIMD vs scalar twin, every ISA and remainder; dweight reduction is deterministic") {
+TEST_CASE("layernorm: SIMD vs scalar twin, every ISA and remainder and dweight reduction is deterministic") {
   for (Isa isa : isas()) {
     ScopedIsa scope(isa);
     for (int64_t C : lengths()) {

@@ -128,7 +128,7 @@ TEST_CASE("mean_iou: NaN for classes absent from both, reduce_labels and label_m
   CHECK(mapped.compute().overall_accuracy == doctest::Approx(1.0));
 }
 
-TEST_CASE("schedules: linear with warmup is transformers' get_linear_schedule_with_warmup; poly with warmup") {
+TEST_CASE("schedules: linear with warmup is transformers' get_linear_schedule_with_warmup and poly with warmup") {
   Schedule s;
   s.kind = "linear";
   s.base_lr = 2.0;
@@ -160,7 +160,7 @@ TEST_CASE("schedules: linear with warmup is transformers' get_linear_schedule_wi
   CHECK_THROWS_WITH_AS(bad.lr(0), doctest::Contains("unknown kind"), segml::Error);
 }
 
-TEST_CASE("augment: same seed, same example; another seed, another; padding uses 0 / 255") {
+TEST_CASE("augment: same seed, same example and another seed, another and padding uses 0 / 255") {
   const Scene scene = generate_scene(5, 96, 64);
   SegformerImageProcessor proc;
   AugmentOptions opt;
@@ -212,7 +212,7 @@ TEST_CASE("augment: cat_max_ratio redraws crops dominated by one class") {
   CHECK_FALSE(train::detail::crop_is_balanced(ignore, 0, 0, 10, 10, 0.75, 255));
 }
 
-TEST_CASE("prefetcher: items in order whatever the workers' timing; errors surface at their item") {
+TEST_CASE("prefetcher: items in order whatever the workers' timing and errors surface at their item") {
   Prefetcher<int64_t> p(
       [](int64_t k) {
         std::this_thread::sleep_for(std::chrono::microseconds((k * 7919) % 300));
