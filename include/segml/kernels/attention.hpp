@@ -46,7 +46,7 @@ inline void attention_forward(T* out, T* probs, const T* q, const T* k, const T*
   const T scale = T(1) / std::sqrt(T(d));
   parallel_for(B * heads * blocks, 1, [&](int64_t begin, int64_t end) {
     // The score tile of this thread: grow-only and kept across calls (threads persist), so the
-    // inference path allocates nothing once warm.
+    // inference path allocates no score tile once warm.
     thread_local std::vector<T> scratch;
     if (!probs && scratch.size() < static_cast<size_t>(kAttentionBlock * M))
       scratch.resize(static_cast<size_t>(kAttentionBlock * M));
