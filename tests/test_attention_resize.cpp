@@ -24,7 +24,7 @@ template <class F>
 void for_each_isa(F&& body) {
   for (int i = 0; i <= static_cast<int>(detect_isa()); ++i) {
     ScopedIsa s(static_cast<Isa>(i));
-    INFO("isa " << isa_name(static_cast<Isa>(i)));
+    INFO("isa " << std::string(isa_name(static_cast<Isa>(i))));
     body();
   }
 }
@@ -99,9 +99,13 @@ TEST_CASE("concat: gradcheck along channels, the last dim and a negative dim") {
 // ---- optimised kernels vs scalar twins ---------------------------------------------------------
 
 TEST_CASE("attention: optimised kernels match the scalar twin (float and double)") {
-  // Shapes hit a partial last block of 128 query rows, N < one block, odd M and d = 1, 2, 5, 16.
-  const std::vector<AttnShape> shapes = {
-      {1, 300, 37, 20, 4}, {2, 13, 7, 10, 5}, {1, 129, 1, 3, 3}, {1, 64, 64, 32, 2}, {3, 5, 9, 16, 1}};
+  // Shapes hit a partial last block of 128 query rows, N < one block, odd M and d = 1, 2, 5 (the
+  // GEMM path); for float on AVX2 the fused kernel takes d = 8, 16, 24, 32, 64 (a multiple of 8):
+  // N not a multiple of its 6 rows, M not a multiple of its 16 keys, d with an 8-channel tail.
+  const std::vector<AttnShape> shapes = {{1, 300, 37, 20, 4}, {2, 13, 7, 10, 5},   {1, 129, 1, 3, 3},
+                                         {1, 64, 64, 32, 2},  {3, 5, 9, 16, 1},    {1, 131, 37, 48, 2},
+                                         {2, 200, 256, 64, 1}, {1, 7, 17, 8, 1},   {1, 1, 1, 8, 1},
+                                         {1, 130, 300, 96, 3}, {2, 257, 16, 160, 5}};
   uint64_t seed = 100;
   for (const AttnShape& s : shapes) {
     INFO("B " << s.B << " N " << s.N << " M " << s.M << " C " << s.C << " heads " << s.heads);

@@ -7,10 +7,14 @@
 //   For each batch b and head i:  P = softmax(q_i k_iᵀ / sqrt(d)) over keys (N x M),  out_i = P v_i.
 //
 // Guarantees:
-//  - The GEMMs read the head slices in place (row stride C): no transposed or per-head copies.
+//  - Forward, float on AVX2 / AVX-512 machines with d a multiple of 8 (SegFormer: d = 32 or 64): one
+//    fused kernel per 6 query rows (attention_detail below) computes the scores, their softmax and
+//    P v_h with the 6 x M score rows in L1; only k_h is repacked (transposed, once per call).
+//  - Otherwise (double, other d, no AVX2) two GEMMs and a row softmax per block of kAttentionBlock
+//    query rows; they read the head slices in place (row stride C).
 //  - Work is split over (batch, head, block of kAttentionBlock query rows). When `probs` is null
-//    (inference), each thread only ever holds one kAttentionBlock x M tile of scores, so the
-//    N x M matrix is never materialised.
+//    (inference), each thread only ever holds one block's score rows, so the N x M matrix is never
+//    materialised.
 //  - Backward uses the probabilities saved by the forward (the choice PyTorch's eager graph makes),
 //    so it costs four GEMMs and one softmax-backward pass, no exp. Its N x M scratch holds dS.
 //  - The row softmax is kernels/softmax.hpp's (AVX2 / AVX-512 exp for float), so float results
@@ -25,6 +29,7 @@
 #include <cmath>
 #include <cstdint>
 #include <memory>
+#include <type_traits>
 
 #include "segml/core/parallel.hpp"
 #include "segml/core/tensor.hpp"
@@ -36,6 +41,163 @@ namespace segml::kernels {
 // Query rows per task and per score tile.
 inline constexpr int64_t kAttentionBlock = 128;
 
+#if defined(__x86_64__)
+namespace attention_detail {
+
+// The fused float kernel (AVX2 + FMA; AVX-512 machines run it too). Per block of kRows query rows of
+// one head, everything stays in L1: the kRows x M score rows, their softmax, and P v_h.
+//   scores:  S = q_rows k_hᵀ / sqrt(d), a 6 x 16 register tile per 16 keys, from kt (k_h transposed
+//            and packed once per call, so the tile loads 16 keys of one channel at a time);
+//   softmax: row max, then exp(S - max) and its sum in one pass, in place;
+//   output:  O = P v_h, a 6 x 16 register tile per 16 channels over all M keys (v_h is read in place,
+//            row stride C), scaled by 1 / sum at the store (or 1 when P itself is kept).
+// Rows past the end of the block reuse the last real row (the same values go to the same place), so
+// no row needs a branch.
+inline constexpr int kRows = 6, kKeys = 16;
+
+// kt (panels of kKeys keys: panel p holds kt[(p * d + c) * kKeys + j] = k_h[p * kKeys + j][c], zero
+// past M). k_h (M, d) with row stride C.
+inline void pack_keys(float* kt, const float* kh, int64_t M, int64_t C, int64_t d) {
+  const int64_t panels = (M + kKeys - 1) / kKeys;
+  for (int64_t p = 0; p < panels; ++p)
+    for (int64_t j = 0; j < kKeys; ++j) {
+      const int64_t m = p * kKeys + j;
+      for (int64_t c = 0; c < d; ++c) kt[(p * d + c) * kKeys + j] = m < M ? kh[m * C + c] : 0.f;
+    }
+}
+
+// s[i][m] = scale * q_i · k_m for the kRows rows q[i] (d values each), m < M; s rows of stride lds.
+SEGML_AVX2_FN void scores_avx2(float* const s[kRows], const float* const q[kRows], const float* kt, int64_t M, int64_t d,
+                               float scale) {
+  const __m256 vscale = _mm256_set1_ps(scale);
+  for (int64_t m0 = 0; m0 < M; m0 += kKeys, kt += kKeys * d) {
+    __m256 acc[kRows][2];
+#pragma GCC unroll 6
+    for (int i = 0; i < kRows; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+    for (int64_t c = 0; c < d; ++c) {
+      const __m256 b0 = _mm256_loadu_ps(kt + c * kKeys), b1 = _mm256_loadu_ps(kt + c * kKeys + 8);
+#pragma GCC unroll 6
+      for (int i = 0; i < kRows; ++i) {
+        const __m256 a = _mm256_broadcast_ss(q[i] + c);
+        acc[i][0] = _mm256_fmadd_ps(a, b0, acc[i][0]);
+        acc[i][1] = _mm256_fmadd_ps(a, b1, acc[i][1]);
+      }
+    }
+    if (m0 + kKeys <= M) {
+#pragma GCC unroll 6
+      for (int i = 0; i < kRows; ++i) {
+        _mm256_storeu_ps(s[i] + m0, _mm256_mul_ps(acc[i][0], vscale));
+        _mm256_storeu_ps(s[i] + m0 + 8, _mm256_mul_ps(acc[i][1], vscale));
+      }
+    } else {  // the last, partial panel: only keys < M exist in s
+      const __m256i lo = simd::tail_mask256(M - m0), hi = simd::tail_mask256(M - m0 - 8);
+      for (int i = 0; i < kRows; ++i) {
+        _mm256_maskstore_ps(s[i] + m0, lo, _mm256_mul_ps(acc[i][0], vscale));
+        _mm256_maskstore_ps(s[i] + m0 + 8, hi, _mm256_mul_ps(acc[i][1], vscale));
+      }
+    }
+  }
+}
+
+// o[i][c] = inv[i] * Σ_m p[i][m] v[m][c] for c < d (d a multiple of 8), v (M, d) with row stride C.
+// NV vectors of 8 channels per pass: 2, and 1 for a last 8 when d is an odd multiple of 8.
+template <int NV>
+SEGML_AVX2_FN void weighted_values_pass_avx2(float* const o[kRows], const float* const p[kRows], const float inv[kRows],
+                                             const float* v, int64_t M, int64_t C) {
+  __m256 acc[kRows][NV];
+#pragma GCC unroll 6
+  for (int i = 0; i < kRows; ++i)
+#pragma GCC unroll 2
+    for (int u = 0; u < NV; ++u) acc[i][u] = _mm256_setzero_ps();
+  for (int64_t m = 0; m < M; ++m, v += C) {
+    __m256 b[NV];
+#pragma GCC unroll 2
+    for (int u = 0; u < NV; ++u) b[u] = _mm256_loadu_ps(v + 8 * u);
+#pragma GCC unroll 6
+    for (int i = 0; i < kRows; ++i) {
+      const __m256 a = _mm256_broadcast_ss(p[i] + m);
+#pragma GCC unroll 2
+      for (int u = 0; u < NV; ++u) acc[i][u] = _mm256_fmadd_ps(a, b[u], acc[i][u]);
+    }
+  }
+#pragma GCC unroll 6
+  for (int i = 0; i < kRows; ++i)
+#pragma GCC unroll 2
+    for (int u = 0; u < NV; ++u) _mm256_storeu_ps(o[i] + 8 * u, _mm256_mul_ps(acc[i][u], _mm256_set1_ps(inv[i])));
+}
+
+// One block of rows (1..kRows) of one head: q_rows (rows, d) stride C, out rows stride C, s rows
+// (rows, M) stride lds (the kept probabilities, or scratch); normalize: write P itself into s.
+SEGML_AVX2_FN void attention_rows_avx2(float* out, float* s, int64_t lds, const float* q, const float* kt, const float* vh,
+                                       int rows, int64_t M, int64_t C, int64_t d, float scale, bool normalize) {
+  const float* qi[kRows];
+  float* si[kRows];
+  float* oi[kRows];
+  float inv[kRows];
+  for (int i = 0; i < kRows; ++i) {
+    const int r = std::min(i, rows - 1);
+    qi[i] = q + r * C;
+    si[i] = s + r * lds;
+    oi[i] = out + r * C;
+  }
+  scores_avx2(si, qi, kt, M, d, scale);
+  for (int i = 0; i < rows; ++i) {
+    const float mx = detail::row_max_avx2(si[i], M);
+    inv[i] = 1.f / detail::row_exp_sum_avx2(si[i], si[i], mx, M);
+    if (normalize) {
+      detail::row_scale_avx2(si[i], inv[i], M);
+      inv[i] = 1.f;
+    }
+  }
+  for (int i = rows; i < kRows; ++i) inv[i] = inv[rows - 1];
+  const float* const* pi = si;
+  int64_t c = 0;
+  for (; c + 16 <= d; c += 16) {
+    float* oc[kRows];
+    for (int i = 0; i < kRows; ++i) oc[i] = oi[i] + c;
+    weighted_values_pass_avx2<2>(oc, pi, inv, vh + c, M, C);
+  }
+  if (c < d) {
+    float* oc[kRows];
+    for (int i = 0; i < kRows; ++i) oc[i] = oi[i] + c;
+    weighted_values_pass_avx2<1>(oc, pi, inv, vh + c, M, C);
+  }
+}
+
+// attention_forward for float on AVX2 / AVX-512 machines, head dim d a multiple of 8.
+inline void attention_forward_fused(float* out, float* probs, const float* q, const float* k, const float* v, int64_t B,
+                                    int64_t N, int64_t M, int64_t C, int64_t heads) {
+  const int64_t d = C / heads, panels = (M + kKeys - 1) / kKeys, kt_size = panels * kKeys * d;
+  const float scale = 1.f / std::sqrt(static_cast<float>(d));
+  // k_h transposed for every (batch, head), packed once (the calling thread's grow-only buffer).
+  thread_local std::vector<float> kt;
+  if (kt.size() < static_cast<size_t>(B * heads * kt_size)) kt.resize(static_cast<size_t>(B * heads * kt_size));
+  float* kt_all = kt.data();
+  parallel_for(B * heads, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t bh = begin; bh < end; ++bh)
+      pack_keys(kt_all + bh * kt_size, k + (bh / heads) * M * C + (bh % heads) * d, M, C, d);
+  });
+  // Tasks: (batch, head, kAttentionBlock query rows), each walked kRows rows at a time.
+  const int64_t blocks = (N + kAttentionBlock - 1) / kAttentionBlock;
+  parallel_for(B * heads * blocks, 1, [&](int64_t begin, int64_t end) {
+    thread_local std::vector<float> scratch;
+    if (!probs && scratch.size() < static_cast<size_t>(kRows * M)) scratch.resize(static_cast<size_t>(kRows * M));
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t bh = t / blocks, b = bh / heads, h = bh % heads;
+      const int64_t n_begin = (t % blocks) * kAttentionBlock, n_end = std::min(N, n_begin + kAttentionBlock);
+      for (int64_t n = n_begin; n < n_end; n += kRows) {
+        const int rows = static_cast<int>(std::min<int64_t>(kRows, n_end - n));
+        float* s = probs ? probs + (bh * N + n) * M : scratch.data();
+        attention_rows_avx2(out + (b * N + n) * C + h * d, s, M, q + (b * N + n) * C + h * d, kt_all + bh * kt_size,
+                            v + b * M * C + h * d, rows, M, C, d, scale, probs != nullptr);
+      }
+    }
+  });
+}
+
+}  // namespace attention_detail
+#endif  // __x86_64__
+
 // out = attention(q, k, v). probs (B, h, N, M) receives P when non-null (training), else P is
 // computed tile by tile in per-thread scratch.
 // q (B, N, C), k (B, M, C), v (B, M, C), out (B, N, C), probs (B, h, N, M) or null
@@ -43,6 +205,12 @@ template <class T>
 inline void attention_forward(T* out, T* probs, const T* q, const T* k, const T* v, int64_t B, int64_t N, int64_t M,
                               int64_t C, int64_t heads) {
   const int64_t d = C / heads, blocks = (N + kAttentionBlock - 1) / kAttentionBlock;
+#if defined(__x86_64__)
+  if constexpr (std::is_same_v<T, float>) {
+    if (isa() >= Isa::avx2 && d % 8 == 0 && M > 0)
+      return attention_detail::attention_forward_fused(out, probs, q, k, v, B, N, M, C, heads);
+  }
+#endif
   const T scale = T(1) / std::sqrt(T(d));
   parallel_for(B * heads * blocks, 1, [&](int64_t begin, int64_t end) {
     // The score tile of this thread: grow-only and kept across calls (threads persist), so the

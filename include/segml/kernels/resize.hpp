@@ -158,26 +158,38 @@ inline void resize_bilinear_backward(T* dx, const T* dy, int64_t planes, int64_t
 
 // Channels-last resize, accumulated: y (OH, OW, C) += resize(x (H, W, C)), with the taps and the
 // per-element expression of resize_bilinear_forward. The folded decode head of the inference
-// engine sums every stage's upsampled projection this way (models/segformer_inference.hpp).
-// Parallel over output rows; the channel loop is contiguous, so it vectorises.
+// engine sums every stage's upsampled projection this way (models/segformer_inference.hpp), a few
+// output rows at a time.
+//
+// Output rows [oy0, oy1) of resize_bilinear_nhwc_add, serially, with the axes' taps given
+// (ry: H -> OH, rx: W -> OW): y points at output row oy0, (oy1 - oy0, OW, C); x (H, W, C).
+template <class T>
+inline void resize_bilinear_nhwc_add_rows(T* y, const T* x, int64_t W, int64_t C, const detail::ResizeAxis<T>& ry,
+                                          const detail::ResizeAxis<T>& rx, int64_t oy0, int64_t oy1) {
+  const int64_t OW = static_cast<int64_t>(rx.i0.size());
+  for (int64_t oy = oy0; oy < oy1; ++oy) {
+    const T wy0 = ry.w0[oy], wy1 = ry.w1[oy];
+    const T* x0 = x + ry.i0[oy] * W * C;
+    const T* x1 = x + ry.i1[oy] * W * C;
+    for (int64_t ox = 0; ox < OW; ++ox) {
+      const T wx0 = rx.w0[ox], wx1 = rx.w1[ox];
+      const T* __restrict a = x0 + rx.i0[ox] * C;
+      const T* __restrict b1 = x0 + rx.i1[ox] * C;
+      const T* __restrict c = x1 + rx.i0[ox] * C;
+      const T* __restrict d = x1 + rx.i1[ox] * C;
+      T* __restrict out = y + ((oy - oy0) * OW + ox) * C;
+      for (int64_t k = 0; k < C; ++k) out[k] += wy0 * (wx0 * a[k] + wx1 * b1[k]) + wy1 * (wx0 * c[k] + wx1 * d[k]);
+    }
+  }
+}
+
+// All rows: y (OH, OW, C) += resize(x (H, W, C)), parallel over output rows; the channel loop is
+// contiguous, so it vectorises.
 template <class T>
 inline void resize_bilinear_nhwc_add(T* y, const T* x, int64_t H, int64_t W, int64_t C, int64_t OH, int64_t OW) {
   const detail::ResizeAxis<T> ry(H, OH), rx(W, OW);
   parallel_for(OH, std::max<int64_t>(1, (int64_t{1} << 14) / std::max<int64_t>(1, OW * C)), [&](int64_t b, int64_t e) {
-    for (int64_t oy = b; oy < e; ++oy) {
-      const T wy0 = ry.w0[oy], wy1 = ry.w1[oy];
-      const T* x0 = x + ry.i0[oy] * W * C;
-      const T* x1 = x + ry.i1[oy] * W * C;
-      for (int64_t ox = 0; ox < OW; ++ox) {
-        const T wx0 = rx.w0[ox], wx1 = rx.w1[ox];
-        const T* __restrict a = x0 + rx.i0[ox] * C;
-        const T* __restrict b1 = x0 + rx.i1[ox] * C;
-        const T* __restrict c = x1 + rx.i0[ox] * C;
-        const T* __restrict d = x1 + rx.i1[ox] * C;
-        T* __restrict out = y + (oy * OW + ox) * C;
-        for (int64_t k = 0; k < C; ++k) out[k] += wy0 * (wx0 * a[k] + wx1 * b1[k]) + wy1 * (wx0 * c[k] + wx1 * d[k]);
-      }
-    }
+    resize_bilinear_nhwc_add_rows(y + b * OW * C, x, W, C, ry, rx, b, e);
   });
 }
 

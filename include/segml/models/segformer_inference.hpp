@@ -16,8 +16,11 @@
 //    with A_i = diag(s) Wfuse_i Wc_i and b = s ∘ (Σ_i Wfuse_i bc_i − μ) + β, s = γ / sqrt(σ² + ε),
 //    computed once here (in double). Each stage is projected at its own resolution, straight to
 //    decoder_hidden_size channels, and the 4·D-channel GEMM at stride 4 disappears.
-//  - Memory: one workspace, sized for the input's resolution on the first call and reused after;
-//    a stage's output is consumed by the decode head as soon as it exists, so no stage is kept.
+//  - Memory: one workspace, sized for the input's resolution on the first call and reused after.
+//    Stages 2.. are projected to decoder_hidden_size channels as soon as they exist; stage 1's
+//    output is kept (it has the fewest channels), and the last pass computes the decode head's
+//    ReLU map and the classifier a few rows at a time, so the decoder_hidden_size-channel map at
+//    the output resolution only ever exists as one block per thread, in cache.
 // Results equal model.forward() to float32 rounding (the folding and the fused residuals change
 // the order of the sums; tests/test_inference.cpp states the tolerance against PyTorch).
 // The engine holds its own copy of the weights: it does not see later changes to the model.
@@ -208,6 +211,7 @@ class SegformerInference {
     if (H == planned_h_ && W == planned_w_) return;
     shapes_.clear();
     int64_t h = H, w = W, x_size = 0, cols_size = 0, kv_size = 0, mlp_size = 0, z_size = 0, rows = 0;
+    up_.clear();
     int64_t in_channels = config_.num_channels;
     for (const Stage& st : stages_) {
       const kernels::Im2rowGeometry g{in_channels, h, w, st.kernel, st.kernel, st.stride, st.pad};
@@ -223,20 +227,22 @@ class SegformerInference {
       cols_size = std::max({cols_size, N * g.row_size(), M * st.sr * st.sr * st.hidden});
       kv_size = std::max(kv_size, M * st.hidden);
       mlp_size = std::max(mlp_size, N * st.mlp_hidden);
-      z_size = std::max(z_size, N * config_.decoder_hidden_size);
+      if (shapes_.size() > 1) z_size += round_up(N * config_.decoder_hidden_size);
       rows = std::max(rows, N);
       in_channels = st.hidden;
     }
-    const int64_t sizes[] = {x_size, x_size, x_size, cols_size, kv_size, kv_size, kv_size, kv_size,
-                             mlp_size, mlp_size, z_size, shapes_[0].h * shapes_[0].w * config_.decoder_hidden_size,
-                             rows, rows};
+    const StageShape& s1 = shapes_[0];
+    for (size_t s = 1; s < shapes_.size(); ++s)  // each later stage's projection is upsampled to stage 1's grid
+      up_.push_back({Axis(shapes_[s].h, s1.h), Axis(shapes_[s].w, s1.w)});
+    const int64_t sizes[] = {x_size, x_size,   x_size,   cols_size, kv_size, kv_size, kv_size, kv_size, mlp_size,
+                             mlp_size, z_size, s1.h * s1.w * stages_[0].hidden, rows, rows};
     int64_t total = 0;
     for (int64_t n : sizes) total += round_up(n);
     arena_ = allocate_aligned<T>(total);
     arena_size_ = total;
     T* p = arena_.get();
     T** slots[] = {&ws_.x, &ws_.t, &ws_.q, &ws_.cols, &ws_.r1, &ws_.r2, &ws_.k, &ws_.v,
-                   &ws_.h1, &ws_.h2, &ws_.z, &ws_.fused, &ws_.mean, &ws_.rstd};
+                   &ws_.h1, &ws_.h2, &ws_.z, &ws_.stage1, &ws_.mean, &ws_.rstd};
     for (size_t i = 0; i < std::size(slots); ++i) {
       *slots[i] = p;
       p += round_up(sizes[i]);
@@ -259,10 +265,9 @@ class SegformerInference {
 
   // logits (L, h1, w1) of one image, pixels (C, H, W).
   void run_image(T* logits, const T* pixels, int64_t H, int64_t W) {
-    const int64_t D = config_.decoder_hidden_size, L = config_.num_labels;
-    const int64_t h1 = shapes_[0].h, w1 = shapes_[0].w, N1 = h1 * w1;
     const T* input = pixels;  // stage s reads stage s-1's output (tokens, i.e. NHWC); stage 0 the NCHW pixels
     int64_t in_h = H, in_w = W;
+    T* z = ws_.z;  // the projections A_s x_s of stages 2.., each at its own resolution
     for (size_t s = 0; s < stages_.size(); ++s) {
       const Stage& st = stages_[s];
       const StageShape& sh = shapes_[s];
@@ -278,34 +283,53 @@ class SegformerInference {
         layer_norm(ws_.x, ws_.q, st.patch_norm, N);
       });
       for (const Block& b : st.blocks) block(b, st, sh);
-      // The stage's hidden state, consumed at once by the next stage and by the decode head.
-      timed("layer_norm", [&] { layer_norm(ws_.t, ws_.x, st.final_norm, N); });
-      timed("decode_head", [&] {
-        if (s == 0) {
-          linear(ws_.fused, ws_.t, st.head, N);  // stage 1 is at the output resolution already
-        } else {
-          linear(ws_.z, ws_.t, st.head, N);
-          kernels::resize_bilinear_nhwc_add(ws_.fused, ws_.z, sh.h, sh.w, D, h1, w1);
-        }
-      });
-      std::swap(ws_.t, ws_.x);  // the next stage reads its input from x; t is free again
-      input = ws_.x;
+      // The stage's hidden state: the next stage's input, and the decode head's. Stage 1's is kept
+      // whole for the decode head's last pass; a later stage's is projected at once.
+      if (s == 0) {
+        timed("layer_norm", [&] { layer_norm(ws_.stage1, ws_.x, st.final_norm, N); });
+        input = ws_.stage1;
+      } else {
+        timed("layer_norm", [&] { layer_norm(ws_.t, ws_.x, st.final_norm, N); });
+        timed("decode_head", [&] { linear(z, ws_.t, st.head, N); });
+        z += round_up(N * config_.decoder_hidden_size);
+        std::swap(ws_.t, ws_.x);  // the next stage reads its input from x; t is free again
+        input = ws_.x;
+      }
       in_h = sh.h;
       in_w = sh.w;
     }
-    // fused = relu(Σ up(A_s x_s) + b), then the classifier: logits (L, N1) = Wcls fusedᵀ + bcls.
-    timed("decode_head", [&] {
-      const T* bias = head_bias_.data();
-      T* fused = ws_.fused;
-      parallel_for(N1, std::max<int64_t>(1, 4096 / D), [&](int64_t r0, int64_t r1) {
-        for (int64_t r = r0; r < r1; ++r)
-          for (int64_t c = 0; c < D; ++c) fused[r * D + c] = std::max(fused[r * D + c] + bias[c], T(0));
-      });
-    });
-    timed("classifier", [&] {
-      const T* cls_bias = classifier_.bias.data();
-      for (int64_t l = 0; l < L; ++l) std::fill(logits + l * N1, logits + (l + 1) * N1, cls_bias ? cls_bias[l] : T(0));
-      kernels::gemm(false, true, L, N1, D, T(1), classifier_.weight.data(), D, ws_.fused, D, T(1), logits, N1);
+    timed("decode_head+classifier", [&] { decode_head_and_classifier(logits); });
+  }
+
+  // logits (L, h1 * w1) = Wcls relu(A_1 x_1 + Σ_s up(A_s x_s) + b) + bcls, a few rows of stage 1's
+  // grid at a time, so that the D-channel map at the output resolution only ever exists as one
+  // block in cache.
+  void decode_head_and_classifier(T* logits) {
+    const int64_t D = config_.decoder_hidden_size, L = config_.num_labels;
+    const int64_t h1 = shapes_[0].h, w1 = shapes_[0].w, N1 = h1 * w1, C1 = stages_[0].hidden;
+    const int64_t rows_per_task = std::max<int64_t>(1, 256 / w1);  // about 256 pixels a block
+    const T* cls_bias = classifier_.bias.data();
+    parallel_for(h1, rows_per_task, [&](int64_t r0, int64_t r1) {
+      thread_local std::vector<T> block;  // grow-only, kept across calls (threads persist)
+      for (int64_t y0 = r0; y0 < r1; y0 += rows_per_task) {
+        const int64_t y1 = std::min(r1, y0 + rows_per_task), pixels = (y1 - y0) * w1, p0 = y0 * w1;
+        if (block.size() < static_cast<size_t>(pixels * D)) block.resize(static_cast<size_t>(pixels * D));
+        T* fused = block.data();
+        // fused = A_1 x_1 + b + Σ_s up(A_s x_s), then the ReLU.
+        kernels::gemm_bias(false, true, pixels, D, C1, ws_.stage1 + p0 * C1, C1, stages_[0].head.weight.data(), C1,
+                           head_bias_.data(), fused, D);
+        const T* z = ws_.z;
+        for (size_t s = 1; s < stages_.size(); ++s) {
+          const StageShape& sh = shapes_[s];
+          kernels::resize_bilinear_nhwc_add_rows(fused, z, sh.w, D, up_[s - 1].y, up_[s - 1].x, y0, y1);
+          z += round_up(sh.h * sh.w * D);
+        }
+        for (int64_t i = 0; i < pixels * D; ++i) fused[i] = std::max(fused[i], T(0));
+        // The classifier, straight into the (L, N1) logits: rows l, columns [p0, p0 + pixels).
+        for (int64_t l = 0; l < L; ++l)
+          std::fill(logits + l * N1 + p0, logits + l * N1 + p0 + pixels, cls_bias ? cls_bias[l] : T(0));
+        kernels::gemm(false, true, L, pixels, D, T(1), classifier_.weight.data(), D, fused, D, T(1), logits + p0, N1);
+      }
     });
   }
 
@@ -353,7 +377,11 @@ class SegformerInference {
   }
 
   struct Workspace {
-    T *x, *t, *q, *cols, *r1, *r2, *k, *v, *h1, *h2, *z, *fused, *mean, *rstd;
+    T *x, *t, *q, *cols, *r1, *r2, *k, *v, *h1, *h2, *z, *stage1, *mean, *rstd;
+  };
+  using Axis = kernels::detail::ResizeAxis<T>;
+  struct Upsample {
+    Axis y, x;
   };
 
   SegformerConfig config_;
@@ -361,6 +389,7 @@ class SegformerInference {
   Tensor<T> head_bias_;
   Affine classifier_;
   std::vector<StageShape> shapes_;
+  std::vector<Upsample> up_;  // stage s+1's grid -> stage 1's grid, per axis
   std::shared_ptr<T[]> arena_;
   int64_t arena_size_ = 0;
   Workspace ws_{};
