@@ -16,7 +16,9 @@
 //    (inference), each thread only ever holds one block's score rows, so the N x M matrix is never
 //    materialised.
 //  - Backward uses the probabilities saved by the forward (the choice PyTorch's eager graph makes),
-//    so it costs four GEMMs and one softmax-backward pass, no exp. Its N x M scratch holds dS.
+//    so it costs four products and one softmax-backward pass, no exp. Its N x M scratch holds dS.
+//    Its first phase (dS and dq, per block of query rows) runs on the fused kernel's pieces when the
+//    forward does; the second (dk, dv: sums over all N queries) is two GEMMs per head.
 //  - The row softmax is kernels/softmax.hpp's (AVX2 / AVX-512 exp for float), so float results
 //    depend on segml::isa() through it and through gemm.
 //  - attention_forward_ref / attention_backward_ref are plain loops, the oracle in the tests.
@@ -126,6 +128,27 @@ SEGML_AVX2_FN void weighted_values_pass_avx2(float* const o[kRows], const float*
     for (int u = 0; u < NV; ++u) _mm256_storeu_ps(o[i] + 8 * u, _mm256_mul_ps(acc[i][u], _mm256_set1_ps(inv[i])));
 }
 
+// weighted_values_pass_avx2 over all d channels (d a multiple of 8).
+SEGML_AVX2_FN void weighted_values_avx2(float* const o[kRows], const float* const p[kRows], const float inv[kRows],
+                                        const float* v, int64_t M, int64_t C, int64_t d) {
+  float* oc[kRows];
+  int64_t c = 0;
+  for (; c + 16 <= d; c += 16) {
+    for (int i = 0; i < kRows; ++i) oc[i] = o[i] + c;
+    weighted_values_pass_avx2<2>(oc, p, inv, v + c, M, C);
+  }
+  if (c < d) {
+    for (int i = 0; i < kRows; ++i) oc[i] = o[i] + c;
+    weighted_values_pass_avx2<1>(oc, p, inv, v + c, M, C);
+  }
+}
+
+// Rows (1..kRows) -> kRows row pointers, rows past the end repeating the last real row.
+template <class P>
+inline void row_pointers(P* out[kRows], P* first, int64_t stride, int rows) {
+  for (int i = 0; i < kRows; ++i) out[i] = first + std::min(i, rows - 1) * stride;
+}
+
 // One block of rows (1..kRows) of one head: q_rows (rows, d) stride C, out rows stride C, s rows
 // (rows, M) stride lds (the kept probabilities, or scratch); normalize: write P itself into s.
 SEGML_AVX2_FN void attention_rows_avx2(float* out, float* s, int64_t lds, const float* q, const float* kt, const float* vh,
@@ -134,12 +157,9 @@ SEGML_AVX2_FN void attention_rows_avx2(float* out, float* s, int64_t lds, const 
   float* si[kRows];
   float* oi[kRows];
   float inv[kRows];
-  for (int i = 0; i < kRows; ++i) {
-    const int r = std::min(i, rows - 1);
-    qi[i] = q + r * C;
-    si[i] = s + r * lds;
-    oi[i] = out + r * C;
-  }
+  row_pointers(qi, q, C, rows);
+  row_pointers(si, s, lds, rows);
+  row_pointers(oi, out, C, rows);
   scores_avx2(si, qi, kt, M, d, scale);
   for (int i = 0; i < rows; ++i) {
     const float mx = detail::row_max_avx2(si[i], M);
@@ -150,33 +170,53 @@ SEGML_AVX2_FN void attention_rows_avx2(float* out, float* s, int64_t lds, const 
     }
   }
   for (int i = rows; i < kRows; ++i) inv[i] = inv[rows - 1];
-  const float* const* pi = si;
-  int64_t c = 0;
-  for (; c + 16 <= d; c += 16) {
-    float* oc[kRows];
-    for (int i = 0; i < kRows; ++i) oc[i] = oi[i] + c;
-    weighted_values_pass_avx2<2>(oc, pi, inv, vh + c, M, C);
-  }
-  if (c < d) {
-    float* oc[kRows];
-    for (int i = 0; i < kRows; ++i) oc[i] = oi[i] + c;
-    weighted_values_pass_avx2<1>(oc, pi, inv, vh + c, M, C);
-  }
+  weighted_values_avx2(oi, si, inv, vh, M, C, d);
 }
+
+// Phase 1 of the backward for rows (1..kRows) of one head: ds rows (stride M) = the softmax
+// backward of dP = dO v_hᵀ (without the 1/sqrt(d), as attention_backward keeps it), then, when dq
+// is non-null, dq rows = scale * dS k_h. vt: v_h packed like pack_keys.
+SEGML_AVX2_FN void attention_backward_rows_avx2(float* dq, float* ds, const float* p, const float* dout, const float* vt,
+                                                const float* kh, int rows, int64_t M, int64_t C, int64_t d,
+                                                float scale) {
+  const float *doi[kRows], *pi[kRows];
+  float *si[kRows], *dqi[kRows];
+  row_pointers(doi, dout, C, rows);
+  row_pointers(pi, p, M, rows);
+  row_pointers(si, ds, M, rows);
+  scores_avx2(si, doi, vt, M, d, 1.f);
+  for (int i = 0; i < rows; ++i) detail::softmax_backward_avx2(si[i], pi[i], si[i], 1, M);
+  if (!dq) return;
+  const float scales[kRows] = {scale, scale, scale, scale, scale, scale};
+  row_pointers(dqi, dq, C, rows);
+  weighted_values_avx2(dqi, si, scales, kh, M, C, d);
+}
+
+// x_h (M, d) of every (batch, head) transposed into pack_keys panels, once per call, in the calling
+// thread's grow-only buffer slot `slot` (0 or 1); returns the buffer, (B * heads) blocks of `size`.
+inline float* pack_all_heads(int slot, const float* x, int64_t B, int64_t M, int64_t C, int64_t heads, int64_t& size) {
+  const int64_t d = C / heads;
+  size = (M + kKeys - 1) / kKeys * kKeys * d;
+  thread_local std::vector<float> buffers[2];
+  std::vector<float>& buf = buffers[slot];
+  if (buf.size() < static_cast<size_t>(B * heads * size)) buf.resize(static_cast<size_t>(B * heads * size));
+  float* out = buf.data();
+  const int64_t stride = size;
+  parallel_for(B * heads, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t bh = begin; bh < end; ++bh)
+      pack_keys(out + bh * stride, x + (bh / heads) * M * C + (bh % heads) * d, M, C, d);
+  });
+  return out;
+}
+
 
 // attention_forward for float on AVX2 / AVX-512 machines, head dim d a multiple of 8.
 inline void attention_forward_fused(float* out, float* probs, const float* q, const float* k, const float* v, int64_t B,
                                     int64_t N, int64_t M, int64_t C, int64_t heads) {
-  const int64_t d = C / heads, panels = (M + kKeys - 1) / kKeys, kt_size = panels * kKeys * d;
+  const int64_t d = C / heads;
   const float scale = 1.f / std::sqrt(static_cast<float>(d));
-  // k_h transposed for every (batch, head), packed once (the calling thread's grow-only buffer).
-  thread_local std::vector<float> kt;
-  if (kt.size() < static_cast<size_t>(B * heads * kt_size)) kt.resize(static_cast<size_t>(B * heads * kt_size));
-  float* kt_all = kt.data();
-  parallel_for(B * heads, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t bh = begin; bh < end; ++bh)
-      pack_keys(kt_all + bh * kt_size, k + (bh / heads) * M * C + (bh % heads) * d, M, C, d);
-  });
+  int64_t kt_size = 0;
+  const float* kt_all = pack_all_heads(0, k, B, M, C, heads, kt_size);  // k_h transposed, once
   // Tasks: (batch, head, kAttentionBlock query rows), each walked kRows rows at a time.
   const int64_t blocks = (N + kAttentionBlock - 1) / kAttentionBlock;
   parallel_for(B * heads * blocks, 1, [&](int64_t begin, int64_t end) {
@@ -190,6 +230,30 @@ inline void attention_forward_fused(float* out, float* probs, const float* q, co
         float* s = probs ? probs + (bh * N + n) * M : scratch.data();
         attention_rows_avx2(out + (b * N + n) * C + h * d, s, M, q + (b * N + n) * C + h * d, kt_all + bh * kt_size,
                             v + b * M * C + h * d, rows, M, C, d, scale, probs != nullptr);
+      }
+    }
+  });
+}
+
+// Phase 1 of attention_backward (dS for all rows, and dq) for float on AVX2 / AVX-512 machines,
+// head dim d a multiple of 8; ds (B, h, N, M).
+inline void attention_backward_fused_phase1(float* dq, float* ds, const float* dout, const float* k, const float* v,
+                                            const float* probs, int64_t B, int64_t N, int64_t M, int64_t C,
+                                            int64_t heads) {
+  const int64_t d = C / heads;
+  const float scale = 1.f / std::sqrt(static_cast<float>(d));
+  int64_t vt_size = 0;
+  const float* vt_all = pack_all_heads(1, v, B, M, C, heads, vt_size);  // v_h transposed, once
+  const int64_t blocks = (N + kAttentionBlock - 1) / kAttentionBlock;
+  parallel_for(B * heads * blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t bh = t / blocks, b = bh / heads, h = bh % heads;
+      const int64_t n_begin = (t % blocks) * kAttentionBlock, n_end = std::min(N, n_begin + kAttentionBlock);
+      for (int64_t n = n_begin; n < n_end; n += kRows) {
+        const int rows = static_cast<int>(std::min<int64_t>(kRows, n_end - n));
+        attention_backward_rows_avx2(dq ? dq + (b * N + n) * C + h * d : nullptr, ds + (bh * N + n) * M,
+                                     probs + (bh * N + n) * M, dout + (b * N + n) * C + h * d, vt_all + bh * vt_size,
+                                     k + b * M * C + h * d, rows, M, C, d, scale);
       }
     }
   });
@@ -247,7 +311,16 @@ inline void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, c
   if (dq || dk) {
     ds = allocate_aligned<T>(B * heads * N * M);
     // Phase 1, per query block: dS, then dQ (which needs only this block of dS).
-    parallel_for(B * heads * blocks, 1, [&](int64_t begin, int64_t end) {
+    bool fused = false;
+#if defined(__x86_64__)
+    if constexpr (std::is_same_v<T, float>) {
+      if (isa() >= Isa::avx2 && d % 8 == 0 && M > 0) {
+        attention_detail::attention_backward_fused_phase1(dq, ds.get(), dout, k, v, probs, B, N, M, C, heads);
+        fused = true;
+      }
+    }
+#endif
+    if (!fused) parallel_for(B * heads * blocks, 1, [&](int64_t begin, int64_t end) {
       for (int64_t t = begin; t < end; ++t) {
         const int64_t bh = t / blocks, n0 = (t % blocks) * kAttentionBlock, b = bh / heads, h = bh % heads;
         const int64_t rows = std::min(kAttentionBlock, N - n0);
@@ -259,15 +332,20 @@ inline void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, c
       }
     });
   }
-  // Phase 2, per (batch, head): the key-side gradients reduce over all N queries.
+  // Phase 2, per (batch, head): the key-side gradients reduce over all N queries. With fewer
+  // (batch, head) pairs than threads, each GEMM gets all the threads instead.
   if (dk || dv) {
-    parallel_for(B * heads, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t bh = begin; bh < end; ++bh) {
-        const int64_t b = bh / heads, h = bh % heads, off = b * M * C + h * d;
-        if (dk) gemm(true, false, M, d, N, scale, ds.get() + bh * N * M, M, q + b * N * C + h * d, C, T(0), dk + off, C);
-        if (dv) gemm(true, false, M, d, N, T(1), probs + bh * N * M, M, dout + b * N * C + h * d, C, T(0), dv + off, C);
-      }
-    });
+    auto key_side = [&](int64_t bh) {
+      const int64_t b = bh / heads, h = bh % heads, off = b * M * C + h * d;
+      if (dk) gemm(true, false, M, d, N, scale, ds.get() + bh * N * M, M, q + b * N * C + h * d, C, T(0), dk + off, C);
+      if (dv) gemm(true, false, M, d, N, T(1), probs + bh * N * M, M, dout + b * N * C + h * d, C, T(0), dv + off, C);
+    };
+    if (B * heads < num_threads())
+      for (int64_t bh = 0; bh < B * heads; ++bh) key_side(bh);
+    else
+      parallel_for(B * heads, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t bh = begin; bh < end; ++bh) key_side(bh);
+      });
   }
 }
 
