@@ -213,19 +213,27 @@ SEGML_DW_AVX2 inline void dw_nhwc_pixel_avx2(float* yr, const float* const rows[
 template <bool kFull>
 SEGML_DW_AVX2 inline void dw_nhwc_quad_avx2(float* yr, const float* const rows[3], const float* wt, const float* bias,
                                             int64_t j, int64_t C, int64_t c, __m256i m, bool gelu) {
+  // Fully unrolled, so that acc[] lives in registers (a loop left rolled keeps it on the stack and
+  // every FMA waits for a store-to-load round trip).
   __m256 acc[4];
-  for (auto& a : acc) a = avx2_load<kFull>(bias + c, m);
+#pragma GCC unroll 4
+  for (int q = 0; q < 4; ++q) acc[q] = avx2_load<kFull>(bias + c, m);
+#pragma GCC unroll 3
   for (int kh = 0; kh < 3; ++kh) {
     if (!rows[kh]) continue;
     const float* p = rows[kh] + (j - 1) * C + c;  // x[j-1 .. j+4]
     __m256 w[3];
+#pragma GCC unroll 3
     for (int kw = 0; kw < 3; ++kw) w[kw] = avx2_load<kFull>(wt + (kh * 3 + kw) * C + c, m);
+#pragma GCC unroll 6
     for (int i = 0; i < 6; ++i) {
       const __m256 xv = avx2_load<kFull>(p + i * C, m);
+#pragma GCC unroll 4
       for (int q = 0; q < 4; ++q)  // x[j-1+i] is tap kw = i - q of output pixel j+q
         if (i - q >= 0 && i - q < 3) acc[q] = _mm256_fmadd_ps(xv, w[i - q], acc[q]);
     }
   }
+#pragma GCC unroll 4
   for (int q = 0; q < 4; ++q) avx2_store<kFull>(yr + (j + q) * C + c, m, gelu ? gelu256_ps(acc[q]) : acc[q]);
 }
 
