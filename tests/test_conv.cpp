@@ -230,6 +230,36 @@ TEST_CASE("dwconv3x3_nhwc_gelu_forward: equals dwconv then GELU, SIMD vs scalar 
   }
 }
 
+TEST_CASE("dwconv3x3_nhwc_row: row by row from three given rows equals the whole-image twin") {
+  // Rows are passed as pointers into separate buffers (as the inference engine's ring does), with
+  // null rows at the image's top and bottom; with and without GELU, every channel / width remainder.
+  for (Isa isa_ : isas()) {
+    ScopedIsa scoped(isa_);
+    double worst = 0;
+    for (int64_t C : {1, 7, 8, 9, 16, 17, 33})
+      for (int64_t W : {1, 3, 7, 17})
+        for (bool gelu : {false, true}) {
+          const int64_t H = 4;
+          const Tensor<float> w = rnd({C, 1, 3, 3}, 54), b = rnd({C}, 55), x = rnd({1, H, W, C}, 56);
+          Tensor<float> yr = Tensor<float>::empty({1, H, W, C});
+          kernels::dwconv3x3_nhwc_forward_ref(yr.data(), x.data(), w.data(), b.data(), 1, H, W, C);
+          if (gelu) kernels::gelu_forward_ref(yr.data(), yr.data(), yr.numel());
+          const std::vector<float> taps = kernels::dwconv3x3_nhwc_taps(w.data(), C);
+          std::vector<std::vector<float>> rows;  // each input row in a buffer of its own
+          for (int64_t h = 0; h < H; ++h) rows.emplace_back(x.data() + h * W * C, x.data() + (h + 1) * W * C);
+          Tensor<float> y = Tensor<float>::empty({1, H, W, C});
+          for (int64_t h = 0; h < H; ++h) {
+            const float* in[3] = {h > 0 ? rows[h - 1].data() : nullptr, rows[h].data(),
+                                  h + 1 < H ? rows[h + 1].data() : nullptr};
+            kernels::dwconv3x3_nhwc_row(y.data() + h * W * C, in, taps.data(), b.data(), W, C, gelu);
+          }
+          worst = std::max(worst, test::max_abs_diff(y, yr));
+        }
+    MESSAGE("dwconv row " << std::string(isa_name(isa_)) << " vs whole-image scalar twin: max abs diff " << worst);
+    CHECK(worst <= 2e-5);  // FMA rounding of the conv sums and GELU's slope, as above
+  }
+}
+
 TEST_CASE("depthwise_conv3x3: NHWC equals NCHW on the permuted input") {
   const Tensor<float> x = rnd({2, 24, 9, 13}, 51), w = rnd({24, 1, 3, 3}, 52), b = rnd({24}, 53);
   const Var<float> y = ops::depthwise_conv3x3(Var<float>(x), Var<float>(w), Var<float>(b));

@@ -84,6 +84,27 @@ TEST_CASE("inference: a batch equals its images run one by one and the engine ke
   test::compare("after the model changed", engine.run(batch), both, 0);
 }
 
+TEST_CASE("inference: the result does not depend on the thread count") {
+  // The Mix-FFN and the decode head split the token grid into one band of rows per thread; the rows
+  // at a band's edge are computed by both bands. Odd sizes and 1..3 threads move the band edges.
+  SegformerConfig cfg = SegformerConfig::b0();
+  cfg.num_labels = 7;
+  SegformerForSemanticSegmentation<float> model(cfg, 11);
+  model.eval();
+  const Tensor<float> pixels = test::random_tensor<float>({1, 3, 157, 203}, 5);
+  const int before = num_threads();
+  set_num_threads(1);
+  SegformerInference<float> engine(model);
+  const Tensor<float> one = engine.run(pixels);
+  for (int threads : {2, 3}) {
+    set_num_threads(threads);
+    // Each output is a fixed-order sum whatever the split, so the logits are the same bits.
+    test::compare(std::to_string(threads) + " threads vs 1", engine.run(pixels), one, 0);
+  }
+  set_num_threads(before);
+  test::compare("vs autograd forward", one, autograd_logits(model, pixels), 1e-4);
+}
+
 TEST_CASE("inference: bad inputs are rejected with the expected shape") {
   SegformerConfig cfg = SegformerConfig::b0();
   cfg.num_labels = 3;

@@ -3,7 +3,8 @@
 //   NCHW  x (B, C, H, W)  PyTorch's layout; SIMD over W.
 //   NHWC  x (B, H, W, C)  the token layout (B, N = H*W, C) seen as an image; SIMD over C.
 // Weights are always PyTorch's (C, 1, 3, 3), bias (C) or null; y has x's shape.
-// dwconv3x3_nhwc_gelu_forward applies GELU in the same pass (the inference engine's Mix-FFN).
+// dwconv3x3_nhwc_gelu_forward applies GELU in the same pass; dwconv3x3_nhwc_row does one output
+// row from three given input rows (the inference engine's Mix-FFN, which never holds its input whole).
 //
 // Contract:
 //  - Backward gives dx, dw, db (each may be null; overwritten, never accumulated). The input
@@ -237,27 +238,33 @@ SEGML_DW_AVX2 inline void dw_nhwc_quad_avx2(float* yr, const float* const rows[3
   for (int q = 0; q < 4; ++q) avx2_store<kFull>(yr + (j + q) * C + c, m, gelu ? gelu256_ps(acc[q]) : acc[q]);
 }
 
+// NHWC forward of one output row yr (W, C) from its input rows (rows[kh]: row h+kh-1, or null
+// outside the image), GELU applied to the result when `gelu`.  wt (9, C), bias (C)
+SEGML_DW_AVX2 inline void dw_nhwc_row_avx2(float* yr, const float* const rows[3], const float* wt, const float* bias,
+                                           int64_t W, int64_t C, bool gelu) {
+  const int64_t C8 = C / 8 * 8;
+  const __m256i m = avx2_mask(C - C8 ? C - C8 : 8);
+  for (int64_t j = 0; j < W;) {
+    if (j >= 1 && j + 4 < W) {
+      for (int64_t c = 0; c < C8; c += 8) dw_nhwc_quad_avx2<true>(yr, rows, wt, bias, j, C, c, m, gelu);
+      if (C8 < C) dw_nhwc_quad_avx2<false>(yr, rows, wt, bias, j, C, C8, m, gelu);
+      j += 4;
+    } else {
+      for (int64_t c = 0; c < C8; c += 8) dw_nhwc_pixel_avx2<true>(yr, rows, wt, bias, j, W, C, c, m, gelu);
+      if (C8 < C) dw_nhwc_pixel_avx2<false>(yr, rows, wt, bias, j, W, C, C8, m, gelu);
+      j += 1;
+    }
+  }
+}
+
 // NHWC forward, image rows [r0, r1) of B*H, GELU applied to the result when `gelu`.  wt (9, C), bias (C)
 SEGML_DW_AVX2 inline void dw_nhwc_rows_avx2(float* y, const float* x, const float* wt, const float* bias, int64_t H,
                                             int64_t W, int64_t C, int64_t r0, int64_t r1, bool gelu) {
-  const int64_t C8 = C / 8 * 8;
-  const __m256i m = avx2_mask(C - C8 ? C - C8 : 8);
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t h = r % H;
     const float* rows[3];
     neighbour_rows(rows, x + (r - h) * W * C, h, H, W * C);
-    float* yr = y + r * W * C;
-    for (int64_t j = 0; j < W;) {
-      if (j >= 1 && j + 4 < W) {
-        for (int64_t c = 0; c < C8; c += 8) dw_nhwc_quad_avx2<true>(yr, rows, wt, bias, j, C, c, m, gelu);
-        if (C8 < C) dw_nhwc_quad_avx2<false>(yr, rows, wt, bias, j, C, C8, m, gelu);
-        j += 4;
-      } else {
-        for (int64_t c = 0; c < C8; c += 8) dw_nhwc_pixel_avx2<true>(yr, rows, wt, bias, j, W, C, c, m, gelu);
-        if (C8 < C) dw_nhwc_pixel_avx2<false>(yr, rows, wt, bias, j, W, C, C8, m, gelu);
-        j += 1;
-      }
-    }
+    dw_nhwc_row_avx2(y + r * W * C, rows, wt, bias, W, C, gelu);
   }
 }
 
@@ -493,14 +500,6 @@ inline std::vector<float> flipped_kernels(const float* w, int64_t C) {
   return f;
 }
 
-// (C, 9) -> (9, C), for the NHWC kernels that vectorise over C.
-inline std::vector<float> taps_by_channel(const float* w9, int64_t C) {
-  std::vector<float> t(static_cast<size_t>(C * 9));
-  for (int64_t c = 0; c < C; ++c)
-    for (int64_t k = 0; k < 9; ++k) t[static_cast<size_t>(k * C + c)] = w9[c * 9 + k];
-  return t;
-}
-
 inline std::vector<float> bias_or_zeros(const float* b, int64_t C) {
   return b ? std::vector<float>(b, b + C) : std::vector<float>(static_cast<size_t>(C), 0.0f);
 }
@@ -545,6 +544,16 @@ inline bool dw_nhwc_apply_simd(float* y, const float* x, const float* wt, const 
 }
 
 }  // namespace detail
+
+// The kernel (C, 1, 3, 3) rearranged tap-major (9, C), as the NHWC kernels read it (they vectorise
+// over C): the taps argument of dwconv3x3_nhwc_row.
+template <class T>
+inline std::vector<T> dwconv3x3_nhwc_taps(const T* w, int64_t C) {
+  std::vector<T> t(static_cast<size_t>(C * 9));
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t k = 0; k < 9; ++k) t[static_cast<size_t>(k * C + c)] = w[c * 9 + k];
+  return t;
+}
 
 // ---- dispatchers -------------------------------------------------------------------------------
 
@@ -599,7 +608,7 @@ template <class T>
 inline void dwconv3x3_nhwc_forward(T* y, const T* x, const T* w, const T* b, int64_t B, int64_t H, int64_t W,
                                    int64_t C) {
   if constexpr (std::is_same_v<T, float>) {
-    const std::vector<float> wt = detail::taps_by_channel(w, C), bias = detail::bias_or_zeros(b, C);
+    const std::vector<float> wt = dwconv3x3_nhwc_taps(w, C), bias = detail::bias_or_zeros(b, C);
     if (detail::dw_nhwc_apply_simd(y, x, wt.data(), bias.data(), B, H, W, C)) return;
   }
   dwconv3x3_nhwc_forward_ref(y, x, w, b, B, H, W, C);
@@ -611,11 +620,38 @@ template <class T>
 inline void dwconv3x3_nhwc_gelu_forward(T* y, const T* x, const T* w, const T* b, int64_t B, int64_t H, int64_t W,
                                         int64_t C) {
   if constexpr (std::is_same_v<T, float>) {
-    const std::vector<float> wt = detail::taps_by_channel(w, C), bias = detail::bias_or_zeros(b, C);
+    const std::vector<float> wt = dwconv3x3_nhwc_taps(w, C), bias = detail::bias_or_zeros(b, C);
     if (detail::dw_nhwc_apply_simd(y, x, wt.data(), bias.data(), B, H, W, C, /*gelu=*/true)) return;
   }
   dwconv3x3_nhwc_forward_ref(y, x, w, b, B, H, W, C);
   gelu_forward_ref(y, y, B * H * W * C);
+}
+
+// One output row of dwconv3x3_nhwc_forward, GELU applied when `gelu`, serially, from its three
+// input rows: rows[kh] is input row h + kh - 1, or null outside the image. For callers that make
+// the input a few rows at a time and never hold it whole (the inference engine's Mix-FFN).
+// y_row, rows[kh] (W, C), taps (9, C) from dwconv3x3_nhwc_taps, b (C) or null
+template <class T>
+inline void dwconv3x3_nhwc_row(T* y_row, const T* const rows[3], const T* taps, const T* b, int64_t W, int64_t C,
+                               bool gelu) {
+#if defined(__x86_64__)
+  if constexpr (std::is_same_v<T, float>) {
+    if (isa() != Isa::scalar && b) return detail::dw_nhwc_row_avx2(y_row, rows, taps, b, W, C, gelu);
+  }
+#endif
+  for (int64_t j = 0; j < W; ++j)
+    for (int64_t c = 0; c < C; ++c) {
+      T acc = b ? b[c] : T(0);
+      for (int64_t kh = 0; kh < 3; ++kh) {
+        if (!rows[kh]) continue;
+        for (int64_t kw = 0; kw < 3; ++kw) {
+          const int64_t iw = j + kw - 1;
+          if (iw >= 0 && iw < W) acc += rows[kh][iw * C + c] * taps[(kh * 3 + kw) * C + c];
+        }
+      }
+      y_row[j * C + c] = acc;
+    }
+  if (gelu) gelu_forward_ref(y_row, y_row, W * C);
 }
 
 // NHWC backward (dx, dw, db each may be null).  dy, x, dx (B, H, W, C), w, dw (C, 1, 3, 3), db (C)
@@ -625,7 +661,7 @@ inline void dwconv3x3_nhwc_backward(T* dx, T* dw, T* db, const T* dy, const T* x
   if constexpr (std::is_same_v<T, float>) {
     if (isa() != Isa::scalar) {
       if (dx) {
-        const std::vector<float> wt = detail::taps_by_channel(detail::flipped_kernels(w, C).data(), C),
+        const std::vector<float> wt = dwconv3x3_nhwc_taps(detail::flipped_kernels(w, C).data(), C),
                                  zeros(static_cast<size_t>(C), 0.0f);
         detail::dw_nhwc_apply_simd(dx, dy, wt.data(), zeros.data(), B, H, W, C);
       }

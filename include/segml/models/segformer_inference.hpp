@@ -82,7 +82,8 @@ class SegformerInference {
         b.output_dense = affine(layer.attention.output_dense);
         b.layer_norm_2 = norm(layer.layer_norm_2);
         b.dense1 = affine(layer.mlp.dense1);
-        b.dwconv = {layer.mlp.dwconv_weight.data().clone(), layer.mlp.dwconv_bias.data().clone()};
+        const Tensor<T> dw = layer.mlp.dwconv_weight.data().contiguous();
+        b.dwconv = {kernels::dwconv3x3_nhwc_taps(dw.data(), dw.size(0)), layer.mlp.dwconv_bias.data().clone()};
         b.dense2 = affine(layer.mlp.dense2);
         st.blocks.push_back(std::move(b));
       }
@@ -132,7 +133,8 @@ class SegformerInference {
     T eps;
   };
   struct DepthwiseConv {
-    Tensor<T> weight, bias;  // (C, 1, 3, 3), (C)
+    std::vector<T> taps;  // (9, C): the kernel tap-major, as kernels::dwconv3x3_nhwc_row reads it
+    Tensor<T> bias;       // (C)
   };
   struct Block {
     Norm layer_norm_1, sr_norm, layer_norm_2;
@@ -210,7 +212,7 @@ class SegformerInference {
   void plan(int64_t H, int64_t W) {
     if (H == planned_h_ && W == planned_w_) return;
     shapes_.clear();
-    int64_t h = H, w = W, x_size = 0, cols_size = 0, kv_size = 0, mlp_size = 0, z_size = 0, rows = 0;
+    int64_t h = H, w = W, x_size = 0, cols_size = 0, kv_size = 0, z_size = 0, rows = 0;
     up_.clear();
     int64_t in_channels = config_.num_channels;
     for (const Stage& st : stages_) {
@@ -226,7 +228,6 @@ class SegformerInference {
       x_size = std::max(x_size, N * st.hidden);
       cols_size = std::max({cols_size, N * g.row_size(), M * st.sr * st.sr * st.hidden});
       kv_size = std::max(kv_size, M * st.hidden);
-      mlp_size = std::max(mlp_size, N * st.mlp_hidden);
       if (shapes_.size() > 1) z_size += round_up(N * config_.decoder_hidden_size);
       rows = std::max(rows, N);
       in_channels = st.hidden;
@@ -234,15 +235,16 @@ class SegformerInference {
     const StageShape& s1 = shapes_[0];
     for (size_t s = 1; s < shapes_.size(); ++s)  // each later stage's projection is upsampled to stage 1's grid
       up_.push_back({Axis(shapes_[s].h, s1.h), Axis(shapes_[s].w, s1.w)});
-    const int64_t sizes[] = {x_size, x_size,   x_size,   cols_size, kv_size, kv_size, kv_size, kv_size, mlp_size,
-                             mlp_size, z_size, s1.h * s1.w * stages_[0].hidden, rows, rows};
+    const int64_t sizes[] = {x_size,  x_size,  x_size,  cols_size, kv_size,
+                             kv_size, kv_size, kv_size, z_size,    s1.h * s1.w * stages_[0].hidden,
+                             rows,    rows};
     int64_t total = 0;
     for (int64_t n : sizes) total += round_up(n);
     arena_ = allocate_aligned<T>(total);
     arena_size_ = total;
     T* p = arena_.get();
     T** slots[] = {&ws_.x, &ws_.t, &ws_.q, &ws_.cols, &ws_.r1, &ws_.r2, &ws_.k, &ws_.v,
-                   &ws_.h1, &ws_.h2, &ws_.z, &ws_.stage1, &ws_.mean, &ws_.rstd};
+                   &ws_.z, &ws_.stage1, &ws_.mean, &ws_.rstd};
     for (size_t i = 0; i < std::size(slots); ++i) {
       *slots[i] = p;
       p += round_up(sizes[i]);
@@ -335,7 +337,7 @@ class SegformerInference {
 
   // x += attention(LN1(x)); x += MixFFN(LN2(x)), on the token buffer ws_.x (N, C).
   void block(const Block& b, const Stage& st, const StageShape& sh) {
-    const int64_t N = sh.h * sh.w, C = st.hidden, Cm = st.mlp_hidden;
+    const int64_t N = sh.h * sh.w, C = st.hidden;
     timed("layer_norm", [&] { layer_norm(ws_.t, ws_.x, b.layer_norm_1, N); });
     timed("attention.query", [&] { linear(ws_.q, ws_.t, b.query, N); });
     const T* kv_input = ws_.t;
@@ -357,14 +359,44 @@ class SegformerInference {
       kernels::attention_forward<T>(ws_.t, nullptr, ws_.q, ws_.k, ws_.v, 1, N, M, C, st.heads);
     });
     timed("attention.output_dense", [&] { linear_add(ws_.x, ws_.t, b.output_dense, N); });
-    // Mix-FFN: dense1 -> depthwise 3x3 on the tokens as an (h, w, Cm) image -> GELU -> dense2.
     timed("layer_norm", [&] { layer_norm(ws_.t, ws_.x, b.layer_norm_2, N); });
-    timed("mlp.dense1", [&] { linear(ws_.h1, ws_.t, b.dense1, N); });
-    timed("mlp.dwconv+gelu", [&] {
-      kernels::dwconv3x3_nhwc_gelu_forward(ws_.h2, ws_.h1, b.dwconv.weight.data(), b.dwconv.bias.data(), 1, sh.h, sh.w,
-                                           Cm);
+    timed("mlp", [&] { mix_ffn(b, st, sh); });
+  }
+
+  // Mix-FFN: x += dense2(GELU(dwconv(dense1(t)))), the depthwise 3x3 on the tokens as an (h, w, Cm)
+  // image. Fused over rows of the token grid, so that the Cm-channel maps never exist whole and
+  // stay in cache: each thread walks its own band of rows in groups of G rows (about 256 tokens,
+  // at most 64 K values), keeping dense1's output for three groups (a ring: a row's conv reads its
+  // neighbours in the groups before and after) and the conv's output for one group, then runs
+  // dense2 on that group. The rows just outside a band are computed by both bands that need them.
+  void mix_ffn(const Block& b, const Stage& st, const StageShape& sh) {
+    const int64_t H = sh.h, W = sh.w, C = st.hidden, Cm = st.mlp_hidden, row = W * Cm;
+    const int64_t G = std::max<int64_t>(1, std::min(256 / W, (int64_t{1} << 16) / row));
+    parallel_for(H, 1, [&](int64_t r0, int64_t r1) {
+      thread_local std::vector<T> buffer;  // grow-only, kept across calls (threads persist)
+      if (buffer.size() < static_cast<size_t>(4 * G * row)) buffer.resize(static_cast<size_t>(4 * G * row));
+      T* const ring = buffer.data();
+      T* const hidden = ring + 3 * G * row;  // GELU(dwconv) of the current group
+      // Group k holds rows [r0 + (k-1) G, r0 + k G) in ring slot k % 3; group 0 is only row r0 - 1.
+      const int64_t lo = std::max<int64_t>(0, r0 - 1), hi = std::min(H, r1 + 1);
+      auto slot = [&](int64_t r) { const int64_t q = r - r0 + G; return ring + ((q / G) % 3 * G + q % G) * row; };
+      auto dense1 = [&](int64_t k) {  // the rows of group k that exist and are needed
+        const int64_t a = std::max(lo, r0 + (k - 1) * G), e = std::min(hi, r0 + k * G);
+        if (a < e) linear(slot(a), ws_.t + a * W * C, b.dense1, (e - a) * W);
+      };
+      dense1(0);
+      dense1(1);
+      for (int64_t k = 1; r0 + (k - 1) * G < r1; ++k) {
+        dense1(k + 1);  // into slot (k - 2) % 3: group k - 2 is no longer needed
+        const int64_t a = r0 + (k - 1) * G, e = std::min(r1, a + G);
+        for (int64_t r = a; r < e; ++r) {
+          const T* rows[3] = {r > 0 ? slot(r - 1) : nullptr, slot(r), r + 1 < H ? slot(r + 1) : nullptr};
+          kernels::dwconv3x3_nhwc_row(hidden + (r - a) * row, rows, b.dwconv.taps.data(), b.dwconv.bias.data(), W, Cm,
+                                      /*gelu=*/true);
+        }
+        linear_add(ws_.x + a * W * C, hidden, b.dense2, (e - a) * W);
+      }
     });
-    timed("mlp.dense2", [&] { linear_add(ws_.x, ws_.h2, b.dense2, N); });
   }
 
   // Runs f, charging its wall time to `phase` when profiling.
@@ -377,7 +409,7 @@ class SegformerInference {
   }
 
   struct Workspace {
-    T *x, *t, *q, *cols, *r1, *r2, *k, *v, *h1, *h2, *z, *stage1, *mean, *rstd;
+    T *x, *t, *q, *cols, *r1, *r2, *k, *v, *z, *stage1, *mean, *rstd;
   };
   using Axis = kernels::detail::ResizeAxis<T>;
   struct Upsample {
