@@ -29,52 +29,69 @@ struct Im2rowGeometry {
   int64_t row_size() const { return C * KH * KW; }
 };
 
+// The rows of output rows [oh0, oh1) only, serially: rows ((oh1 - oh0)*OW, C*KH*KW) from x (C, H, W).
+template <class T>
+inline void im2row_nchw_rows(T* rows, const T* x, const Im2rowGeometry& g, int64_t oh0, int64_t oh1) {
+  const int64_t OW = g.out_w(), K = g.row_size();
+  for (int64_t oh = oh0; oh < oh1; ++oh)
+    for (int64_t ow = 0; ow < OW; ++ow) {
+      T* row = rows + ((oh - oh0) * OW + ow) * K;
+      const int64_t ih0 = oh * g.stride - g.pad, iw0 = ow * g.stride - g.pad;
+      for (int64_t c = 0; c < g.C; ++c)
+        for (int64_t kh = 0; kh < g.KH; ++kh, row += g.KW) {
+          const int64_t ih = ih0 + kh;
+          if (ih < 0 || ih >= g.H) {
+            std::fill(row, row + g.KW, T(0));
+            continue;
+          }
+          const T* src = x + (c * g.H + ih) * g.W;
+          for (int64_t kw = 0; kw < g.KW; ++kw) {
+            const int64_t iw = iw0 + kw;
+            row[kw] = iw >= 0 && iw < g.W ? src[iw] : T(0);
+          }
+        }
+    }
+}
+
+// The rows of output rows [oh0, oh1) only, serially: rows ((oh1 - oh0)*OW, KH*KW*C) from x (H, W, C).
+template <class T>
+inline void im2row_nhwc_rows(T* rows, const T* x, const Im2rowGeometry& g, int64_t oh0, int64_t oh1) {
+  const int64_t OW = g.out_w(), K = g.row_size(), C = g.C;
+  for (int64_t oh = oh0; oh < oh1; ++oh)
+    for (int64_t ow = 0; ow < OW; ++ow) {
+      T* row = rows + ((oh - oh0) * OW + ow) * K;
+      const int64_t ih0 = oh * g.stride - g.pad, iw0 = ow * g.stride - g.pad;
+      for (int64_t kh = 0; kh < g.KH; ++kh) {
+        const int64_t ih = ih0 + kh;
+        for (int64_t kw = 0; kw < g.KW; ++kw, row += C) {
+          const int64_t iw = iw0 + kw;
+          if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W)
+            std::fill(row, row + C, T(0));
+          else
+            std::memcpy(row, x + (ih * g.W + iw) * C, static_cast<size_t>(C) * sizeof(T));
+        }
+      }
+    }
+}
+
+// Grain of the whole-image versions: output rows per chunk, about 4096 * 64 values.
+inline int64_t im2row_grain(const Im2rowGeometry& g) {
+  return std::max<int64_t>(1, 4096 / std::max<int64_t>(1, g.out_w() * g.row_size() / 64));
+}
+
 // rows (OH*OW, C*KH*KW) from x (C, H, W).
 template <class T>
 inline void im2row_nchw(T* rows, const T* x, const Im2rowGeometry& g) {
-  const int64_t OH = g.out_h(), OW = g.out_w(), K = g.row_size();
-  parallel_for(OH, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, OW * K / 64)), [&](int64_t oh0, int64_t oh1) {
-    for (int64_t oh = oh0; oh < oh1; ++oh)
-      for (int64_t ow = 0; ow < OW; ++ow) {
-        T* row = rows + (oh * OW + ow) * K;
-        const int64_t ih0 = oh * g.stride - g.pad, iw0 = ow * g.stride - g.pad;
-        for (int64_t c = 0; c < g.C; ++c)
-          for (int64_t kh = 0; kh < g.KH; ++kh, row += g.KW) {
-            const int64_t ih = ih0 + kh;
-            if (ih < 0 || ih >= g.H) {
-              std::fill(row, row + g.KW, T(0));
-              continue;
-            }
-            const T* src = x + (c * g.H + ih) * g.W;
-            for (int64_t kw = 0; kw < g.KW; ++kw) {
-              const int64_t iw = iw0 + kw;
-              row[kw] = iw >= 0 && iw < g.W ? src[iw] : T(0);
-            }
-          }
-      }
+  parallel_for(g.out_h(), im2row_grain(g), [&](int64_t oh0, int64_t oh1) {
+    im2row_nchw_rows(rows + oh0 * g.out_w() * g.row_size(), x, g, oh0, oh1);
   });
 }
 
 // rows (OH*OW, KH*KW*C) from x (H, W, C).
 template <class T>
 inline void im2row_nhwc(T* rows, const T* x, const Im2rowGeometry& g) {
-  const int64_t OH = g.out_h(), OW = g.out_w(), K = g.row_size(), C = g.C;
-  parallel_for(OH, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, OW * K / 64)), [&](int64_t oh0, int64_t oh1) {
-    for (int64_t oh = oh0; oh < oh1; ++oh)
-      for (int64_t ow = 0; ow < OW; ++ow) {
-        T* row = rows + (oh * OW + ow) * K;
-        const int64_t ih0 = oh * g.stride - g.pad, iw0 = ow * g.stride - g.pad;
-        for (int64_t kh = 0; kh < g.KH; ++kh) {
-          const int64_t ih = ih0 + kh;
-          for (int64_t kw = 0; kw < g.KW; ++kw, row += C) {
-            const int64_t iw = iw0 + kw;
-            if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W)
-              std::fill(row, row + C, T(0));
-            else
-              std::memcpy(row, x + (ih * g.W + iw) * C, static_cast<size_t>(C) * sizeof(T));
-          }
-        }
-      }
+  parallel_for(g.out_h(), im2row_grain(g), [&](int64_t oh0, int64_t oh1) {
+    im2row_nhwc_rows(rows + oh0 * g.out_w() * g.row_size(), x, g, oh0, oh1);
   });
 }
 

@@ -226,7 +226,7 @@ class SegformerInference {
       shapes_.push_back({h, w, rh, rw});
       const int64_t N = h * w, M = rh * rw;
       x_size = std::max(x_size, N * st.hidden);
-      cols_size = std::max({cols_size, N * g.row_size(), M * st.sr * st.sr * st.hidden});
+      if (st.sr > 1) cols_size = std::max(cols_size, M * st.sr * st.sr * st.hidden);  // the sequence-reduction conv
       kv_size = std::max(kv_size, M * st.hidden);
       if (shapes_.size() > 1) z_size += round_up(N * config_.decoder_hidden_size);
       rows = std::max(rows, N);
@@ -274,16 +274,8 @@ class SegformerInference {
       const Stage& st = stages_[s];
       const StageShape& sh = shapes_[s];
       const int64_t N = sh.h * sh.w;
-      // Overlapping patch embedding: conv (as im2row + GEMM, straight to tokens), then LayerNorm.
-      timed("patch_embeddings", [&] {
-        const kernels::Im2rowGeometry g{st.in_channels, in_h, in_w, st.kernel, st.kernel, st.stride, st.pad};
-        if (s == 0)
-          kernels::im2row_nchw(ws_.cols, input, g);
-        else
-          kernels::im2row_nhwc(ws_.cols, input, g);
-        linear(ws_.q, ws_.cols, st.patch, N);
-        layer_norm(ws_.x, ws_.q, st.patch_norm, N);
-      });
+      timed("patch_embeddings", [&] { patch_embedding(st, s == 0, input, in_h, in_w, sh); });
+      std::swap(ws_.t, ws_.x);  // the tokens are in x (input may be the old x: the embedding wrote t)
       for (const Block& b : st.blocks) block(b, st, sh);
       // The stage's hidden state: the next stage's input, and the decode head's. Stage 1's is kept
       // whole for the decode head's last pass; a later stage's is projected at once.
@@ -361,6 +353,30 @@ class SegformerInference {
     timed("attention.output_dense", [&] { linear_add(ws_.x, ws_.t, b.output_dense, N); });
     timed("layer_norm", [&] { layer_norm(ws_.t, ws_.x, b.layer_norm_2, N); });
     timed("mlp", [&] { mix_ffn(b, st, sh); });
+  }
+
+  // Overlapping patch embedding into ws_.t (input may be ws_.x): the conv as im2row + GEMM (straight to tokens), then
+  // LayerNorm, a group of about 256 tokens at a time per thread, so the row matrix (K = 147 values
+  // per token in stage 1) only ever exists one group at a time, in cache.
+  void patch_embedding(const Stage& st, bool nchw, const T* input, int64_t in_h, int64_t in_w, const StageShape& sh) {
+    const kernels::Im2rowGeometry g{st.in_channels, in_h, in_w, st.kernel, st.kernel, st.stride, st.pad};
+    const int64_t W = sh.w, C = st.hidden, K = g.row_size();
+    const int64_t G = std::max<int64_t>(1, std::min(256 / W, (int64_t{1} << 16) / (W * K)));
+    parallel_for(sh.h, 1, [&](int64_t r0, int64_t r1) {
+      thread_local std::vector<T> cols;  // grow-only, kept across calls (threads persist)
+      if (cols.size() < static_cast<size_t>(G * W * K)) cols.resize(static_cast<size_t>(G * W * K));
+      for (int64_t a = r0; a < r1; a += G) {
+        const int64_t e = std::min(r1, a + G), tokens = (e - a) * W;
+        if (nchw)
+          kernels::im2row_nchw_rows(cols.data(), input, g, a, e);
+        else
+          kernels::im2row_nhwc_rows(cols.data(), input, g, a, e);
+        linear(ws_.q + a * W * C, cols.data(), st.patch, tokens);
+        kernels::layernorm_forward(ws_.t + a * W * C, ws_.mean + a * W, ws_.rstd + a * W, ws_.q + a * W * C,
+                                   st.patch_norm.weight.data(), st.patch_norm.bias.data(), tokens, C,
+                                   st.patch_norm.eps);
+      }
+    });
   }
 
   // Mix-FFN: x += dense2(GELU(dwconv(dense1(t)))), the depthwise 3x3 on the tokens as an (h, w, Cm)
