@@ -2,6 +2,8 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <cstring>
+#include <segml/core/cpu.hpp>
 #include <segml/core/random.hpp>
 #include <segml/ops/dropout.hpp>
 #include <segml/ops/elementwise.hpp>
@@ -40,6 +42,18 @@ Tensor<int64_t> random_labels(const Shape& shape, int64_t C, int64_t ignore_inde
   Tensor<int64_t> t = Tensor<int64_t>::empty(shape);
   for (int64_t i = 0; i < t.numel(); ++i) t.data()[i] = u(rng) < ignored ? ignore_index : cls(rng);
   return t;
+}
+
+// n values uniform in [-2, 2).
+template <class T>
+std::vector<T> random_values(int64_t n, uint64_t seed) {
+  const Tensor<T> t = test::random_tensor<T>({n}, seed, -2.0, 2.0);
+  return std::vector<T>(t.data(), t.data() + n);
+}
+
+// a and b hold the same bits (also tells +0 from -0).
+bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), sizeof(float) * a.size()) == 0);
 }
 
 }  // namespace
@@ -210,6 +224,110 @@ TEST_CASE("dropout: gradcheck (double, generator re-seeded inside)") {
                             return ops::dropout(v[0], 0.3, true, gen);
                           },
                           {test::random_tensor<double>(s, 4)});
+  }
+}
+
+// Every ISA up to this CPU's: dropout_mask, the fused dropout_forward and dropout_apply against the
+// reference twins (dropout_mask_ref, then dropout_apply_ref). Tolerance: none, masks and outputs
+// must be bit-identical. The sizes hit every remainder of the 8- and 16-block SIMD steps and of a
+// block; the keep probabilities include the ends, a threshold that is an integer multiple of 2^-24
+// (0.5) and the ones next to 0 and 1; the streams start at 0, just below 2^32 blocks (the counter's
+// low word wraps inside the call) and just below 2^64 (the whole counter wraps).
+TEST_CASE("dropout kernels: mask and fused forward equal the reference twin bit for bit, every ISA") {
+  const int64_t sizes[] = {0, 1, 3, 4, 5, 7, 8, 9, 31, 32, 33, 63, 64, 65, 1000, 12345};
+  const double keep_probs[] = {0.0, 0.1, 0.5, 0.9, 1.0, 0x1.0p-24, 1.0 - 0x1.0p-24, 0.5 + 0x1.0p-26};
+  const GeneratorState starts[] = {{1, 0}, {0xDEADBEEF12345678ull, (1ull << 32) - 5}, {7, ~0ull - 2}};
+  for (int level = 0; level <= static_cast<int>(detect_isa()); ++level) {
+    ScopedIsa isa(static_cast<Isa>(level));
+    for (const GeneratorState& start : starts)
+      for (double q : keep_probs)
+        for (int64_t n : sizes) {
+          CAPTURE(isa_name(static_cast<Isa>(level)));
+          CAPTURE(start.offset);
+          CAPTURE(q);
+          CAPTURE(n);
+          const std::vector<float> x = random_values<float>(n, 7);
+          const float scale = q > 0 ? static_cast<float>(1.0 / q) : 1.0f;
+          Generator g_ref, g_mask, g_fused;
+          for (Generator* g : {&g_ref, &g_mask, &g_fused}) g->set_state(start);
+          std::vector<uint8_t> want(n), mask(n), fused_mask(n);
+          std::vector<float> want_y(n), y(n);
+          kernels::dropout_mask_ref(want.data(), n, q, g_ref);
+          kernels::dropout_apply_ref(want_y.data(), x.data(), want.data(), scale, n);
+          kernels::dropout_mask(mask.data(), n, q, g_mask);
+          kernels::dropout_forward(y.data(), fused_mask.data(), x.data(), scale, n, q, g_fused);
+          CHECK(mask == want);
+          CHECK(fused_mask == want);
+          CHECK(same_bits(y, want_y));
+          CHECK(g_mask.get_state() == g_ref.get_state());
+          kernels::dropout_apply(y.data(), x.data(), want.data(), scale, n);  // the backward's kernel
+          CHECK(same_bits(y, want_y));
+          CHECK(g_fused.get_state() == g_ref.get_state());
+        }
+  }
+  // double always takes the portable path.
+  const int64_t n = 1001;
+  const std::vector<double> x = random_values<double>(n, 8);
+  Generator g_ref(3), g(3);
+  std::vector<uint8_t> want(n), mask(n);
+  std::vector<double> want_y(n), y(n);
+  kernels::dropout_mask_ref(want.data(), n, 0.7, g_ref);
+  kernels::dropout_apply_ref(want_y.data(), x.data(), want.data(), 1 / 0.7, n);
+  kernels::dropout_forward(y.data(), mask.data(), x.data(), 1 / 0.7, n, 0.7, g);
+  CHECK(mask == want);
+  CHECK(y == want_y);
+  kernels::dropout_apply(y.data(), x.data(), want.data(), 1 / 0.7, n);
+  CHECK(y == want_y);
+}
+
+TEST_CASE("dropout kernels: keep probabilities exactly at a drawn uniform, every ISA") {
+  // The comparison U < keep_prob at its edge: keep_prob equal to element i's own uniform (dropped),
+  // one step of 2^-24 above it (kept) and half a step above it (kept), for elements in every lane.
+  const int64_t n = 64;
+  const Generator g0(77);
+  for (int64_t i : {0, 5, 22, 37, 63}) {
+    const uint32_t m = g0.block_at(static_cast<uint64_t>(i / 4)).w[i % 4] >> 8;
+    for (double q : {m * 0x1.0p-24, (m + 1.0) * 0x1.0p-24, (m + 0.5) * 0x1.0p-24}) {
+      CAPTURE(i);
+      CAPTURE(q);
+      std::vector<uint8_t> want(n);
+      Generator g_ref(77);
+      kernels::dropout_mask_ref(want.data(), n, q, g_ref);
+      CHECK(want[i] == (q > m * 0x1.0p-24 ? 1 : 0));
+      for (int level = 0; level <= static_cast<int>(detect_isa()); ++level) {
+        ScopedIsa isa(static_cast<Isa>(level));
+        std::vector<uint8_t> mask(n);
+        Generator g(77);
+        kernels::dropout_mask(mask.data(), n, q, g);
+        CHECK_MESSAGE(mask == want, isa_name(static_cast<Isa>(level)));
+      }
+    }
+  }
+}
+
+TEST_CASE("dropout kernels: mask and outputs are identical for 1, 2 and 3 threads on every ISA") {
+  // 25001 blocks: several parallel chunks whose boundaries are not multiples of the SIMD step.
+  const int64_t n = 100003;
+  const std::vector<float> x = random_values<float>(n, 9);
+  std::vector<uint8_t> want(n);
+  std::vector<float> want_y(n);
+  Generator g_ref(42);
+  kernels::dropout_mask_ref(want.data(), n, 0.6, g_ref);
+  kernels::dropout_apply_ref(want_y.data(), x.data(), want.data(), 2.5f, n);
+  for (int level = 0; level <= static_cast<int>(detect_isa()); ++level) {
+    ScopedIsa isa(static_cast<Isa>(level));
+    for_thread_counts([&](int threads) {
+      Generator g1(42), g2(42);
+      std::vector<uint8_t> mask(n), fused_mask(n);
+      std::vector<float> y(n);
+      kernels::dropout_mask(mask.data(), n, 0.6, g1);
+      kernels::dropout_forward(y.data(), fused_mask.data(), x.data(), 2.5f, n, 0.6, g2);
+      CHECK_MESSAGE(mask == want, isa_name(static_cast<Isa>(level)) << ", threads " << threads);
+      CHECK_MESSAGE(fused_mask == want, isa_name(static_cast<Isa>(level)) << ", threads " << threads);
+      CHECK_MESSAGE(y == want_y, isa_name(static_cast<Isa>(level)) << ", threads " << threads);
+      kernels::dropout_apply(y.data(), x.data(), want.data(), 2.5f, n);
+      CHECK_MESSAGE(y == want_y, isa_name(static_cast<Isa>(level)) << ", threads " << threads);
+    });
   }
 }
 

@@ -1,8 +1,8 @@
 // segml/ops/dropout.hpp: differentiable dropout and drop-path (stochastic depth), torch / HF semantics.
 //
 // dropout(x, p, training, gen): in training each element is kept with probability 1 - p and scaled
-//   by 1 / (1 - p); backward applies the same mask and scale. The mask is saved compactly as one
-//   uint8 per element (not as a float mask).
+//   by 1 / (1 - p); backward applies the same mask and scale. The forward draws the mask and writes
+//   the output in one pass; the mask is saved compactly as one uint8 per element (not as a float mask).
 // drop_path(x, rate, training, gen): HF SegFormer's drop_path. In training each sample (first dim)
 //   is kept with probability p = 1 - rate, mask = floor(p + U[0,1)), out = x / p * mask; backward
 //   applies the same per-sample factor.
@@ -36,10 +36,9 @@ Var<T> dropout(const Var<T>& x, double p, bool training, Generator& gen = defaul
   const Tensor<T> cx = x.data().contiguous();
   const int64_t n = cx.numel();
   Tensor<uint8_t> keep = Tensor<uint8_t>::empty(cx.shape());
-  kernels::dropout_mask(keep.data(), n, 1.0 - p, gen);
   const T scale = static_cast<T>(1.0 / (1.0 - p));
   Tensor<T> out = Tensor<T>::empty(cx.shape());
-  kernels::dropout_apply(out.data(), cx.data(), keep.data(), scale, n);
+  kernels::dropout_forward(out.data(), keep.data(), cx.data(), scale, n, 1.0 - p, gen);  // mask and output in one pass
   return make_result<T>(std::move(out), "dropout", {&x}, [keep, scale](const Tensor<T>& gy, Grads<T>& g) {
     const Tensor<T> go = gy.contiguous();
     g[0] = Tensor<T>::empty(go.shape());
