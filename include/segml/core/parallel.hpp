@@ -3,7 +3,8 @@
 // Contract: set_num_threads(n) sets the threads segml kernels use (n >= 1). By default it is
 // OpenMP's default, which honours OMP_NUM_THREADS. Without OpenMP everything runs on one thread and
 // parallel_for is a plain loop. Kernels parallelise only through parallel_for / the omp pragmas
-// with num_threads(num_threads()), so this setting is the single control.
+// with num_threads(num_threads()), so this setting is the single control. parallel_for splits the
+// range statically, one chunk per thread; parallel_for_dynamic hands out fixed chunks on demand.
 #pragma once
 
 #include <cstdint>
@@ -58,6 +59,28 @@ inline void parallel_for(int64_t n, int64_t grain, F&& f) {
   }
 #else
   (void)grain;
+#endif
+  f(int64_t{0}, n);
+}
+
+// Calls f(begin, end) on the chunks [c * chunk, (c + 1) * chunk) of [0, n), handed to the threads
+// one at a time as they become free (OpenMP's dynamic schedule). For work whose chunks cost about
+// the same but whose threads may not run at the same speed: on a machine shared with other
+// processes a thread that loses its core for a while no longer holds up a whole statically split
+// loop. Serially (one thread, or inside a parallel region) it is one call f(0, n). f must give the
+// same result whatever the chunks are.
+template <class F>
+inline void parallel_for_dynamic(int64_t n, int64_t chunk, F&& f) {
+  if (n <= 0) return;
+  chunk = chunk > 0 ? chunk : 1;
+#if defined(_OPENMP)
+  const int64_t chunks = (n + chunk - 1) / chunk;
+  const int nt = static_cast<int>(chunks < num_threads() ? chunks : num_threads());
+  if (nt > 1 && !omp_in_parallel()) {
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+    for (int64_t c = 0; c < chunks; ++c) f(c * chunk, c * chunk + chunk < n ? c * chunk + chunk : n);
+    return;
+  }
 #endif
   f(int64_t{0}, n);
 }

@@ -12,7 +12,8 @@
 //    P v_h with the 6 x M score rows in L1; only k_h is repacked (transposed, once per call).
 //  - Otherwise (double, other d, no AVX2) two GEMMs and a row softmax per block of kAttentionBlock
 //    query rows; they read the head slices in place (row stride C).
-//  - Work is split over (batch, head, block of kAttentionBlock query rows). When `probs` is null
+//  - Work is split over (batch, head, block of kAttentionBlock query rows), handed out to the
+//    threads on demand in the fused kernel (parallel_for_dynamic). When `probs` is null
 //    (inference), each thread only ever holds one block's score rows, so the N x M matrix is never
 //    materialised.
 //  - Backward uses the probabilities saved by the forward (the choice PyTorch's eager graph makes),
@@ -219,7 +220,7 @@ inline void attention_forward_fused(float* out, float* probs, const float* q, co
   const float* kt_all = pack_all_heads(0, k, B, M, C, heads, kt_size);  // k_h transposed, once
   // Tasks: (batch, head, kAttentionBlock query rows), each walked kRows rows at a time.
   const int64_t blocks = (N + kAttentionBlock - 1) / kAttentionBlock;
-  parallel_for(B * heads * blocks, 1, [&](int64_t begin, int64_t end) {
+  parallel_for_dynamic(B * heads * blocks, 1, [&](int64_t begin, int64_t end) {
     thread_local std::vector<float> scratch;
     if (!probs && scratch.size() < static_cast<size_t>(kRows * M)) scratch.resize(static_cast<size_t>(kRows * M));
     for (int64_t t = begin; t < end; ++t) {
@@ -245,7 +246,7 @@ inline void attention_backward_fused_phase1(float* dq, float* ds, const float* d
   int64_t vt_size = 0;
   const float* vt_all = pack_all_heads(1, v, B, M, C, heads, vt_size);  // v_h transposed, once
   const int64_t blocks = (N + kAttentionBlock - 1) / kAttentionBlock;
-  parallel_for(B * heads * blocks, 1, [&](int64_t begin, int64_t end) {
+  parallel_for_dynamic(B * heads * blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const int64_t bh = t / blocks, b = bh / heads, h = bh % heads;
       const int64_t n_begin = (t % blocks) * kAttentionBlock, n_end = std::min(N, n_begin + kAttentionBlock);

@@ -303,7 +303,7 @@ class SegformerInference {
     const int64_t h1 = shapes_[0].h, w1 = shapes_[0].w, N1 = h1 * w1, C1 = stages_[0].hidden;
     const int64_t rows_per_task = std::max<int64_t>(1, 256 / w1);  // about 256 pixels a block
     const T* cls_bias = classifier_.bias.data();
-    parallel_for(h1, rows_per_task, [&](int64_t r0, int64_t r1) {
+    parallel_for_dynamic(h1, rows_per_task, [&](int64_t r0, int64_t r1) {
       thread_local std::vector<T> block;  // grow-only, kept across calls (threads persist)
       for (int64_t y0 = r0; y0 < r1; y0 += rows_per_task) {
         const int64_t y1 = std::min(r1, y0 + rows_per_task), pixels = (y1 - y0) * w1, p0 = y0 * w1;
@@ -362,7 +362,7 @@ class SegformerInference {
     const kernels::Im2rowGeometry g{st.in_channels, in_h, in_w, st.kernel, st.kernel, st.stride, st.pad};
     const int64_t W = sh.w, C = st.hidden, K = g.row_size();
     const int64_t G = std::max<int64_t>(1, std::min(256 / W, (int64_t{1} << 16) / (W * K)));
-    parallel_for(sh.h, 1, [&](int64_t r0, int64_t r1) {
+    parallel_for_dynamic(sh.h, G, [&](int64_t r0, int64_t r1) {
       thread_local std::vector<T> cols;  // grow-only, kept across calls (threads persist)
       if (cols.size() < static_cast<size_t>(G * W * K)) cols.resize(static_cast<size_t>(G * W * K));
       for (int64_t a = r0; a < r1; a += G) {
@@ -381,14 +381,18 @@ class SegformerInference {
 
   // Mix-FFN: x += dense2(GELU(dwconv(dense1(t)))), the depthwise 3x3 on the tokens as an (h, w, Cm)
   // image. Fused over rows of the token grid, so that the Cm-channel maps never exist whole and
-  // stay in cache: each thread walks its own band of rows in groups of G rows (about 256 tokens,
+  // stay in cache: each thread walks a band of rows at a time in groups of G rows (about 256 tokens,
   // at most 64 K values), keeping dense1's output for three groups (a ring: a row's conv reads its
   // neighbours in the groups before and after) and the conv's output for one group, then runs
   // dense2 on that group. The rows just outside a band are computed by both bands that need them.
   void mix_ffn(const Block& b, const Stage& st, const StageShape& sh) {
     const int64_t H = sh.h, W = sh.w, C = st.hidden, Cm = st.mlp_hidden, row = W * Cm;
     const int64_t G = std::max<int64_t>(1, std::min(256 / W, (int64_t{1} << 16) / row));
-    parallel_for(H, 1, [&](int64_t r0, int64_t r1) {
+    // Bands handed out on demand: up to 4 per thread while a band keeps at least 4 groups (each band
+    // computes two rows of dense1 twice), and at least one per thread.
+    const int64_t nt = num_threads(), per_thread = std::clamp<int64_t>(H / (nt * 4 * G), 1, 4);
+    const int64_t band = (H + nt * per_thread - 1) / (nt * per_thread);
+    parallel_for_dynamic(H, band, [&](int64_t r0, int64_t r1) {
       thread_local std::vector<T> buffer;  // grow-only, kept across calls (threads persist)
       if (buffer.size() < static_cast<size_t>(4 * G * row)) buffer.resize(static_cast<size_t>(4 * G * row));
       T* const ring = buffer.data();
