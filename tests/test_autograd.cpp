@@ -96,3 +96,25 @@ TEST_CASE("autograd: a value no backward needs is freed when its last handle goe
   for (int64_t i = 0; i < x.numel(); ++i) CHECK(x.grad().data()[i] == doctest::Approx(8 * x.data().data()[i]));
   CHECK(sum_impl.expired());  // and the graph is gone after backward
 }
+
+TEST_CASE("autograd: a pass-through gradient is handed on without a copy, yet never shared by two inputs") {
+  // add gives grad_out to both inputs; reshape gives a view of it. Both must end up in private
+  // storage, or a later in-place accumulation into one would corrupt the other.
+  Var<double> x(Tensor<double>::from({2, 2}, {1, 2, 3, 4}), true);
+  Var<double> y(Tensor<double>::from({2, 2}, {5, 6, 7, 8}), true);
+  Var<double> s = ops::add(ops::reshape(x, {4}), ops::reshape(y, {4}));
+  ops::sum(ops::mul(s, ops::reshape(x, {4}))).backward();  // d/dx = s + x, d/dy = x
+  CHECK(!x.grad().shares_storage_with(y.grad()));
+  for (int64_t i = 0; i < 4; ++i) {
+    CHECK(x.grad().data()[i] == (x.data().data()[i] + y.data().data()[i]) + x.data().data()[i]);
+    CHECK(y.grad().data()[i] == x.data().data()[i]);
+  }
+  // A retained gradient keeps its storage: what flows on is a copy.
+  Var<double> a(Tensor<double>::from({3}, {1, 2, 3}), true);
+  Var<double> r = ops::reshape(a, {3, 1});
+  r.retain_grad();
+  ops::sum(ops::mul(r, r)).backward();
+  CHECK(!a.grad().shares_storage_with(r.grad()));
+  CHECK(a.grad().at({2}) == 6.0);
+  CHECK(r.grad().at({2, 0}) == 6.0);
+}

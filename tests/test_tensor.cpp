@@ -72,3 +72,40 @@ TEST_CASE("tensor: large strided copies and add_ (parallel paths) equal the elem
   for (int64_t i = 0; i < p.numel(); ++i) bad += sum.data()[i] != 2 * p.data()[i];
   CHECK(bad == 0);
 }
+
+TEST_CASE("tensor: NCHW <-> NHWC permute copies (the blocked-transpose path) equal the definition") {
+  for (const segml::Shape& s : {segml::Shape{2, 37, 19, 23}, segml::Shape{1, 9, 61, 70}, segml::Shape{3, 300, 5, 4}}) {
+    Tensor<float> x = Tensor<float>::empty(s);
+    for (int64_t i = 0; i < x.numel(); ++i) x.data()[i] = static_cast<float>(i % 997) - 400.f;
+    const Tensor<float> nhwc = x.permute({0, 2, 3, 1}).contiguous();
+    const Tensor<float> back = nhwc.permute({0, 3, 1, 2}).contiguous();
+    int64_t bad = 0;
+    for (int64_t b = 0; b < s[0]; ++b)
+      for (int64_t c = 0; c < s[1]; ++c)
+        for (int64_t h = 0; h < s[2]; ++h)
+          for (int64_t w = 0; w < s[3]; ++w) bad += nhwc.at({b, h, w, c}) != x.at({b, c, h, w});
+    CHECK(bad == 0);
+    bad = 0;
+    for (int64_t i = 0; i < x.numel(); ++i) bad += back.data()[i] != x.data()[i];
+    CHECK(bad == 0);
+  }
+  Tensor<double> mm = Tensor<double>::empty({130, 70});  // a plain 2-D transpose, no batch dim
+  for (int64_t i = 0; i < mm.numel(); ++i) mm.data()[i] = static_cast<double>(i);
+  const Tensor<double> t = mm.transpose(0, 1).contiguous();
+  int64_t bad = 0;
+  for (int64_t i = 0; i < 130; ++i)
+    for (int64_t j = 0; j < 70; ++j) bad += t.at({j, i}) != mm.at({i, j});
+  CHECK(bad == 0);
+}
+
+TEST_CASE("tensor: freed large storage is recycled, never shared by two live tensors") {
+  const Tensor<float> a = Tensor<float>::full({1 << 16}, 1.f);  // 256 KiB: a recycled size
+  { const Tensor<float> b = Tensor<float>::full({1 << 16}, 2.f); }  // freed: its block is kept
+  const Tensor<float> c = Tensor<float>::full({(1 << 16) - 5}, 3.f);  // may reuse b's block, never a's
+  CHECK(c.data() != a.data());
+  CHECK(a.data()[(1 << 16) - 1] == 1.f);
+  CHECK(c.data()[(1 << 16) - 6] == 3.f);
+  segml::set_tensor_cache_limit(0);  // releases everything cached
+  CHECK(segml::tensor_cache_bytes() == 0);
+  segml::set_tensor_cache_limit(std::size_t{1} << 30);
+}

@@ -251,13 +251,22 @@ void Var<T>::backward(const Tensor<T>& grad_output, bool retain_graph) const {
       SEGML_CHECK(static_cast<bool>(node->backward), "backward(): graph was already freed at op '", node->name,
                   "'; call backward(grad, /*retain_graph=*/true) to backpropagate twice");
       node->backward(v->grad, grads);
+      // The gradients handed on may be accumulated into in place, so none may share storage with
+      // another live gradient. grad_out's storage (a pass-through like add's, or a view like
+      // reshape's) goes to the first input that receives it, without a copy, when this node's
+      // gradient is released next; every other sharer gets a copy.
+      bool grad_out_free = !v->retain_grad;
       for (size_t i = 0; i < grads.size(); ++i) {
         if (!grads.needs(i) || !grads[i].defined()) continue;
         Tensor<T> g = std::move(grads[i]);
-        // A gradient that aliases grad_out or a sibling's gradient must not be accumulated into in place.
-        bool aliases = g.shares_storage_with(v->grad);
-        for (size_t j = 0; j < grads.size() && !aliases; ++j) aliases = j != i && g.shares_storage_with(grads[j]);
-        detail::accumulate(*node->inputs[i], aliases ? g.clone() : std::move(g));
+        bool copy = false;
+        if (g.shares_storage_with(v->grad)) {
+          copy = !grad_out_free;
+          grad_out_free = false;
+        } else {  // the last of the sibling gradients sharing a storage takes it
+          for (size_t j = i + 1; j < grads.size() && !copy; ++j) copy = g.shares_storage_with(grads[j]);
+        }
+        detail::accumulate(*node->inputs[i], copy ? g.clone() : std::move(g));
       }
     }
     if (!v->retain_grad && v != impl_.get()) v->grad = Tensor<T>();

@@ -15,7 +15,9 @@
 #include <cstdint>
 #include <cstring>
 #include <initializer_list>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <new>
 #include <numeric>
 #include <type_traits>
@@ -49,14 +51,113 @@ inline Shape contiguous_strides(const Shape& shape) {
   return strides;
 }
 
-// Owning, aligned buffer of n elements of T. Uninitialised for trivial T.
+namespace detail {
+// Recycles large buffers. A training step allocates the same large shapes every iteration; fresh
+// memory for each would come from the OS (mmap) and every page would fault in on first touch,
+// hundreds of MB per step, costing as much as the element-wise ops themselves and serialising
+// threads on the kernel's page tables. A freed buffer of at least kMinBytes is kept instead and
+// handed to the next request of at most its size and at least 7/8 of it; at most limit() bytes are
+// kept, the least recently freed dropped first. Thread-safe. Disabled under AddressSanitizer, so
+// that use-after-free of tensor storage stays detectable.
+class BufferCache {
+ public:
+  static constexpr std::size_t kMinBytes = std::size_t{1} << 17;
+
+  static BufferCache& instance() {
+    static BufferCache* cache = new BufferCache;  // never destroyed: storages may outlive statics
+    return *cache;
+  }
+  static constexpr bool enabled() {
+#if defined(__SANITIZE_ADDRESS__)
+    return false;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+    return false;
+#else
+    return true;
+#endif
+#else
+    return true;
+#endif
+  }
+
+  // A block of at least `bytes` (64-byte aligned); its actual size is returned through `bytes`.
+  void* get(std::size_t& bytes) {
+    if (enabled() && bytes >= kMinBytes) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      const auto it = by_size_.lower_bound(bytes);
+      if (it != by_size_.end() && it->first - it->first / 8 <= bytes) {
+        bytes = it->first;
+        void* p = by_age_.at(it->second).second;
+        by_age_.erase(it->second);
+        by_size_.erase(it);
+        cached_ -= bytes;
+        return p;
+      }
+    }
+    return ::operator new(bytes, std::align_val_t{kTensorAlignment});
+  }
+  void put(void* p, std::size_t bytes) {
+    if (enabled() && bytes >= kMinBytes) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (bytes <= limit_) {
+        by_size_.emplace(bytes, next_);
+        by_age_.emplace(next_++, std::make_pair(bytes, p));
+        cached_ += bytes;
+        trim(limit_);
+        return;
+      }
+    }
+    ::operator delete(p, std::align_val_t{kTensorAlignment});
+  }
+  void set_limit(std::size_t bytes) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    limit_ = bytes;
+    trim(limit_);
+  }
+  std::size_t cached_bytes() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return cached_;
+  }
+
+ private:
+  // Frees the oldest blocks until at most `keep` bytes are cached. Caller holds the mutex.
+  void trim(std::size_t keep) {
+    while (cached_ > keep) {
+      const auto oldest = by_age_.begin();
+      const auto [size, p] = oldest->second;
+      auto it = by_size_.lower_bound(size);
+      while (it->second != oldest->first) ++it;
+      by_size_.erase(it);
+      by_age_.erase(oldest);
+      cached_ -= size;
+      ::operator delete(p, std::align_val_t{kTensorAlignment});
+    }
+  }
+
+  std::mutex mutex_;
+  std::multimap<std::size_t, uint64_t> by_size_;               // size -> age stamp
+  std::map<uint64_t, std::pair<std::size_t, void*>> by_age_;  // age stamp -> (size, block), oldest first
+  uint64_t next_ = 0;
+  std::size_t cached_ = 0;
+  std::size_t limit_ = std::size_t{1} << 30;
+};
+}  // namespace detail
+
+// Caps the bytes of freed tensor storage kept for reuse (default 1 GiB); 0 releases it all and
+// turns recycling off.
+inline void set_tensor_cache_limit(std::size_t bytes) { detail::BufferCache::instance().set_limit(bytes); }
+// Bytes of freed tensor storage currently kept for reuse.
+inline std::size_t tensor_cache_bytes() { return detail::BufferCache::instance().cached_bytes(); }
+
+// Owning, aligned buffer of n elements of T. Uninitialised for trivial T. Large buffers are
+// recycled (detail::BufferCache).
 template <class T>
 std::shared_ptr<T[]> allocate_aligned(int64_t n) {
   static_assert(std::is_trivially_copyable_v<T>, "Tensor elements must be trivially copyable");
-  const std::size_t bytes = std::max<std::size_t>(static_cast<std::size_t>(n) * sizeof(T), kTensorAlignment);
-  void* p = ::operator new(bytes, std::align_val_t{kTensorAlignment});
-  return std::shared_ptr<T[]>(static_cast<T*>(p),
-                              [](T* q) { ::operator delete(q, std::align_val_t{kTensorAlignment}); });
+  std::size_t bytes = std::max<std::size_t>(static_cast<std::size_t>(n) * sizeof(T), kTensorAlignment);
+  void* p = detail::BufferCache::instance().get(bytes);
+  return std::shared_ptr<T[]>(static_cast<T*>(p), [bytes](T* q) { detail::BufferCache::instance().put(q, bytes); });
 }
 
 template <class T>
@@ -80,7 +181,8 @@ class Tensor {
   static Tensor ones(Shape shape) { return full(std::move(shape), T(1)); }
   static Tensor full(Shape shape, T value) {
     Tensor t = empty(std::move(shape));
-    std::fill(t.data(), t.data() + t.numel_, value);
+    T* d = t.data();
+    parallel_for(t.numel_, kParallelCopy, [&](int64_t i0, int64_t i1) { std::fill(d + i0, d + i1, value); });
     return t;
   }
   static Tensor from(Shape shape, const std::vector<T>& values) {
@@ -213,9 +315,18 @@ class Tensor {
   void copy_(const Tensor& src) {
     SEGML_CHECK(src.shape_ == shape_, "copy_: source shape ", src.shape_, " differs from destination shape ", shape_);
     if (is_contiguous() && src.is_contiguous()) {
-      if (numel_) std::memmove(data(), src.data(), static_cast<size_t>(numel_) * sizeof(T));
+      T* d = data();
+      const T* sp = src.data();
+      if (d + numel_ <= sp || sp + numel_ <= d) {  // disjoint: split over threads when large
+        parallel_for(numel_, kParallelCopy, [&](int64_t i0, int64_t i1) {
+          std::memcpy(d + i0, sp + i0, static_cast<size_t>(i1 - i0) * sizeof(T));
+        });
+      } else if (numel_) {
+        std::memmove(d, sp, static_cast<size_t>(numel_) * sizeof(T));
+      }
       return;
     }
+    if (is_contiguous() && copy_transposed(src)) return;
     if (is_contiguous()) {  // gather: walk the source's strides, write densely
       T* d = data();
       const T* sp = src.data();
@@ -288,6 +399,49 @@ class Tensor {
 
  private:
   static constexpr int64_t kParallelCopy = int64_t{1} << 16;  // elements worth splitting over threads
+
+  // Copies src into this contiguous tensor when src is, once adjacent dims that are dense in it are
+  // merged, a batch of transposed matrices: this[b][r][c] = src.data()[b*sb + r + c*sc] (an NCHW <->
+  // NHWC permute). Tiles of the matrix are copied in parallel, so both sides stay in cache. Returns
+  // false, copying nothing, for any other layout.
+  bool copy_transposed(const Tensor& src) {
+    int64_t n[3] = {1, 1, 1}, st[3] = {0, 0, 0};  // merged (batch, rows, cols), their source strides
+    int dims = 0;
+    for (size_t i = 0; i < shape_.size(); ++i) {
+      if (shape_[i] == 1) continue;
+      if (dims > 0 && st[dims - 1] == src.strides_[i] * shape_[i]) {  // dense continuation: merge
+        n[dims - 1] *= shape_[i];
+        st[dims - 1] = src.strides_[i];
+        continue;
+      }
+      if (dims == 3) return false;
+      n[dims] = shape_[i];
+      st[dims++] = src.strides_[i];
+    }
+    if (dims < 2) return false;
+    if (dims == 2) {  // no batch dim: shift (rows, cols) to positions 1, 2
+      n[2] = n[1], st[2] = st[1], n[1] = n[0], st[1] = st[0], n[0] = 1, st[0] = 0;
+    }
+    const int64_t B = n[0], R = n[1], C = n[2], sb = st[0], sc = st[2];
+    if (st[1] != 1 || sc == 1 || R * C < 4096) return false;
+    constexpr int64_t kTileR = 256, kTileC = 8;  // at most 8 strided streams per tile
+    const int64_t tiles_r = (R + kTileR - 1) / kTileR;
+    T* d = data();
+    const T* sp = src.data();
+    parallel_for(B * tiles_r, std::max<int64_t>(1, kParallelCopy / (kTileR * C)), [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t b = t / tiles_r, r0 = (t % tiles_r) * kTileR, r1 = std::min(R, r0 + kTileR);
+        const T* sbase = sp + b * sb;
+        T* dbase = d + b * R * C;
+        for (int64_t c0 = 0; c0 < C; c0 += kTileC) {
+          const int64_t c1 = std::min(C, c0 + kTileC);
+          for (int64_t r = r0; r < r1; ++r)
+            for (int64_t c = c0; c < c1; ++c) dbase[r * C + c] = sbase[r + c * sc];
+        }
+      }
+    });
+    return true;
+  }
 
   int64_t wrap_dim(int64_t d, const char* op) const {
     const int64_t r = dim();

@@ -15,9 +15,10 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <vector>
+#include <memory>
 
 #include "segml/core/parallel.hpp"
+#include "segml/core/tensor.hpp"
 #include "segml/kernels/gemm.hpp"
 
 namespace segml::kernels {
@@ -49,6 +50,25 @@ namespace detail {
 
 // Smallest chunk of `unit`-element work items worth handing to a thread.
 inline int64_t grain_for(int64_t unit) { return std::max<int64_t>(1, (int64_t{1} << 14) / std::max<int64_t>(1, unit)); }
+
+// Sum of p (n) in a fixed order whatever the ISA: 8 interleaved partial sums (which the compiler
+// vectorises), combined pairwise, then the tail.
+template <class T>
+inline T plane_sum(const T* p, int64_t n) {
+  T acc[8] = {};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int k = 0; k < 8; ++k) acc[k] += p[i + k];
+  T s = ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
+  for (; i < n; ++i) s += p[i];
+  return s;
+}
+
+// p[0, n) = value, in parallel when large.
+template <class T>
+inline void parallel_fill(T* p, int64_t n, T value) {
+  parallel_for(n, int64_t{1} << 16, [&](int64_t i0, int64_t i1) { std::fill(p + i0, p + i1, value); });
+}
 
 // Output columns [ow0, ow1) whose tap kw lands inside the input row (iw = ow*sw - pw + kw in [0, W)).
 inline void valid_columns(const Conv2dGeometry& g, int64_t kw, int64_t& ow0, int64_t& ow1) {
@@ -147,26 +167,30 @@ template <class T>
 inline void conv2d_forward(T* y, const T* x, const T* w, const T* b, const Conv2dGeometry& g) {
   const int64_t P = g.P(), K = g.K(), OCg = g.OCg(), Cg = g.Cg();
   const Conv2dPath path = conv2d_path(g);
-  std::vector<T> cols(path == Conv2dPath::pointwise ? 0 : static_cast<size_t>(K * P));
+  // The patch / column matrix is written in full before it is read: no zero-fill. Its storage is recycled.
+  const std::shared_ptr<T[]> cols_storage = allocate_aligned<T>(path == Conv2dPath::pointwise ? 0 : K * P);
+  T* const cols = cols_storage.get();
   for (int64_t bi = 0; bi < g.B; ++bi)
     for (int64_t gi = 0; gi < g.groups; ++gi) {
       const T* xg = x + (bi * g.C + gi * Cg) * g.H * g.W;
       const T* wg = w + gi * OCg * K;
       T* yg = y + (bi * g.OC + gi * OCg) * P;
       if (b)
-        for (int64_t o = 0; o < OCg; ++o) std::fill(yg + o * P, yg + (o + 1) * P, b[gi * OCg + o]);
+        parallel_for(OCg, detail::grain_for(P), [&](int64_t o0, int64_t o1) {
+          for (int64_t o = o0; o < o1; ++o) std::fill(yg + o * P, yg + (o + 1) * P, b[gi * OCg + o]);
+        });
       const T beta = b ? T(1) : T(0);
       switch (path) {
         case Conv2dPath::pointwise:  // y_g (OCg, P) = W_g (OCg, Cg) · x_g (Cg, P)
           gemm<T>(false, false, OCg, P, K, T(1), wg, K, xg, P, beta, yg, P);
           break;
         case Conv2dPath::patchify:  // y_g = W_g (OCg, K) · patchesᵀ (K, P)
-          detail::patchify(cols.data(), xg, g);
-          gemm<T>(false, true, OCg, P, K, T(1), wg, K, cols.data(), K, beta, yg, P);
+          detail::patchify(cols, xg, g);
+          gemm<T>(false, true, OCg, P, K, T(1), wg, K, cols, K, beta, yg, P);
           break;
         case Conv2dPath::im2col:  // y_g = W_g (OCg, K) · cols (K, P)
-          detail::im2col(cols.data(), xg, g);
-          gemm<T>(false, false, OCg, P, K, T(1), wg, K, cols.data(), P, beta, yg, P);
+          detail::im2col(cols, xg, g);
+          gemm<T>(false, false, OCg, P, K, T(1), wg, K, cols, P, beta, yg, P);
           break;
       }
     }
@@ -178,20 +202,22 @@ template <class T>
 inline void conv2d_backward(T* dx, T* dw, T* db, const T* dy, const T* x, const T* w, const Conv2dGeometry& g) {
   const int64_t P = g.P(), K = g.K(), OCg = g.OCg(), Cg = g.Cg();
   const Conv2dPath path = conv2d_path(g);
-  if (db) {
-    std::fill(db, db + g.OC, T(0));
-    for (int64_t bi = 0; bi < g.B; ++bi)
-      for (int64_t o = 0; o < g.OC; ++o) {
-        const T* d = dy + (bi * g.OC + o) * P;
+  if (db)  // each channel sums its planes in image order, whatever the thread count
+    parallel_for(g.OC, detail::grain_for(g.B * P), [&](int64_t o0, int64_t o1) {
+      for (int64_t o = o0; o < o1; ++o) {
         T s = 0;
-        for (int64_t p = 0; p < P; ++p) s += d[p];
-        db[o] += s;
+        for (int64_t bi = 0; bi < g.B; ++bi) s += detail::plane_sum(dy + (bi * g.OC + o) * P, P);
+        db[o] = s;
       }
-  }
+    });
   if (!dx && !dw) return;
   if (dw) std::fill(dw, dw + g.OC * K, T(0));
-  if (dx && path != Conv2dPath::pointwise) std::fill(dx, dx + g.B * g.C * g.H * g.W, T(0));
-  std::vector<T> cols(path == Conv2dPath::pointwise ? 0 : static_cast<size_t>(K * P));
+  // col2im accumulates into dx; unpatchify writes every element a window covers.
+  const bool covered = path == Conv2dPath::patchify && g.OH() * g.KH == g.H && g.OW() * g.KW == g.W;
+  if (dx && path != Conv2dPath::pointwise && !covered) detail::parallel_fill(dx, g.B * g.C * g.H * g.W, T(0));
+  // The patch / column matrix is written in full before it is read: no zero-fill. Its storage is recycled.
+  const std::shared_ptr<T[]> cols_storage = allocate_aligned<T>(path == Conv2dPath::pointwise ? 0 : K * P);
+  T* const cols = cols_storage.get();
   for (int64_t bi = 0; bi < g.B; ++bi)
     for (int64_t gi = 0; gi < g.groups; ++gi) {
       const T* xg = x + (bi * g.C + gi * Cg) * g.H * g.W;
@@ -206,22 +232,22 @@ inline void conv2d_backward(T* dx, T* dw, T* db, const T* dy, const T* x, const 
           break;
         case Conv2dPath::patchify:
           if (dwg) {  // dW (OCg, K) += dy (OCg, P) · patches (P, K)
-            detail::patchify(cols.data(), xg, g);
-            gemm<T>(false, false, OCg, K, P, T(1), dyg, P, cols.data(), K, T(1), dwg, K);
+            detail::patchify(cols, xg, g);
+            gemm<T>(false, false, OCg, K, P, T(1), dyg, P, cols, K, T(1), dwg, K);
           }
           if (dxg) {  // dpatches (P, K) = dyᵀ (P, OCg) · W (OCg, K)
-            gemm<T>(true, false, P, K, OCg, T(1), dyg, P, wg, K, T(0), cols.data(), K);
-            detail::unpatchify(dxg, cols.data(), g);
+            gemm<T>(true, false, P, K, OCg, T(1), dyg, P, wg, K, T(0), cols, K);
+            detail::unpatchify(dxg, cols, g);
           }
           break;
         case Conv2dPath::im2col:
           if (dwg) {  // dW (OCg, K) += dy (OCg, P) · colsᵀ (P, K)
-            detail::im2col(cols.data(), xg, g);
-            gemm<T>(false, true, OCg, K, P, T(1), dyg, P, cols.data(), P, T(1), dwg, K);
+            detail::im2col(cols, xg, g);
+            gemm<T>(false, true, OCg, K, P, T(1), dyg, P, cols, P, T(1), dwg, K);
           }
           if (dxg) {  // dcols (K, P) = Wᵀ (K, OCg) · dy (OCg, P)
-            gemm<T>(true, false, K, P, OCg, T(1), wg, K, dyg, P, T(0), cols.data(), P);
-            detail::col2im_add(dxg, cols.data(), g);
+            gemm<T>(true, false, K, P, OCg, T(1), wg, K, dyg, P, T(0), cols, P);
+            detail::col2im_add(dxg, cols, g);
           }
           break;
       }

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "segml/core/parallel.hpp"
 #include "segml/kernels/gemm.hpp"
 
 namespace segml::kernels {
@@ -16,7 +17,9 @@ namespace segml::kernels {
 template <class T>
 inline void linear_forward(T* y, const T* x, const T* w, const T* b, int64_t M, int64_t IN, int64_t OUT) {
   if (b)
-    for (int64_t i = 0; i < M; ++i) std::copy(b, b + OUT, y + i * OUT);
+    parallel_for(M, std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(1, OUT)), [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) std::copy(b, b + OUT, y + i * OUT);
+    });
   gemm<T>(false, true, M, OUT, IN, T(1), x, IN, w, IN, b ? T(1) : T(0), y, OUT);
 }
 
@@ -28,9 +31,16 @@ inline void linear_backward(T* dx, T* dw, T* db, const T* dy, const T* x, const 
   if (dx) gemm<T>(false, false, M, IN, OUT, T(1), dy, OUT, w, IN, T(0), dx, IN);
   if (dw) gemm<T>(true, false, OUT, IN, M, T(1), dy, OUT, x, IN, T(0), dw, IN);
   if (db) {
+    // Column sums in row order; threads take disjoint groups of 16 columns (one cache line), so
+    // the result does not depend on the thread count.
+    constexpr int64_t kCols = 16;
     std::fill(db, db + OUT, T(0));
-    for (int64_t i = 0; i < M; ++i)
-      for (int64_t o = 0; o < OUT; ++o) db[o] += dy[i * OUT + o];
+    parallel_for((OUT + kCols - 1) / kCols, std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(1, M * kCols)),
+                 [&](int64_t g0, int64_t g1) {
+                   const int64_t o0 = g0 * kCols, o1 = std::min(OUT, g1 * kCols);
+                   for (int64_t i = 0; i < M; ++i)
+                     for (int64_t o = o0; o < o1; ++o) db[o] += dy[i * OUT + o];
+                 });
   }
 }
 

@@ -174,7 +174,7 @@ inline void upsampled_cross_entropy_backward(T* dx, const T* x, const int64_t* l
                                              int64_t C, int64_t H, int64_t W, int64_t ignore_index, T scale) {
   const detail::ResizeAxis<T> ry(h, H), rx(w, W);
   const bool simd = std::is_same_v<T, float> && isa() != Isa::scalar;
-  std::fill(dx, dx + B * h * w * C, T(0));
+  parallel_for(B * h * w * C, int64_t{1} << 16, [&](int64_t i0, int64_t i1) { std::fill(dx + i0, dx + i1, T(0)); });
   // first[i]: the first output row that reads source row i (i0 and i1 never decrease with oy).
   std::vector<int64_t> first(static_cast<size_t>(h + 1), H);
   for (int64_t oy = H; oy-- > 0;) first[static_cast<size_t>(ry.i0[oy])] = oy;

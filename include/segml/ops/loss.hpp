@@ -75,7 +75,7 @@ Var<T> upsampled_cross_entropy(const Var<T>& logits, const Tensor<int64_t>& labe
   return make_result<T>(
       std::move(out), "upsampled_cross_entropy", {&logits},
       [x, lab, B, C, h, w, H, W, ignore_index, n_valid](const Tensor<T>& gy, Grads<T>& g) {
-        Tensor<T> d = Tensor<T>::zeros(x.shape());
+        Tensor<T> d = n_valid ? Tensor<T>::empty(x.shape()) : Tensor<T>::zeros(x.shape());  // the kernel overwrites d
         if (n_valid) {
           const T scale = static_cast<T>(static_cast<double>(gy.data()[0]) / static_cast<double>(n_valid));
           kernels::upsampled_cross_entropy_backward(d.data(), x.data(), lab.data(), B, h, w, C, H, W, ignore_index, scale);
