@@ -202,14 +202,27 @@ inline float* pack_all_heads(int slot, const float* x, int64_t B, int64_t M, int
   std::vector<float>& buf = buffers[slot];
   if (buf.size() < static_cast<size_t>(B * heads * size)) buf.resize(static_cast<size_t>(B * heads * size));
   float* out = buf.data();
-  const int64_t stride = size;
   parallel_for(B * heads, 1, [&](int64_t begin, int64_t end) {
     for (int64_t bh = begin; bh < end; ++bh)
-      pack_keys(out + bh * stride, x + (bh / heads) * M * C + (bh % heads) * d, M, C, d);
+      pack_keys(out + bh * size, x + (bh / heads) * M * C + (bh % heads) * d, M, C, d);
   });
   return out;
 }
 
+// Calls f(bh, b, h, n, rows) for every block of kRows query rows [n, n + rows) of every (batch b,
+// head h), bh = b * heads + h. Tasks of kAttentionBlock rows are handed out to the threads on demand.
+template <class F>
+inline void for_each_row_block(int64_t B, int64_t heads, int64_t N, F&& f) {
+  const int64_t blocks = (N + kAttentionBlock - 1) / kAttentionBlock;
+  parallel_for_dynamic(B * heads * blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t bh = t / blocks, n_begin = (t % blocks) * kAttentionBlock;
+      const int64_t n_end = std::min(N, n_begin + kAttentionBlock);
+      for (int64_t n = n_begin; n < n_end; n += kRows)
+        f(bh, bh / heads, bh % heads, n, static_cast<int>(std::min<int64_t>(kRows, n_end - n)));
+    }
+  });
+}
 
 // attention_forward for float on AVX2 / AVX-512 machines, head dim d a multiple of 8.
 inline void attention_forward_fused(float* out, float* probs, const float* q, const float* k, const float* v, int64_t B,
@@ -218,21 +231,13 @@ inline void attention_forward_fused(float* out, float* probs, const float* q, co
   const float scale = 1.f / std::sqrt(static_cast<float>(d));
   int64_t kt_size = 0;
   const float* kt_all = pack_all_heads(0, k, B, M, C, heads, kt_size);  // k_h transposed, once
-  // Tasks: (batch, head, kAttentionBlock query rows), each walked kRows rows at a time.
-  const int64_t blocks = (N + kAttentionBlock - 1) / kAttentionBlock;
-  parallel_for_dynamic(B * heads * blocks, 1, [&](int64_t begin, int64_t end) {
+  for_each_row_block(B, heads, N, [&](int64_t bh, int64_t b, int64_t h, int64_t n, int rows) {
+    // The score rows when P is not kept: per thread, grow-only, kept across calls (threads persist).
     thread_local std::vector<float> scratch;
     if (!probs && scratch.size() < static_cast<size_t>(kRows * M)) scratch.resize(static_cast<size_t>(kRows * M));
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t bh = t / blocks, b = bh / heads, h = bh % heads;
-      const int64_t n_begin = (t % blocks) * kAttentionBlock, n_end = std::min(N, n_begin + kAttentionBlock);
-      for (int64_t n = n_begin; n < n_end; n += kRows) {
-        const int rows = static_cast<int>(std::min<int64_t>(kRows, n_end - n));
-        float* s = probs ? probs + (bh * N + n) * M : scratch.data();
-        attention_rows_avx2(out + (b * N + n) * C + h * d, s, M, q + (b * N + n) * C + h * d, kt_all + bh * kt_size,
-                            v + b * M * C + h * d, rows, M, C, d, scale, probs != nullptr);
-      }
-    }
+    float* s = probs ? probs + (bh * N + n) * M : scratch.data();
+    attention_rows_avx2(out + (b * N + n) * C + h * d, s, M, q + (b * N + n) * C + h * d, kt_all + bh * kt_size,
+                        v + b * M * C + h * d, rows, M, C, d, scale, probs != nullptr);
   });
 }
 
@@ -245,18 +250,10 @@ inline void attention_backward_fused_phase1(float* dq, float* ds, const float* d
   const float scale = 1.f / std::sqrt(static_cast<float>(d));
   int64_t vt_size = 0;
   const float* vt_all = pack_all_heads(1, v, B, M, C, heads, vt_size);  // v_h transposed, once
-  const int64_t blocks = (N + kAttentionBlock - 1) / kAttentionBlock;
-  parallel_for_dynamic(B * heads * blocks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t bh = t / blocks, b = bh / heads, h = bh % heads;
-      const int64_t n_begin = (t % blocks) * kAttentionBlock, n_end = std::min(N, n_begin + kAttentionBlock);
-      for (int64_t n = n_begin; n < n_end; n += kRows) {
-        const int rows = static_cast<int>(std::min<int64_t>(kRows, n_end - n));
-        attention_backward_rows_avx2(dq ? dq + (b * N + n) * C + h * d : nullptr, ds + (bh * N + n) * M,
-                                     probs + (bh * N + n) * M, dout + (b * N + n) * C + h * d, vt_all + bh * vt_size,
-                                     k + b * M * C + h * d, rows, M, C, d, scale);
-      }
-    }
+  for_each_row_block(B, heads, N, [&](int64_t bh, int64_t b, int64_t h, int64_t n, int rows) {
+    attention_backward_rows_avx2(dq ? dq + (b * N + n) * C + h * d : nullptr, ds + (bh * N + n) * M,
+                                 probs + (bh * N + n) * M, dout + (b * N + n) * C + h * d, vt_all + bh * vt_size,
+                                 k + b * M * C + h * d, rows, M, C, d, scale);
   });
 }
 
