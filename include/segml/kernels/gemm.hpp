@@ -111,7 +111,8 @@ inline void eigen_gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 // Grow-only, 64-byte-aligned per-thread scratch for the packed panels (OpenMP threads persist, so
-// repeated calls reuse it).
+// repeated calls reuse it): slot 0 holds a thread's A block, slot 1 the B block it shares.
+template <int Slot>
 inline float* scratch(int64_t n) {
   struct Free {
     void operator()(float* p) const { ::operator delete(p, std::align_val_t{64}); }
@@ -317,85 +318,134 @@ inline int64_t even_block(int64_t n, int64_t block, int64_t unit) {
   return std::min(block, round_up((n + count - 1) / count, unit));
 }
 
-// One thread's share: the serial GotoBLAS loop nest over an M x N block of C.
-//   jc (NC columns of C)  > pc (KC of K; pack B block, kc x nc, into L3/L2)
-//   > ic (MC rows; pack A block, mc x kc, into L2) > jr (NR) > ir (MR): micro-kernel.
-// The first K block applies the caller's beta and the bias; later blocks accumulate (beta = 1).
+// The blocks of one call. They depend on M, N and K only, never on the thread count, so every
+// element of C is the same sum in the same order however the work is split.
+struct Blocks {
+  int64_t kc, mc, nc;
+};
+
 template <class Kern>
-inline void gemm_serial(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
-                        int64_t lda, const float* B, int64_t ldb, float beta, const float* bias, float* C,
-                        int64_t ldc) {
-  constexpr int MR = Kern::MR, NR = Kern::NR;
-  const int64_t kc_max = even_block(K, Kern::KC, 1);
-  const int64_t mc_max = even_block(M, Kern::MC, MR);
-  const int64_t nc_max = even_block(N, Kern::NC, NR);
-  const int64_t a_size = round_up(mc_max * kc_max, 16);
-  float* pa = scratch(a_size + nc_max * kc_max);
-  float* pb = pa + a_size;
-  for (int64_t jc = 0; jc < N; jc += nc_max) {
-    const int64_t nc = std::min(nc_max, N - jc);
-    for (int64_t pc = 0; pc < K; pc += kc_max) {
-      const int64_t kc = std::min(kc_max, K - pc);
-      pack_b<NR>(trans_b, B, ldb, pc, jc, kc, nc, pb);
-      const float beta_p = pc == 0 ? beta : 1.f;
-      const float* bias_p = pc == 0 && bias ? bias + jc : nullptr;
-      for (int64_t ic = 0; ic < M; ic += mc_max) {
-        const int64_t mc = std::min(mc_max, M - ic);
-        pack_a<MR>(trans_a, A, lda, ic, pc, mc, kc, pa);
-        const auto kernel = trans_a ? &Kern::template run<false> : &Kern::template run<true>;
-        for (int64_t jr = 0; jr < nc; jr += NR) {
-          const int nr = static_cast<int>(std::min<int64_t>(NR, nc - jr));
-          const Epilogue ep{alpha, beta_p, bias_p ? bias_p + jr : nullptr};
-          for (int64_t ir = 0; ir < mc; ir += MR) {
-            const int mr = static_cast<int>(std::min<int64_t>(MR, mc - ir));
-            kernel(kc, pa + ir * kc, pb + jr * kc, C + (ic + ir) * ldc + jc + jr, ldc, mr, nr, ep);
-          }
-        }
+inline Blocks blocks_for(int64_t M, int64_t N, int64_t K) {
+  return {even_block(K, Kern::KC, 1), even_block(M, Kern::MC, Kern::MR), even_block(N, Kern::NC, Kern::NR)};
+}
+
+// One GEMM call as the GotoBLAS / BLIS loop nest:
+//   jc (nc columns of C) > pc (kc of K: pack the B block, kc x nc, once, shared by every thread)
+//   > ic (mc rows: pack an A block, mc x kc, per thread, into its L2) > jr (NR) > ir (MR): micro-kernel.
+// Threads first pack the B block's panels between them, then take the work units of the ic loop
+// (an A block times the B block, or a range of its column panels when M has too few blocks to go
+// round) from a dynamic schedule, so a thread that loses its core for a while does not hold up the
+// others. Each C tile is computed whole by one thread, so the result does not depend on the split.
+template <class Kern>
+struct PackedGemm {
+  static constexpr int MR = Kern::MR, NR = Kern::NR;
+  bool trans_a, trans_b;
+  int64_t M, N, K;
+  float alpha;
+  const float* A;
+  int64_t lda;
+  const float* B;
+  int64_t ldb;
+  float beta;
+  const float* bias;
+  float* C;
+  int64_t ldc;
+  Blocks blk;
+
+  // The K-block loop state that every work unit of one (jc, pc) step shares.
+  struct Step {
+    int64_t jc, nc, pc, kc;
+    float* pb;  // the packed B block (written by pack_b_panels, then read by every unit)
+  };
+
+  // Packs the B panels [p0, p1) (NR columns each) of the block of step s into s.pb.
+  void pack_b_panels(const Step& s, int64_t p0, int64_t p1) const {
+    const int64_t j0 = p0 * NR, j1 = std::min(s.nc, p1 * NR);
+    if (j1 > j0) pack_b<NR>(trans_b, B, ldb, s.pc, s.jc + j0, s.kc, j1 - j0, s.pb + j0 * s.kc);
+  }
+
+  // Work unit u of step s: A block u / parts (packed into pa unless pa already holds it, per
+  // *packed) times column-panel range u % parts of the B block.
+  void unit(const Step& s, int64_t u, int64_t parts, float* pa, int64_t* packed) const {
+    const int64_t ib = u / parts, part = u % parts;
+    const int64_t ic = ib * blk.mc, mc = std::min(blk.mc, M - ic);
+    if (*packed != ib) pack_a<MR>(trans_a, A, lda, ic, s.pc, mc, s.kc, pa), *packed = ib;
+    const int64_t panels = (s.nc + NR - 1) / NR;
+    const int64_t j0 = panels * part / parts * NR, j1 = std::min(s.nc, panels * (part + 1) / parts * NR);
+    const float beta_p = s.pc == 0 ? beta : 1.f;  // the first K block applies beta and the bias
+    const float* bias_p = s.pc == 0 && bias ? bias + s.jc : nullptr;
+    const auto kernel = trans_a ? &Kern::template run<false> : &Kern::template run<true>;
+    for (int64_t jr = j0; jr < j1; jr += NR) {
+      const int nr = static_cast<int>(std::min<int64_t>(NR, j1 - jr));
+      const Epilogue ep{alpha, beta_p, bias_p ? bias_p + jr : nullptr};
+      for (int64_t ir = 0; ir < mc; ir += MR) {
+        const int mr = static_cast<int>(std::min<int64_t>(MR, mc - ir));
+        kernel(s.kc, pa + ir * s.kc, s.pb + jr * s.kc, C + (ic + ir) * ldc + s.jc + jr, ldc, mr, nr, ep);
       }
     }
   }
+
+  // Calls step(s) for every (jc, pc) block in order.
+  template <class F>
+  void for_each_step(float* pb, F&& step) const {
+    for (int64_t jc = 0; jc < N; jc += blk.nc)
+      for (int64_t pc = 0; pc < K; pc += blk.kc) step(Step{jc, std::min(blk.nc, N - jc), pc, std::min(blk.kc, K - pc), pb});
+  }
+
+  void run(int nt) const {
+    const int64_t a_size = round_up(blk.mc * blk.kc, 16), b_panels = (blk.nc + NR - 1) / NR;
+    float* pb = scratch<1>(b_panels * NR * blk.kc);  // the calling thread's buffer, read by all
+    const int64_t n_ic = (M + blk.mc - 1) / blk.mc;
+    if (nt == 1) {
+      float* pa = scratch<0>(a_size);
+      for_each_step(pb, [&](const Step& s) {
+        pack_b_panels(s, 0, b_panels);
+        int64_t packed = -1;
+        for (int64_t u = 0; u < n_ic; ++u) unit(s, u, 1, pa, &packed);
+      });
+      return;
+    }
+    // At least two units per thread, so the dynamic schedule can even out a slow thread.
+    const int64_t parts = std::clamp<int64_t>((2 * nt + n_ic - 1) / n_ic, 1, b_panels);
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(nt)
+    {
+      float* pa = scratch<0>(a_size);
+      for_each_step(pb, [&](const Step& s) {
+        const int64_t panels = (s.nc + NR - 1) / NR;
+#pragma omp for schedule(static)
+        for (int64_t p = 0; p < panels; ++p) pack_b_panels(s, p, p + 1);
+        int64_t packed = -1;  // implicit barrier above: the B block is complete
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t u = 0; u < n_ic * parts; ++u) unit(s, u, parts, pa, &packed);
+      });  // implicit barrier: nobody still reads the B block when the next step repacks it
+    }
+#else
+    (void)parts;
+#endif
+  }
+};
+
+// Threads for one call: all of segml::num_threads(), fewer for small products (below ~128 K
+// multiply-adds a thread is not worth it), one inside an enclosing parallel region.
+inline int gemm_threads(int64_t M, int64_t N, int64_t K) {
+#if defined(_OPENMP)
+  if (omp_in_parallel()) return 1;
+  const int64_t work = M * N * K / (int64_t{1} << 17);
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), work)));
+#else
+  (void)M, (void)N, (void)K;
+  return 1;
+#endif
 }
 
-// Splits C into a pm x pn grid of blocks, one per thread, each running gemm_serial. Each thread packs
-// its own panels: splitting M makes every column of threads pack all of B, splitting N makes every
-// row pack all of A, so the grid is chosen to minimise the packing traffic pn * M * K + pm * K * N.
 template <class Kern>
 inline void gemm_packed(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
                         int64_t lda, const float* B, int64_t ldb, float beta, const float* bias, float* C,
                         int64_t ldc) {
-  int nt = 1;
-#if defined(_OPENMP)
-  if (!omp_in_parallel()) {
-    const int64_t work = M * N * K / (int64_t{1} << 17);  // below ~128 K multiply-adds a thread is not worth it
-    nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), work)));
-  }
-#endif
-  if (nt == 1) return gemm_serial<Kern>(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, bias, C, ldc);
-  int pm = nt, pn = 1;
-  double best = -1;
-  for (int m = 1; m <= nt; ++m) {
-    if (nt % m) continue;
-    const int n = nt / m;
-    if (m > 1 && M < m * Kern::MR) continue;
-    if (n > 1 && N < n * Kern::NR) continue;
-    const double cost = double(n) * M * K + double(m) * K * N;
-    if (best < 0 || cost < best) best = cost, pm = m, pn = n;
-  }
-  const int64_t bm = round_up((M + pm - 1) / pm, Kern::MR), bn = round_up((N + pn - 1) / pn, Kern::NR);
-#if defined(_OPENMP)
-#pragma omp parallel num_threads(pm * pn)
-  {
-    const int t = omp_get_thread_num();
-    const int64_t m0 = std::min(M, (t / pn) * bm), m1 = std::min(M, m0 + bm);
-    const int64_t n0 = std::min(N, (t % pn) * bn), n1 = std::min(N, n0 + bn);
-    if (m1 > m0 && n1 > n0)
-      gemm_serial<Kern>(trans_a, trans_b, m1 - m0, n1 - n0, K, alpha, trans_a ? A + m0 : A + m0 * lda, lda,
-                        trans_b ? B + n0 * ldb : B + n0, ldb, beta, bias ? bias + n0 : nullptr, C + m0 * ldc + n0,
-                        ldc);
-  }
-#else
-  (void)bm, (void)bn;
-#endif
+  const PackedGemm<Kern> g{trans_a, trans_b, M,    N,    K, alpha, A, lda, B, ldb, beta, bias, C, ldc,
+                           blocks_for<Kern>(M, N, K)};
+  g.run(gemm_threads(M, N, K));
 }
 
 #endif  // __x86_64__
