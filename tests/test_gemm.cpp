@@ -128,9 +128,11 @@ TEST_CASE("gemm: every ISA path matches gemm_ref on all transposes and remainder
 }
 
 TEST_CASE("gemm: shapes that cross the cache blocks (MC, KC, NC) and the thread split") {
-  // 200 > MC rows, 300 / 530 > KC, 4100 > NC columns.
+  // 200 > MC rows, 530 > KC, 4100 > NC columns; the last two also cross the B block chunks.
   const Case shapes[] = {{false, false, 200, 300, 150, 1, 0, 0}, {false, false, 290, 70, 530, 1, 0, 5},
-                         {false, false, 9, 4100, 20, 1, 0, 0},   {false, false, 150, 33, 300, 1, 0, 1}};
+                         {false, false, 9, 4100, 20, 1, 0, 0},   {false, false, 150, 33, 300, 1, 0, 1},
+                         // several column chunks and K chunks of the packed B block (blocks_for)
+                         {false, false, 6, 1500, 4000, 1, 0, 3}, {true, true, 25, 1300, 1300, 2, 0.5f, 0}};
   std::mt19937 rng(7);
   for (Isa isa : isas()) {
     segml::ScopedIsa scoped(isa);
@@ -143,14 +145,14 @@ TEST_CASE("gemm: shapes that cross the cache blocks (MC, KC, NC) and the thread 
 }
 
 TEST_CASE("gemm: 1, 2 and 3 threads give bit-identical results") {
-  // On the packed (AVX2 / AVX-512) paths every C tile is computed whole by one thread with the same
-  // K blocking, so the split over threads (A blocks, or column ranges of the B block when M is
+  // On the packed (AVX2 / AVX-512) paths every element of C is summed by one thread over the same
+  // K blocks (kc depends on K only), so the split over threads (rows of C, or columns when M is
   // short) cannot change a bit. Eigen (the scalar path) picks its blocking by thread count: there
-  // the threads may only change the summation order. Shapes: several A blocks; one A block split
-  // by columns; several K and N blocks, with bias.
+  // the threads may only change the summation order. Shapes: several A blocks; short M split by
+  // columns; several K and N blocks; several column and K chunks, with bias.
   const int prev = segml::num_threads();
   std::mt19937 rng(3);
-  const int64_t shapes[][3] = {{301, 203, 170}, {7, 900, 300}, {150, 4200, 400}};  // M, N, K
+  const int64_t shapes[][3] = {{301, 203, 170}, {7, 900, 300}, {150, 4200, 400}, {30, 1500, 4000}};  // M, N, K
   for (Isa isa : isas()) {
     segml::ScopedIsa scoped(isa);
     for (const auto& s : shapes) {

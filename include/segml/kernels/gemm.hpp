@@ -111,7 +111,7 @@ inline void eigen_gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 // Grow-only, 64-byte-aligned per-thread scratch for the packed panels (OpenMP threads persist, so
-// repeated calls reuse it): slot 0 holds a thread's A block, slot 1 the B block it shares.
+// repeated calls reuse it): slot 0 holds a thread's A block, slot 1 its B block.
 template <int Slot>
 inline float* scratch(int64_t n) {
   struct Free {
@@ -209,7 +209,7 @@ inline void store_edge(const float* acc, int nr_full, int mr, int nr, const Epil
 // AVX2 + FMA: 6 x 16 tile in 12 ymm accumulators (+2 for b, +1 broadcast = 15 of 16 registers).
 struct Avx2Kernel {
   static constexpr int MR = 6, NR = 16, W = 8;
-  static constexpr int64_t MC = 144, KC = 256, NC = 4080;  // A block 144 KB in L2, B panel 16 KB in L1
+  static constexpr int64_t MC = 96, KC = 384, NC = 512;  // A block 144 KB + C tile 192 KB in L2, B panel 24 KB in L1
 
   template <bool kRowPanel>
   __attribute__((target("avx2,fma"))) static void run(int64_t kc, const float* a, const float* b, float* c,
@@ -261,7 +261,7 @@ struct Avx2Kernel {
 // AVX-512: 12 x 32 tile in 24 zmm accumulators (+2 for b, +1 broadcast = 27 of 32 registers).
 struct Avx512Kernel {
   static constexpr int MR = 12, NR = 32, W = 16;
-  static constexpr int64_t MC = 144, KC = 192, NC = 4064;  // A block 108 KB in L2, B panel 24 KB in L1
+  static constexpr int64_t MC = 96, KC = 384, NC = 1024;  // A block 144 KB + C tile 384 KB in L2, B panel 48 KB
 
   template <bool kRowPanel>
   __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl"))) static void run(int64_t kc, const float* a,
@@ -318,24 +318,46 @@ inline int64_t even_block(int64_t n, int64_t block, int64_t unit) {
   return std::min(block, round_up((n + count - 1) / count, unit));
 }
 
-// The blocks of one call. They depend on M, N and K only, never on the thread count, so every
-// element of C is the same sum in the same order however the work is split.
+// The blocks of one thread's M x N x K share of C:
+//   kc   K per packed panel (the micro-kernel's k loop; its A and B panels stay in L1),
+//   mc   rows per packed A block (in L2),
+//   nc   columns per C tile: an mc x nc tile of C stays in L2 while all the K blocks of a chunk
+//        accumulate into it, so C makes one round trip to memory per chunk, not one per kc,
+//   kcs x ncs  the chunk: the B block packed at once, about kBBlock floats (in L2 or L3), of
+//        a depth (kcs, a whole number of kc) near its width to balance the passes over C (one per
+//        K chunk) against the repacking of A (one per column chunk).
+// kc depends on K only, so every element of C is the same sum in the same order however many
+// threads split the work.
 struct Blocks {
-  int64_t kc, mc, nc;
+  int64_t kc, mc, nc, kcs, ncs;
 };
+
+inline constexpr int64_t kBBlock = int64_t{1} << 20;  // 4 MB
 
 template <class Kern>
 inline Blocks blocks_for(int64_t M, int64_t N, int64_t K) {
-  return {even_block(K, Kern::KC, 1), even_block(M, Kern::MC, Kern::MR), even_block(N, Kern::NC, Kern::NR)};
+  constexpr int64_t NR = Kern::NR, side = 1024;
+  Blocks b{};
+  b.kc = even_block(K, Kern::KC, 1);
+  b.mc = even_block(M, Kern::MC, Kern::MR);
+  // All of N when that leaves the B block a depth of min(K, side); else about side columns, or
+  // more when K is short.
+  b.ncs = N * std::min(K, side) <= kBBlock ? N : even_block(N, std::max(side, kBBlock / K / NR * NR), NR);
+  // As many kc blocks per chunk as the B block holds, spread evenly over the chunks.
+  const int64_t k_blocks = (K + b.kc - 1) / b.kc;
+  const int64_t per_chunk = std::clamp<int64_t>(kBBlock / (round_up(b.ncs, NR) * b.kc), 1, k_blocks);
+  const int64_t chunks = (k_blocks + per_chunk - 1) / per_chunk;
+  b.kcs = b.kc * ((k_blocks + chunks - 1) / chunks);
+  b.nc = even_block(b.ncs, Kern::NC, NR);
+  return b;
 }
 
-// One GEMM call as the GotoBLAS / BLIS loop nest:
-//   jc (nc columns of C) > pc (kc of K: pack the B block, kc x nc, once, shared by every thread)
-//   > ic (mc rows: pack an A block, mc x kc, per thread, into its L2) > jr (NR) > ir (MR): micro-kernel.
-// Threads first pack the B block's panels between them, then take the work units of the ic loop
-// (an A block times the B block, or a range of its column panels when M has too few blocks to go
-// round) from a dynamic schedule, so a thread that loses its core for a while does not hold up the
-// others. Each C tile is computed whole by one thread, so the result does not depend on the split.
+// One GEMM call. Each thread computes a rectangle of C with the serial loop nest
+//   jcs (ncs columns) > pcs (kcs of K): pack the B block (kcs x ncs, panels of kc x NR)
+//   > ic (mc rows) > jc (nc columns: the C tile, kept in L2)
+//   > pc (kc of the chunk): pack the A block (mc x kc) > jr (NR) > ir (MR): micro-kernel.
+// This is the GotoBLAS / BLIS nest with the pc loop moved inside the C tile. The first K block
+// applies the caller's beta and the bias; later blocks accumulate (beta = 1).
 template <class Kern>
 struct PackedGemm {
   static constexpr int MR = Kern::MR, NR = Kern::NR;
@@ -350,78 +372,100 @@ struct PackedGemm {
   const float* bias;
   float* C;
   int64_t ldc;
-  Blocks blk;
 
-  // The K-block loop state that every work unit of one (jc, pc) step shares.
-  struct Step {
-    int64_t jc, nc, pc, kc;
-    float* pb;  // the packed B block (written by pack_b_panels, then read by every unit)
+  // An A block: rows [ic, ic + mc) of op(A), K range [pc, pc + kc).
+  struct ABlock {
+    int64_t ic, mc, pc, kc;
   };
 
-  // Packs the B panels [p0, p1) (NR columns each) of the block of step s into s.pb.
-  void pack_b_panels(const Step& s, int64_t p0, int64_t p1) const {
-    const int64_t j0 = p0 * NR, j1 = std::min(s.nc, p1 * NR);
-    if (j1 > j0) pack_b<NR>(trans_b, B, ldb, s.pc, s.jc + j0, s.kc, j1 - j0, s.pb + j0 * s.kc);
+  // Fetches slice `part` of `parts` of the stored A behind block a into L2. Spread over the
+  // micro-kernel calls of the block before it, this hides the memory latency of the next pack_a
+  // (each block touches mc (or kc) short rows, too short for the hardware prefetcher to pick up).
+  void prefetch_a(const ABlock& a, int64_t part, int64_t parts) const {
+    const int64_t rows = trans_a ? a.kc : a.mc, len = trans_a ? a.mc : a.kc;
+    const float* base = trans_a ? A + a.pc * lda + a.ic : A + a.ic * lda + a.pc;
+    for (int64_t r = rows * part / parts; r < rows * (part + 1) / parts; ++r) {
+      const char* row = reinterpret_cast<const char*>(base + r * lda);
+      for (int64_t off = 0; off < len * int64_t{sizeof(float)}; off += 64) _mm_prefetch(row + off, _MM_HINT_T1);
+      _mm_prefetch(row + len * sizeof(float) - 1, _MM_HINT_T1);
+    }
   }
 
-  // Work unit u of step s: A block u / parts (packed into pa unless pa already holds it, per
-  // *packed) times column-panel range u % parts of the B block.
-  void unit(const Step& s, int64_t u, int64_t parts, float* pa, int64_t* packed) const {
-    const int64_t ib = u / parts, part = u % parts;
-    const int64_t ic = ib * blk.mc, mc = std::min(blk.mc, M - ic);
-    if (*packed != ib) pack_a<MR>(trans_a, A, lda, ic, s.pc, mc, s.kc, pa), *packed = ib;
-    const int64_t panels = (s.nc + NR - 1) / NR;
-    const int64_t j0 = panels * part / parts * NR, j1 = std::min(s.nc, panels * (part + 1) / parts * NR);
-    const float beta_p = s.pc == 0 ? beta : 1.f;  // the first K block applies beta and the bias
-    const float* bias_p = s.pc == 0 && bias ? bias + s.jc : nullptr;
+  // Columns [jc, je) of C times A block a, with the packed B panels of its K block at pb; prefetches
+  // the A block `next` (if next.mc > 0) meanwhile.
+  void block(const ABlock& a, const ABlock& next, int64_t jc, int64_t je, const float* pb, const float* pa) const {
     const auto kernel = trans_a ? &Kern::template run<false> : &Kern::template run<true>;
-    for (int64_t jr = j0; jr < j1; jr += NR) {
-      const int nr = static_cast<int>(std::min<int64_t>(NR, j1 - jr));
+    const float beta_p = a.pc == 0 ? beta : 1.f;  // the first K block applies beta and the bias
+    const float* bias_p = a.pc == 0 ? bias : nullptr;
+    const int64_t panels = (je - jc + NR - 1) / NR;
+    for (int64_t jr = jc, q = 0; jr < je; jr += NR, ++q) {
+      if (next.mc > 0) prefetch_a(next, q, panels);
+      const int nr = static_cast<int>(std::min<int64_t>(NR, je - jr));
       const Epilogue ep{alpha, beta_p, bias_p ? bias_p + jr : nullptr};
-      for (int64_t ir = 0; ir < mc; ir += MR) {
-        const int mr = static_cast<int>(std::min<int64_t>(MR, mc - ir));
-        kernel(s.kc, pa + ir * s.kc, s.pb + jr * s.kc, C + (ic + ir) * ldc + s.jc + jr, ldc, mr, nr, ep);
+      for (int64_t ir = 0; ir < a.mc; ir += MR) {
+        const int mr = static_cast<int>(std::min<int64_t>(MR, a.mc - ir));
+        kernel(a.kc, pa + ir * a.kc, pb + (jr - jc) * a.kc, C + (a.ic + ir) * ldc + jr, ldc, mr, nr, ep);
       }
     }
   }
 
-  // Calls step(s) for every (jc, pc) block in order.
-  template <class F>
-  void for_each_step(float* pb, F&& step) const {
-    for (int64_t jc = 0; jc < N; jc += blk.nc)
-      for (int64_t pc = 0; pc < K; pc += blk.kc) step(Step{jc, std::min(blk.nc, N - jc), pc, std::min(blk.kc, K - pc), pb});
+  // Rows [m0, m1) x columns [n0, n1) of C, on this thread.
+  void serial(int64_t m0, int64_t m1, int64_t n0, int64_t n1) const {
+    const Blocks blk = blocks_for<Kern>(m1 - m0, n1 - n0, K);
+    float* pa = scratch<0>(round_up(blk.mc * blk.kc, 16));
+    float* pb = scratch<1>(blk.kcs * round_up(blk.ncs, NR));
+    for (int64_t jcs = n0; jcs < n1; jcs += blk.ncs) {
+      const int64_t jce = std::min(n1, jcs + blk.ncs), kc_stride = round_up(jce - jcs, NR) * blk.kc;
+      for (int64_t pcs = 0; pcs < K; pcs += blk.kcs) {
+        const int64_t pce = std::min(K, pcs + blk.kcs);
+        const auto packed_b = [&](int64_t pc) { return pb + (pc - pcs) / blk.kc * kc_stride; };
+        const auto a_block = [&](int64_t ic, int64_t pc) {
+          return ABlock{ic, std::min(blk.mc, m1 - ic), pc, std::min(blk.kc, K - pc)};
+        };
+        for (int64_t pc = pcs; pc < pce; pc += blk.kc)
+          pack_b<NR>(trans_b, B, ldb, pc, jcs, std::min(blk.kc, K - pc), jce - jcs, packed_b(pc));
+        for (int64_t ic = m0; ic < m1; ic += blk.mc)
+          for (int64_t jc = jcs; jc < jce; jc += blk.nc)  // one C tile, all K blocks of the chunk
+            for (int64_t pc = pcs; pc < pce; pc += blk.kc) {
+              const ABlock a = a_block(ic, pc);
+              const ABlock next = pc + blk.kc < pce     ? a_block(ic, pc + blk.kc)
+                                  : jc + blk.nc < jce   ? a_block(ic, pcs)
+                                  : ic + blk.mc < m1    ? a_block(ic + blk.mc, pcs)
+                                                        : ABlock{};
+              pack_a<MR>(trans_a, A, lda, a.ic, a.pc, a.mc, a.kc, pa);
+              block(a, next, jc, std::min(jce, jc + blk.nc), packed_b(pc) + (jc - jcs) * a.kc, pa);
+            }
+      }
+    }
   }
 
+  // Splits C into a pm x pn grid of rectangles, one per thread. Each thread packs its own panels,
+  // which keeps them in its own core's L2: splitting M makes every column of threads pack all of
+  // B, splitting N makes every row pack all of A, so the grid minimises pn * M * K + pm * K * N.
   void run(int nt) const {
-    const int64_t a_size = round_up(blk.mc * blk.kc, 16), b_panels = (blk.nc + NR - 1) / NR;
-    float* pb = scratch<1>(b_panels * NR * blk.kc);  // the calling thread's buffer, read by all
-    const int64_t n_ic = (M + blk.mc - 1) / blk.mc;
-    if (nt == 1) {
-      float* pa = scratch<0>(a_size);
-      for_each_step(pb, [&](const Step& s) {
-        pack_b_panels(s, 0, b_panels);
-        int64_t packed = -1;
-        for (int64_t u = 0; u < n_ic; ++u) unit(s, u, 1, pa, &packed);
-      });
-      return;
+    if (nt == 1) return serial(0, M, 0, N);
+    int pm = nt, pn = 1;
+    double best = -1;
+    for (int m = 1; m <= nt; ++m) {
+      if (nt % m) continue;
+      const int n = nt / m;
+      if (m > 1 && M < m * MR) continue;
+      if (n > 1 && N < n * NR) continue;
+      const double cost = double(n) * M * K + double(m) * K * N;
+      if (best < 0 || cost < best) best = cost, pm = m, pn = n;
     }
-    // At least two units per thread, so the dynamic schedule can even out a slow thread.
-    const int64_t parts = std::clamp<int64_t>((2 * nt + n_ic - 1) / n_ic, 1, b_panels);
+    const int64_t bm = round_up((M + pm - 1) / pm, MR), bn = round_up((N + pn - 1) / pn, NR);
 #if defined(_OPENMP)
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel num_threads(pm * pn)
     {
-      float* pa = scratch<0>(a_size);
-      for_each_step(pb, [&](const Step& s) {
-        const int64_t panels = (s.nc + NR - 1) / NR;
-#pragma omp for schedule(static)
-        for (int64_t p = 0; p < panels; ++p) pack_b_panels(s, p, p + 1);
-        int64_t packed = -1;  // implicit barrier above: the B block is complete
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t u = 0; u < n_ic * parts; ++u) unit(s, u, parts, pa, &packed);
-      });  // implicit barrier: nobody still reads the B block when the next step repacks it
+      const int t = omp_get_thread_num();
+      const int64_t m0 = std::min(M, (t / pn) * bm), n0 = std::min(N, (t % pn) * bn);
+      const int64_t m1 = std::min(M, m0 + bm), n1 = std::min(N, n0 + bn);
+      if (m1 > m0 && n1 > n0) serial(m0, m1, n0, n1);
     }
 #else
-    (void)parts;
+    (void)bm, (void)bn;
+    serial(0, M, 0, N);  // unreachable: without OpenMP, gemm_threads() is 1
 #endif
   }
 };
@@ -443,8 +487,7 @@ template <class Kern>
 inline void gemm_packed(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
                         int64_t lda, const float* B, int64_t ldb, float beta, const float* bias, float* C,
                         int64_t ldc) {
-  const PackedGemm<Kern> g{trans_a, trans_b, M,    N,    K, alpha, A, lda, B, ldb, beta, bias, C, ldc,
-                           blocks_for<Kern>(M, N, K)};
+  const PackedGemm<Kern> g{trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, bias, C, ldc};
   g.run(gemm_threads(M, N, K));
 }
 
