@@ -8,7 +8,8 @@
 // measured just before and just after the timed loop and averaged: these machines drift by 25%
 // within minutes, so only a peak taken next to the GEMM makes a fair denominator) and pct_peak
 // (achieved / peak * 100). The start-up peak is printed once; the BM_peak/* rows repeat it per ISA.
-// Shapes are (M, K, N); C = A (M x K) * B (K x N).
+// Shapes are (M, K, N, layout); C = A (M x K) * op(B). Layout 0: B stored K x N; layout 1: B stored
+// N x K (trans_b), the layout of nn.Linear's weight, which is how the model calls the GEMM.
 #include <benchmark/benchmark.h>
 
 #include <segml/core/cpu.hpp>
@@ -49,8 +50,9 @@ void BM_peak(benchmark::State& state, segml::Isa isa) {
 // ---- the GEMM shapes ----------------------------------------------------------------------------
 struct Problem {
   int64_t M, K, N;
+  bool trans_b;
   std::vector<float> A, B, C;
-  Problem(int64_t m, int64_t k, int64_t n) : M(m), K(k), N(n), A(m * k), B(k * n), C(m * n) {
+  Problem(int64_t m, int64_t k, int64_t n, bool tb) : M(m), K(k), N(n), trans_b(tb), A(m * k), B(k * n), C(m * n) {
     std::mt19937 rng(1);
     std::uniform_real_distribution<float> d(-1.f, 1.f);
     for (float& x : A) x = d(rng);
@@ -60,22 +62,27 @@ struct Problem {
 
 enum class Impl { segml, eigen, scalar };
 
+int64_t ldb(const Problem& p) { return p.trans_b ? p.K : p.N; }
+
 void run(Impl impl, Problem& p) {
   using Mat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   switch (impl) {
     case Impl::segml:
-      segml::kernels::gemm<float>(false, false, p.M, p.N, p.K, 1.f, p.A.data(), p.K, p.B.data(), p.N, 0.f,
+      segml::kernels::gemm<float>(false, p.trans_b, p.M, p.N, p.K, 1.f, p.A.data(), p.K, p.B.data(), ldb(p), 0.f,
                                   p.C.data(), p.N);
       break;
     case Impl::eigen: {
-      Eigen::Map<const Mat> a(p.A.data(), p.M, p.K), b(p.B.data(), p.K, p.N);
+      Eigen::Map<const Mat> a(p.A.data(), p.M, p.K);
       Eigen::Map<Mat> c(p.C.data(), p.M, p.N);
-      c.noalias() = a * b;
+      if (p.trans_b)
+        c.noalias() = a * Eigen::Map<const Mat>(p.B.data(), p.N, p.K).transpose();
+      else
+        c.noalias() = a * Eigen::Map<const Mat>(p.B.data(), p.K, p.N);
       break;
     }
     case Impl::scalar:
-      segml::kernels::gemm_ref<float>(false, false, p.M, p.N, p.K, 1.f, p.A.data(), p.K, p.B.data(), p.N, 0.f,
-                                      p.C.data(), p.N);
+      segml::kernels::gemm_ref<float>(false, p.trans_b, p.M, p.N, p.K, 1.f, p.A.data(), p.K, p.B.data(), ldb(p),
+                                      0.f, p.C.data(), p.N);
       break;
   }
 }
@@ -86,7 +93,7 @@ bool validate(Problem& p, const char* what) {
   for (int64_t r0 : {int64_t{0}, p.M - rows}) {
     std::vector<double> a(p.A.begin() + r0 * p.K, p.A.begin() + (r0 + rows) * p.K), b(p.B.begin(), p.B.end());
     std::vector<double> want(rows * p.N);
-    segml::kernels::gemm_ref<double>(false, false, rows, p.N, p.K, 1.0, a.data(), p.K, b.data(), p.N, 0.0,
+    segml::kernels::gemm_ref<double>(false, p.trans_b, rows, p.N, p.K, 1.0, a.data(), p.K, b.data(), ldb(p), 0.0,
                                      want.data(), p.N);
     const double tol = 2.0 * p.K * 1.2e-7;  // K * max|a| * max|b| * eps, twice (see tests/test_gemm.cpp)
     for (int64_t i = 0; i < rows * p.N; ++i)
@@ -100,7 +107,7 @@ bool validate(Problem& p, const char* what) {
 }
 
 void BM_gemm(benchmark::State& state, Impl impl) {
-  Problem p(state.range(0), state.range(1), state.range(2));
+  Problem p(state.range(0), state.range(1), state.range(2), state.range(3) != 0);
   Eigen::setNbThreads(segml::num_threads());
   run(impl, p);
   if (!validate(p, impl == Impl::segml ? "segml" : impl == Impl::eigen ? "eigen" : "scalar"))
@@ -124,7 +131,7 @@ void BM_gemm(benchmark::State& state, Impl impl) {
 }
 
 // (M, K, N): the SegFormer-B0 512x512 GEMMs (Mix-FFN fc1 and fc2 of each stage, the unfolded
-// decoder's linear_fuse), plus a large square one.
+// decoder's linear_fuse), plus a large square one; each in both layouts of B.
 const int64_t kShapes[][3] = {{16384, 32, 128},  {16384, 128, 32}, {4096, 64, 256},    {4096, 256, 64},
                               {1024, 160, 640},  {1024, 640, 160}, {256, 256, 1024},   {256, 1024, 256},
                               {16384, 1024, 256}, {2048, 2048, 2048}};
@@ -133,16 +140,15 @@ void register_all() {
   benchmark::RegisterBenchmark("BM_peak/avx2", BM_peak, segml::Isa::avx2)->Iterations(1)->UseRealTime();
   if (segml::detect_isa() >= segml::Isa::avx512)
     benchmark::RegisterBenchmark("BM_peak/avx512", BM_peak, segml::Isa::avx512)->Iterations(1)->UseRealTime();
-  for (const auto& s : kShapes) {
-    benchmark::RegisterBenchmark("BM_gemm_segml", BM_gemm, Impl::segml)->Args({s[0], s[1], s[2]})->UseRealTime();
-    benchmark::RegisterBenchmark("BM_gemm_eigen", BM_gemm, Impl::eigen)->Args({s[0], s[1], s[2]})->UseRealTime();
-    // The scalar twin runs at ~1 GFLOP/s: only on the shapes it finishes in well under a second.
-    if (s[0] * s[1] * s[2] <= 200'000'000)
-      benchmark::RegisterBenchmark("BM_gemm_scalar", BM_gemm, Impl::scalar)
-          ->Args({s[0], s[1], s[2]})
-          ->Iterations(2)
-          ->UseRealTime();
-  }
+  for (int64_t trans_b : {0, 1})
+    for (const auto& s : kShapes) {
+      const std::vector<int64_t> args = {s[0], s[1], s[2], trans_b};
+      benchmark::RegisterBenchmark("BM_gemm_segml", BM_gemm, Impl::segml)->Args(args)->UseRealTime();
+      benchmark::RegisterBenchmark("BM_gemm_eigen", BM_gemm, Impl::eigen)->Args(args)->UseRealTime();
+      // The scalar twin runs at ~1 GFLOP/s: only on the shapes it finishes in well under a second.
+      if (s[0] * s[1] * s[2] <= 200'000'000)
+        benchmark::RegisterBenchmark("BM_gemm_scalar", BM_gemm, Impl::scalar)->Args(args)->Iterations(2)->UseRealTime();
+    }
 }
 
 }  // namespace

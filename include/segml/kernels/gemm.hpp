@@ -130,7 +130,9 @@ inline float* scratch(int64_t n) {
 // are zero), in whichever order is a plain copy of the source:
 //   trans_a (A stored K x M, contiguous in i): k-major, panel[k * MR + i]
 //   plain   (A stored M x K, contiguous in k): row-major, panel[i * kc + k]
-// The micro-kernel reads either (its kRowPanel parameter), so packing never transposes.
+// The micro-kernel reads either (its kRowPanel parameter), so packing never transposes. A plain A
+// is mostly not packed at all: the micro-kernel reads its rows in place (see PackedGemm::block),
+// and only a last panel of fewer than MR rows is packed, to pad it with zero rows.
 template <int MR>
 inline void pack_a(bool trans_a, const float* A, int64_t lda, int64_t i0, int64_t k0, int64_t mc, int64_t kc,
                    float* dst) {
@@ -153,32 +155,62 @@ inline void pack_a(bool trans_a, const float* A, int64_t lda, int64_t i0, int64_
   }
 }
 
+// Writes the 8 x 8 block src (rows of stride lds) transposed to dst (rows of stride ldd).
+__attribute__((target("avx2"))) inline void transpose8x8(const float* src, int64_t lds, float* dst, int64_t ldd) {
+  __m256 r[8], t[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * lds);
+  for (int i = 0; i < 8; i += 2) {  // interleave row pairs: (r0 r1) -> a0 b0 a1 b1 | a4 b4 a5 b5, ...
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {  // then pairs of pairs: 4 rows' worth of each column in each half
+    r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+    r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+    r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+  }
+  for (int i = 0; i < 4; ++i) {  // and the 128-bit halves of rows 0-3 with those of rows 4-7
+    _mm256_storeu_ps(dst + i * ldd, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
+    _mm256_storeu_ps(dst + (i + 4) * ldd, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
+  }
+}
+
 // Packs the (kc x nc) block of op(B) at (k0, j0) into NR-column panels: panel p holds columns
-// [p*NR, p*NR + NR) as kc consecutive rows of NR values; columns past nc are zero.
+// [p*NR, p*NR + NR) as kc consecutive rows of NR values; columns past nc are zero. A plain B is
+// copied NR values per row; a transposed B (stored N x K, as
+// nn.Linear's weight) is transposed in 8 x 8 blocks. Only called on CPUs with AVX2.
 template <int NR>
-inline void pack_b(bool trans_b, const float* B, int64_t ldb, int64_t k0, int64_t j0, int64_t kc, int64_t nc,
-                   float* dst) {
-  for (int64_t p = 0; p < nc; p += NR, dst += NR * kc) {
-    const int cols = static_cast<int>(std::min<int64_t>(NR, nc - p));
-    if (!trans_b) {  // op(B)(k, j) = B[k * ldb + j]: each k gives NR contiguous values
+__attribute__((target("avx2"))) inline void pack_b(bool trans_b, const float* B, int64_t ldb, int64_t k0, int64_t j0,
+                                                   int64_t kc, int64_t nc, float* dst) {
+  if (!trans_b) {  // op(B)(k, j) = B[k * ldb + j]: each k gives NR contiguous values of a panel
+    for (int64_t p = 0; p < nc; p += NR, dst += NR * kc) {
+      const int64_t cols = std::min<int64_t>(NR, nc - p);
       const float* src = B + k0 * ldb + j0 + p;
       for (int64_t k = 0; k < kc; ++k, src += ldb) {
         float* d = dst + k * NR;
         if (cols == NR)
           std::memcpy(d, src, NR * sizeof(float));
-        else {
-          for (int j = 0; j < cols; ++j) d[j] = src[j];
-          for (int j = cols; j < NR; ++j) d[j] = 0.f;
-        }
+        else
+          for (int64_t j = 0; j < NR; ++j) d[j] = j < cols ? src[j] : 0.f;
       }
-    } else {  // op(B)(k, j) = B[j * ldb + k]: read each stored row once, scattering it down column j
-      for (int j = 0; j < cols; ++j) {
-        const float* src = B + (j0 + p + j) * ldb + k0;
-        for (int64_t k = 0; k < kc; ++k) dst[k * NR + j] = src[k];
-      }
-      for (int j = cols; j < NR; ++j)
-        for (int64_t k = 0; k < kc; ++k) dst[k * NR + j] = 0.f;
     }
+    return;
+  }
+  // op(B)(k, j) = B[j * ldb + k]
+  for (int64_t p = 0; p < nc; p += NR, dst += NR * kc) {
+    const int64_t cols = std::min<int64_t>(NR, nc - p);
+    const float* src = B + (j0 + p) * ldb + k0;
+    int64_t j = 0;
+    for (; j + 8 <= cols; j += 8) {
+      int64_t k = 0;
+      for (; k + 8 <= kc; k += 8) transpose8x8(src + j * ldb + k, ldb, dst + k * NR + j, NR);
+      for (; k < kc; ++k)
+        for (int64_t jj = j; jj < j + 8; ++jj) dst[k * NR + jj] = src[jj * ldb + k];
+    }
+    for (; j < cols; ++j)
+      for (int64_t k = 0; k < kc; ++k) dst[k * NR + j] = src[j * ldb + k];
+    for (; j < NR; ++j)
+      for (int64_t k = 0; k < kc; ++k) dst[k * NR + j] = 0.f;
   }
 }
 
@@ -198,8 +230,9 @@ inline void store_edge(const float* acc, int nr_full, int mr, int nr, const Epil
     }
 }
 
-// Micro-kernels. Both compute the MR x NR tile c = alpha * a * b + beta * c + bias from a packed A
-// panel a (MR x kc, k-major or row-major: kRowPanel, see pack_a) and a packed B panel b (kc x NR),
+// Micro-kernels. Both compute the MR x NR tile c = alpha * a * b + beta * c + bias from an A panel a
+// (MR x kc: k-major, or with kRowPanel MR rows lda apart: packed, lda = kc, or the source rows of a
+// plain A in place) and a packed B panel b (kc x NR),
 // holding the tile in MR * NR / width vector accumulators (per k step: NR / width loads of b, then
 // per row one broadcast of a[i][k] and NR / width FMAs). The C tile is prefetched before the k loop.
 // Full tiles store straight to C; edge tiles (mr < MR or nr < NR) go through a stack buffer. The
@@ -212,8 +245,8 @@ struct Avx2Kernel {
   static constexpr int64_t MC = 96, KC = 384, NC = 512;  // A block 144 KB + C tile 192 KB in L2, B panel 24 KB in L1
 
   template <bool kRowPanel>
-  __attribute__((target("avx2,fma"))) static void run(int64_t kc, const float* a, const float* b, float* c,
-                                                      int64_t ldc, int mr, int nr, const Epilogue& ep) {
+  __attribute__((target("avx2,fma"))) static void run(int64_t kc, const float* a, int64_t lda, const float* b,
+                                                      float* c, int64_t ldc, int mr, int nr, const Epilogue& ep) {
     __m256 acc[MR][NR / W];
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i)
@@ -223,7 +256,7 @@ struct Avx2Kernel {
       _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc), _MM_HINT_T0);
       _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc + nr - 1), _MM_HINT_T0);
     }
-    const int64_t step_i = kRowPanel ? kc : 1, step_k = kRowPanel ? 1 : MR;
+    const int64_t step_i = kRowPanel ? lda : 1, step_k = kRowPanel ? 1 : MR;
     for (int64_t k = 0; k < kc; ++k, a += step_k, b += NR) {
       __m256 bv[NR / W];
 #pragma GCC unroll 4
@@ -265,9 +298,9 @@ struct Avx512Kernel {
 
   template <bool kRowPanel>
   __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl"))) static void run(int64_t kc, const float* a,
-                                                                                const float* b, float* c,
-                                                                                int64_t ldc, int mr, int nr,
-                                                                                const Epilogue& ep) {
+                                                                                int64_t lda, const float* b,
+                                                                                float* c, int64_t ldc, int mr,
+                                                                                int nr, const Epilogue& ep) {
     __m512 acc[MR][NR / W];
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i)
@@ -277,7 +310,7 @@ struct Avx512Kernel {
       _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc), _MM_HINT_T0);
       _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc + nr - 1), _MM_HINT_T0);
     }
-    const int64_t step_i = kRowPanel ? kc : 1, step_k = kRowPanel ? 1 : MR;
+    const int64_t step_i = kRowPanel ? lda : 1, step_k = kRowPanel ? 1 : MR;
     for (int64_t k = 0; k < kc; ++k, a += step_k, b += NR) {
       __m512 bv[NR / W];
 #pragma GCC unroll 4
@@ -355,7 +388,8 @@ inline Blocks blocks_for(int64_t M, int64_t N, int64_t K) {
 // One GEMM call. Each thread computes a rectangle of C with the serial loop nest
 //   jcs (ncs columns) > pcs (kcs of K): pack the B block (kcs x ncs, panels of kc x NR)
 //   > ic (mc rows) > jc (nc columns: the C tile, kept in L2)
-//   > pc (kc of the chunk): pack the A block (mc x kc) > jr (NR) > ir (MR): micro-kernel.
+//   > pc (kc of the chunk): the A block (mc x kc; packed only when A is transposed)
+//   > jr (NR) > ir (MR): micro-kernel.
 // This is the GotoBLAS / BLIS nest with the pc loop moved inside the C tile. The first K block
 // applies the caller's beta and the bias; later blocks accumulate (beta = 1).
 template <class Kern>
@@ -379,8 +413,9 @@ struct PackedGemm {
   };
 
   // Fetches slice `part` of `parts` of the stored A behind block a into L2. Spread over the
-  // micro-kernel calls of the block before it, this hides the memory latency of the next pack_a
-  // (each block touches mc (or kc) short rows, too short for the hardware prefetcher to pick up).
+  // micro-kernel calls of the block before it, this hides the memory latency of the next block's
+  // reads (its packing, or the micro-kernel's reads in place): each block touches mc (or kc) short
+  // rows, too short for the hardware prefetcher to pick up.
   void prefetch_a(const ABlock& a, int64_t part, int64_t parts) const {
     const int64_t rows = trans_a ? a.kc : a.mc, len = trans_a ? a.mc : a.kc;
     const float* base = trans_a ? A + a.pc * lda + a.ic : A + a.ic * lda + a.pc;
@@ -392,11 +427,23 @@ struct PackedGemm {
   }
 
   // Columns [jc, je) of C times A block a, with the packed B panels of its K block at pb; prefetches
-  // the A block `next` (if next.mc > 0) meanwhile.
-  void block(const ABlock& a, const ABlock& next, int64_t jc, int64_t je, const float* pb, const float* pa) const {
+  // the A block `next` (if next.mc > 0) meanwhile. A transposed A is packed at pa (k-major panels);
+  // a plain A is read in place, its MR-row panels being the source rows themselves (row stride
+  // lda), except a last panel of fewer than MR rows, which is packed (zero-padded) at pa.
+  void block(const ABlock& a, const ABlock& next, int64_t jc, int64_t je, const float* pb, float* pa) const {
     const auto kernel = trans_a ? &Kern::template run<false> : &Kern::template run<true>;
     const float beta_p = a.pc == 0 ? beta : 1.f;  // the first K block applies beta and the bias
     const float* bias_p = a.pc == 0 ? bias : nullptr;
+    const int64_t full = a.mc / MR * MR;  // rows in full panels
+    if (trans_a)
+      pack_a<MR>(true, A, lda, a.ic, a.pc, a.mc, a.kc, pa);
+    else if (full < a.mc)
+      pack_a<MR>(false, A, lda, a.ic + full, a.pc, a.mc - full, a.kc, pa);
+    const auto panel = [&](int64_t ir, int64_t& ld) -> const float* {
+      if (trans_a) return ld = 0, pa + ir * a.kc;
+      if (ir < full) return ld = lda, A + (a.ic + ir) * lda + a.pc;
+      return ld = a.kc, pa;
+    };
     const int64_t panels = (je - jc + NR - 1) / NR;
     for (int64_t jr = jc, q = 0; jr < je; jr += NR, ++q) {
       if (next.mc > 0) prefetch_a(next, q, panels);
@@ -404,7 +451,9 @@ struct PackedGemm {
       const Epilogue ep{alpha, beta_p, bias_p ? bias_p + jr : nullptr};
       for (int64_t ir = 0; ir < a.mc; ir += MR) {
         const int mr = static_cast<int>(std::min<int64_t>(MR, a.mc - ir));
-        kernel(a.kc, pa + ir * a.kc, pb + (jr - jc) * a.kc, C + (a.ic + ir) * ldc + jr, ldc, mr, nr, ep);
+        int64_t ld = 0;
+        const float* ap = panel(ir, ld);
+        kernel(a.kc, ap, ld, pb + (jr - jc) * a.kc, C + (a.ic + ir) * ldc + jr, ldc, mr, nr, ep);
       }
     }
   }
@@ -432,7 +481,6 @@ struct PackedGemm {
                                   : jc + blk.nc < jce   ? a_block(ic, pcs)
                                   : ic + blk.mc < m1    ? a_block(ic + blk.mc, pcs)
                                                         : ABlock{};
-              pack_a<MR>(trans_a, A, lda, a.ic, a.pc, a.mc, a.kc, pa);
               block(a, next, jc, std::min(jce, jc + blk.nc), packed_b(pc) + (jc - jcs) * a.kc, pa);
             }
       }
@@ -440,33 +488,37 @@ struct PackedGemm {
   }
 
   // Splits C into a pm x pn grid of rectangles, one per thread. Each thread packs its own panels,
-  // which keeps them in its own core's L2: splitting M makes every column of threads pack all of
-  // B, splitting N makes every row pack all of A, so the grid minimises pn * M * K + pm * K * N.
+  // which keeps them in its own core's L2. Splitting M makes every column of threads pack all of
+  // B; splitting N makes every row of threads read all of A (and pack it, when A is transposed).
+  // The grid minimises that traffic, pn * M * K * w + pm * K * N, where a plain A, read in place,
+  // weighs half (w = 1/2) of a packed one (read and written, w = 1).
   void run(int nt) const {
-    if (nt == 1) return serial(0, M, 0, N);
-    int pm = nt, pn = 1;
-    double best = -1;
-    for (int m = 1; m <= nt; ++m) {
-      if (nt % m) continue;
-      const int n = nt / m;
-      if (m > 1 && M < m * MR) continue;
-      if (n > 1 && N < n * NR) continue;
-      const double cost = double(n) * M * K + double(m) * K * N;
-      if (best < 0 || cost < best) best = cost, pm = m, pn = n;
-    }
-    const int64_t bm = round_up((M + pm - 1) / pm, MR), bn = round_up((N + pn - 1) / pn, NR);
 #if defined(_OPENMP)
+    if (nt > 1) {
+      int pm = nt, pn = 1;
+      double best = -1;
+      for (int m = 1; m <= nt; ++m) {
+        if (nt % m) continue;
+        const int n = nt / m;
+        if (m > 1 && M < m * MR) continue;
+        if (n > 1 && N < n * NR) continue;
+        const double cost = (trans_a ? 1.0 : 0.5) * n * M * K + double(m) * K * N;
+        if (best < 0 || cost < best) best = cost, pm = m, pn = n;
+      }
+      const int64_t bm = round_up((M + pm - 1) / pm, MR), bn = round_up((N + pn - 1) / pn, NR);
 #pragma omp parallel num_threads(pm * pn)
-    {
-      const int t = omp_get_thread_num();
-      const int64_t m0 = std::min(M, (t / pn) * bm), n0 = std::min(N, (t % pn) * bn);
-      const int64_t m1 = std::min(M, m0 + bm), n1 = std::min(N, n0 + bn);
-      if (m1 > m0 && n1 > n0) serial(m0, m1, n0, n1);
+      {
+        const int t = omp_get_thread_num();
+        const int64_t m0 = std::min(M, (t / pn) * bm), n0 = std::min(N, (t % pn) * bn);
+        const int64_t m1 = std::min(M, m0 + bm), n1 = std::min(N, n0 + bn);
+        if (m1 > m0 && n1 > n0) serial(m0, m1, n0, n1);
+      }
+      return;
     }
 #else
-    (void)bm, (void)bn;
-    serial(0, M, 0, N);  // unreachable: without OpenMP, gemm_threads() is 1
+    (void)nt;  // without OpenMP, gemm_threads() is 1
 #endif
+    serial(0, M, 0, N);
   }
 };
 
