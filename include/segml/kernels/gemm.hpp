@@ -236,20 +236,21 @@ inline void store_edge(const float* acc, int nr_full, int mr, int nr, const Epil
 // holding the tile in MR * NR / width vector accumulators (per k step: NR / width loads of b, then
 // per row one broadcast of a[i][k] and NR / width FMAs). The C tile is prefetched before the k loop.
 // Full tiles store straight to C; edge tiles (mr < MR or nr < NR) go through a stack buffer. The
-// AVX2 and AVX-512 versions are line-for-line the same, differing only in register width and tile
-// size.
+// row count R (MR, or less for the last rows of C) is a template parameter, so that a last panel
+// of 4 rows costs a third of a full one. The AVX2 and AVX-512 versions are line-for-line the same,
+// differing only in register width and tile size.
 
 // AVX2 + FMA: 6 x 16 tile in 12 ymm accumulators (+2 for b, +1 broadcast = 15 of 16 registers).
 struct Avx2Kernel {
   static constexpr int MR = 6, NR = 16, W = 8;
   static constexpr int64_t MC = 96, KC = 384, NC = 512;  // A block 144 KB + C tile 192 KB in L2, B panel 24 KB in L1
 
-  template <bool kRowPanel>
+  template <bool kRowPanel, int R = MR>
   __attribute__((target("avx2,fma"))) static void run(int64_t kc, const float* a, int64_t lda, const float* b,
                                                       float* c, int64_t ldc, int mr, int nr, const Epilogue& ep) {
-    __m256 acc[MR][NR / W];
+    __m256 acc[R][NR / W];
 #pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i)
+    for (int i = 0; i < R; ++i)
 #pragma GCC unroll 4
       for (int v = 0; v < NR / W; ++v) acc[i][v] = _mm256_setzero_ps();
     for (int i = 0; i < mr; ++i) {  // C is needed only after the k loop: fetch it meanwhile
@@ -262,16 +263,16 @@ struct Avx2Kernel {
 #pragma GCC unroll 4
       for (int v = 0; v < NR / W; ++v) bv[v] = _mm256_load_ps(b + v * W);
 #pragma GCC unroll 16
-      for (int i = 0; i < MR; ++i) {
+      for (int i = 0; i < R; ++i) {
         const __m256 ai = _mm256_broadcast_ss(a + i * step_i);
 #pragma GCC unroll 4
         for (int v = 0; v < NR / W; ++v) acc[i][v] = _mm256_fmadd_ps(ai, bv[v], acc[i][v]);
       }
     }
     const __m256 va = _mm256_set1_ps(ep.alpha), vb = _mm256_set1_ps(ep.beta);
-    if (mr == MR && nr == NR) {
+    if (mr == R && nr == NR) {
 #pragma GCC unroll 16
-      for (int i = 0; i < MR; ++i)
+      for (int i = 0; i < R; ++i)
 #pragma GCC unroll 4
         for (int v = 0; v < NR / W; ++v) {
           float* out = c + i * ldc + v * W;
@@ -281,9 +282,9 @@ struct Avx2Kernel {
           _mm256_storeu_ps(out, r);
         }
     } else {
-      alignas(64) float buf[MR * NR];
+      alignas(64) float buf[R * NR];
 #pragma GCC unroll 16
-      for (int i = 0; i < MR; ++i)
+      for (int i = 0; i < R; ++i)
 #pragma GCC unroll 4
         for (int v = 0; v < NR / W; ++v) _mm256_store_ps(buf + i * NR + v * W, acc[i][v]);
       store_edge(buf, NR, mr, nr, ep, c, ldc);
@@ -296,14 +297,14 @@ struct Avx512Kernel {
   static constexpr int MR = 12, NR = 32, W = 16;
   static constexpr int64_t MC = 96, KC = 384, NC = 1024;  // A block 144 KB + C tile 384 KB in L2, B panel 48 KB
 
-  template <bool kRowPanel>
+  template <bool kRowPanel, int R = MR>
   __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl"))) static void run(int64_t kc, const float* a,
                                                                                 int64_t lda, const float* b,
                                                                                 float* c, int64_t ldc, int mr,
                                                                                 int nr, const Epilogue& ep) {
-    __m512 acc[MR][NR / W];
+    __m512 acc[R][NR / W];
 #pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i)
+    for (int i = 0; i < R; ++i)
 #pragma GCC unroll 4
       for (int v = 0; v < NR / W; ++v) acc[i][v] = _mm512_setzero_ps();
     for (int i = 0; i < mr; ++i) {  // C is needed only after the k loop: fetch it meanwhile
@@ -316,16 +317,16 @@ struct Avx512Kernel {
 #pragma GCC unroll 4
       for (int v = 0; v < NR / W; ++v) bv[v] = _mm512_load_ps(b + v * W);
 #pragma GCC unroll 16
-      for (int i = 0; i < MR; ++i) {
+      for (int i = 0; i < R; ++i) {
         const __m512 ai = _mm512_set1_ps(a[i * step_i]);
 #pragma GCC unroll 4
         for (int v = 0; v < NR / W; ++v) acc[i][v] = _mm512_fmadd_ps(ai, bv[v], acc[i][v]);
       }
     }
     const __m512 va = _mm512_set1_ps(ep.alpha), vb = _mm512_set1_ps(ep.beta);
-    if (mr == MR && nr == NR) {
+    if (mr == R && nr == NR) {
 #pragma GCC unroll 16
-      for (int i = 0; i < MR; ++i)
+      for (int i = 0; i < R; ++i)
 #pragma GCC unroll 4
         for (int v = 0; v < NR / W; ++v) {
           float* out = c + i * ldc + v * W;
@@ -335,9 +336,9 @@ struct Avx512Kernel {
           _mm512_storeu_ps(out, r);
         }
     } else {
-      alignas(64) float buf[MR * NR];
+      alignas(64) float buf[R * NR];
 #pragma GCC unroll 16
-      for (int i = 0; i < MR; ++i)
+      for (int i = 0; i < R; ++i)
 #pragma GCC unroll 4
         for (int v = 0; v < NR / W; ++v) _mm512_store_ps(buf + i * NR + v * W, acc[i][v]);
       store_edge(buf, NR, mr, nr, ep, c, ldc);
@@ -431,7 +432,14 @@ struct PackedGemm {
   // a plain A is read in place, its MR-row panels being the source rows themselves (row stride
   // lda), except a last panel of fewer than MR rows, which is packed (zero-padded) at pa.
   void block(const ABlock& a, const ABlock& next, int64_t jc, int64_t je, const float* pb, float* pa) const {
-    const auto kernel = trans_a ? &Kern::template run<false> : &Kern::template run<true>;
+    // A last panel of mr < MR rows runs the micro-kernel of the next multiple of MR / 3 rows.
+    constexpr int R1 = MR / 3, R2 = 2 * MR / 3;
+    using Fn = decltype(&Kern::template run<false>);
+    static constexpr Fn kernels[2][3] = {{&Kern::template run<false, R1>, &Kern::template run<false, R2>,
+                                          &Kern::template run<false>},
+                                         {&Kern::template run<true, R1>, &Kern::template run<true, R2>,
+                                          &Kern::template run<true>}};
+    const Fn* kernel = kernels[trans_a ? 0 : 1];
     const float beta_p = a.pc == 0 ? beta : 1.f;  // the first K block applies beta and the bias
     const float* bias_p = a.pc == 0 ? bias : nullptr;
     const int64_t full = a.mc / MR * MR;  // rows in full panels
@@ -453,7 +461,7 @@ struct PackedGemm {
         const int mr = static_cast<int>(std::min<int64_t>(MR, a.mc - ir));
         int64_t ld = 0;
         const float* ap = panel(ir, ld);
-        kernel(a.kc, ap, ld, pb + (jr - jc) * a.kc, C + (a.ic + ir) * ldc + jr, ldc, mr, nr, ep);
+        kernel[(mr - 1) / R1](a.kc, ap, ld, pb + (jr - jc) * a.kc, C + (a.ic + ir) * ldc + jr, ldc, mr, nr, ep);
       }
     }
   }
