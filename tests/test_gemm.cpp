@@ -127,12 +127,19 @@ TEST_CASE("gemm: every ISA path matches gemm_ref on all transposes and remainder
   }
 }
 
+#if defined(__x86_64__)
+static_assert(int64_t{1030} * 1020 > segml::kernels::gemm_detail::kInPlaceA, "the packed plain-A case below must stay packed");
+#endif
+
 TEST_CASE("gemm: shapes that cross the cache blocks (MC, KC, NC) and the thread split") {
   // 200 > MC rows, 530 > KC, 4100 > NC columns; the last two also cross the B block chunks.
   const Case shapes[] = {{false, false, 200, 300, 150, 1, 0, 0}, {false, false, 290, 70, 530, 1, 0, 5},
                          {false, false, 9, 4100, 20, 1, 0, 0},   {false, false, 150, 33, 300, 1, 0, 1},
                          // several column chunks and K chunks of the packed B block (blocks_for)
-                         {false, false, 6, 1500, 4000, 1, 0, 3}, {true, true, 25, 1300, 1300, 2, 0.5f, 0}};
+                         {false, false, 6, 1500, 4000, 1, 0, 3}, {true, true, 25, 1300, 1300, 2, 0.5f, 0},
+                         // a plain A too large to be read in place (M * K > kInPlaceA), so it is
+                         // packed row-major, with a last panel of 10 rows (AVX-512) or 4 (AVX2)
+                         {false, false, 1030, 70, 1020, 1, 0, 0}};
   std::mt19937 rng(7);
   for (Isa isa : isas()) {
     segml::ScopedIsa scoped(isa);

@@ -131,7 +131,7 @@ inline float* scratch(int64_t n) {
 //   trans_a (A stored K x M, contiguous in i): k-major, panel[k * MR + i]
 //   plain   (A stored M x K, contiguous in k): row-major, panel[i * kc + k]
 // The micro-kernel reads either (its kRowPanel parameter), so packing never transposes. A plain A
-// is mostly not packed at all: the micro-kernel reads its rows in place (see PackedGemm::block),
+// is mostly not packed at all: the micro-kernel reads its rows in place (see PackedGemm::serial),
 // and only a last panel of fewer than MR rows is packed, to pad it with zero rows.
 template <int MR>
 inline void pack_a(bool trans_a, const float* A, int64_t lda, int64_t i0, int64_t k0, int64_t mc, int64_t kc,
@@ -367,6 +367,7 @@ struct Blocks {
 };
 
 inline constexpr int64_t kBBlock = int64_t{1} << 20;  // 4 MB
+inline constexpr int64_t kInPlaceA = int64_t{1} << 20;  // 4 MB: the largest plain A always read in place
 
 template <class Kern>
 inline Blocks blocks_for(int64_t M, int64_t N, int64_t K) {
@@ -389,7 +390,7 @@ inline Blocks blocks_for(int64_t M, int64_t N, int64_t K) {
 // One GEMM call. Each thread computes a rectangle of C with the serial loop nest
 //   jcs (ncs columns) > pcs (kcs of K): pack the B block (kcs x ncs, panels of kc x NR)
 //   > ic (mc rows) > jc (nc columns: the C tile, kept in L2)
-//   > pc (kc of the chunk): the A block (mc x kc; packed only when A is transposed)
+//   > pc (kc of the chunk): the A block (mc x kc; packed, or read in place: see serial)
 //   > jr (NR) > ir (MR): micro-kernel.
 // This is the GotoBLAS / BLIS nest with the pc loop moved inside the C tile. The first K block
 // applies the caller's beta and the bias; later blocks accumulate (beta = 1).
@@ -428,10 +429,12 @@ struct PackedGemm {
   }
 
   // Columns [jc, je) of C times A block a, with the packed B panels of its K block at pb; prefetches
-  // the A block `next` (if next.mc > 0) meanwhile. A transposed A is packed at pa (k-major panels);
-  // a plain A is read in place, its MR-row panels being the source rows themselves (row stride
-  // lda), except a last panel of fewer than MR rows, which is packed (zero-padded) at pa.
-  void block(const ABlock& a, const ABlock& next, int64_t jc, int64_t je, const float* pb, float* pa) const {
+  // the A block `next` (if next.mc > 0) meanwhile. The A block is packed at pa (k-major panels for a
+  // transposed A, row-major for a plain one) or, with in_place (plain A only), read in place, its
+  // MR-row panels being the source rows themselves (row stride lda), except a last panel of fewer
+  // than MR rows, which is packed (zero-padded) at pa.
+  void block(const ABlock& a, const ABlock& next, int64_t jc, int64_t je, const float* pb, float* pa,
+             bool in_place) const {
     // A last panel of mr < MR rows runs the micro-kernel of the next multiple of MR / 3 rows.
     constexpr int R1 = MR / 3, R2 = 2 * MR / 3;
     using Fn = decltype(&Kern::template run<false>);
@@ -443,14 +446,13 @@ struct PackedGemm {
     const float beta_p = a.pc == 0 ? beta : 1.f;  // the first K block applies beta and the bias
     const float* bias_p = a.pc == 0 ? bias : nullptr;
     const int64_t full = a.mc / MR * MR;  // rows in full panels
-    if (trans_a)
-      pack_a<MR>(true, A, lda, a.ic, a.pc, a.mc, a.kc, pa);
+    if (!in_place)
+      pack_a<MR>(trans_a, A, lda, a.ic, a.pc, a.mc, a.kc, pa);
     else if (full < a.mc)
       pack_a<MR>(false, A, lda, a.ic + full, a.pc, a.mc - full, a.kc, pa);
     const auto panel = [&](int64_t ir, int64_t& ld) -> const float* {
-      if (trans_a) return ld = 0, pa + ir * a.kc;
-      if (ir < full) return ld = lda, A + (a.ic + ir) * lda + a.pc;
-      return ld = a.kc, pa;
+      if (in_place && ir < full) return ld = lda, A + (a.ic + ir) * lda + a.pc;
+      return ld = a.kc, pa + (in_place ? 0 : ir * a.kc);
     };
     const int64_t panels = (je - jc + NR - 1) / NR;
     for (int64_t jr = jc, q = 0; jr < je; jr += NR, ++q) {
@@ -469,6 +471,11 @@ struct PackedGemm {
   // Rows [m0, m1) x columns [n0, n1) of C, on this thread.
   void serial(int64_t m0, int64_t m1, int64_t n0, int64_t n1) const {
     const Blocks blk = blocks_for<Kern>(m1 - m0, n1 - n0, K);
+    // A plain A is read in place when it is small enough to stay in cache, or when each A block
+    // serves at most two B panels (nothing to spread the cost of a copy over). A large A streams
+    // from memory; there a contiguous copy, hot in L2, serves the nc / NR passes of the jr loop
+    // better than strided source rows, which the B chunk pushes out of L2 between passes.
+    const bool in_place = !trans_a && (M * K <= kInPlaceA || blk.nc <= 2 * NR);
     float* pa = scratch<0>(round_up(blk.mc * blk.kc, 16));
     float* pb = scratch<1>(blk.kcs * round_up(blk.ncs, NR));
     for (int64_t jcs = n0; jcs < n1; jcs += blk.ncs) {
@@ -489,7 +496,7 @@ struct PackedGemm {
                                   : jc + blk.nc < jce   ? a_block(ic, pcs)
                                   : ic + blk.mc < m1    ? a_block(ic + blk.mc, pcs)
                                                         : ABlock{};
-              block(a, next, jc, std::min(jce, jc + blk.nc), packed_b(pc) + (jc - jcs) * a.kc, pa);
+              block(a, next, jc, std::min(jce, jc + blk.nc), packed_b(pc) + (jc - jcs) * a.kc, pa, in_place);
             }
       }
     }
@@ -498,8 +505,8 @@ struct PackedGemm {
   // Splits C into a pm x pn grid of rectangles, one per thread. Each thread packs its own panels,
   // which keeps them in its own core's L2. Splitting M makes every column of threads pack all of
   // B; splitting N makes every row of threads read all of A (and pack it, when A is transposed).
-  // The grid minimises that traffic, pn * M * K * w + pm * K * N, where a plain A, read in place,
-  // weighs half (w = 1/2) of a packed one (read and written, w = 1).
+  // The grid minimises that traffic, pn * M * K * w + pm * K * N, where a plain A, mostly read in
+  // place, weighs half (w = 1/2) of a transposed one (read and written, w = 1).
   void run(int nt) const {
 #if defined(_OPENMP)
     if (nt > 1) {
