@@ -129,6 +129,10 @@ TEST_CASE("gemm: every ISA path matches gemm_ref on all transposes and remainder
 
 #if defined(__x86_64__)
 static_assert(int64_t{1030} * 1020 > segml::kernels::gemm_detail::kInPlaceA, "the packed plain-A case below must stay packed");
+// Rows 4 KB apart share an L1 set: such a plain A is packed (the lda = 1024 cases below); rows
+// 2 KB or 4 KB + 64 B apart are read in place.
+static_assert(segml::kernels::gemm_detail::rows_alias<12>(1024) && segml::kernels::gemm_detail::rows_alias<6>(2048));
+static_assert(!segml::kernels::gemm_detail::rows_alias<12>(512) && !segml::kernels::gemm_detail::rows_alias<12>(1040));
 #endif
 
 TEST_CASE("gemm: shapes that cross the cache blocks (MC, KC, NC) and the thread split") {
@@ -139,7 +143,9 @@ TEST_CASE("gemm: shapes that cross the cache blocks (MC, KC, NC) and the thread 
                          {false, false, 6, 1500, 4000, 1, 0, 3}, {true, true, 25, 1300, 1300, 2, 0.5f, 0},
                          // a plain A too large to be read in place (M * K > kInPlaceA), so it is
                          // packed row-major, with a last panel of 10 rows (AVX-512) or 4 (AVX2)
-                         {false, false, 1030, 70, 1020, 1, 0, 0}};
+                         {false, false, 1030, 70, 1020, 1, 0, 0},
+                         // a small plain A whose rows are 4 KB apart (lda = 1000 + 24), packed
+                         {false, false, 100, 40, 1000, 1, 0, 24}};
   std::mt19937 rng(7);
   for (Isa isa : isas()) {
     segml::ScopedIsa scoped(isa);
@@ -156,10 +162,12 @@ TEST_CASE("gemm: 1, 2 and 3 threads give bit-identical results") {
   // K blocks (kc depends on K only), so the split over threads (rows of C, or columns when M is
   // short) cannot change a bit. Eigen (the scalar path) picks its blocking by thread count: there
   // the threads may only change the summation order. Shapes: several A blocks; short M split by
-  // columns; several K and N blocks; several column and K chunks, with bias.
+  // columns; several K and N blocks; several column and K chunks, with bias; a plain A packed
+  // because its rows alias in cache (lda = 1024).
   const int prev = segml::num_threads();
   std::mt19937 rng(3);
-  const int64_t shapes[][3] = {{301, 203, 170}, {7, 900, 300}, {150, 4200, 400}, {30, 1500, 4000}};  // M, N, K
+  const int64_t shapes[][3] = {{301, 203, 170}, {7, 900, 300}, {150, 4200, 400}, {30, 1500, 4000},
+                               {100, 300, 1024}};  // M, N, K; the last: rows 4 KB apart, packed
   for (Isa isa : isas()) {
     segml::ScopedIsa scoped(isa);
     for (const auto& s : shapes) {

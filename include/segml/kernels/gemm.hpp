@@ -369,6 +369,18 @@ struct Blocks {
 inline constexpr int64_t kBBlock = int64_t{1} << 20;  // 4 MB
 inline constexpr int64_t kInPlaceA = int64_t{1} << 20;  // 4 MB: the largest plain A always read in place
 
+// Whether more than half of MR rows lda floats apart fall in one L1 set. L1 data caches of current
+// x86 cores have 64 sets of 64-byte lines, indexed by address bits 6-11: rows whose addresses agree
+// modulo 4 KB (lda a multiple of 1024 floats, as for K = 1024 or 2048) share a set. Read in place,
+// such a panel loads MR lines into one set at every 16th k step and evicts the B panel that the
+// micro-kernel keeps in L1 (the same rows also crowd a sixteenth of the L2 sets). Its A is packed.
+template <int MR>
+constexpr bool rows_alias(int64_t lda) {
+  int rows_in_set[64] = {}, most = 0;
+  for (int64_t r = 0; r < MR; ++r) most = std::max(most, ++rows_in_set[r * lda / 16 % 64]);
+  return most > MR / 2;
+}
+
 template <class Kern>
 inline Blocks blocks_for(int64_t M, int64_t N, int64_t K) {
   constexpr int64_t NR = Kern::NR, side = 1024;
@@ -454,12 +466,12 @@ struct PackedGemm {
       if (in_place && ir < full) return ld = lda, A + (a.ic + ir) * lda + a.pc;
       return ld = a.kc, pa + (in_place ? 0 : ir * a.kc);
     };
-    const int64_t panels = (je - jc + NR - 1) / NR;
-    for (int64_t jr = jc, q = 0; jr < je; jr += NR, ++q) {
-      if (next.mc > 0) prefetch_a(next, q, panels);
+    const int64_t calls = (je - jc + NR - 1) / NR * ((a.mc + MR - 1) / MR);  // micro-kernel calls
+    for (int64_t jr = jc, q = 0; jr < je; jr += NR) {
       const int nr = static_cast<int>(std::min<int64_t>(NR, je - jr));
       const Epilogue ep{alpha, beta_p, bias_p ? bias_p + jr : nullptr};
       for (int64_t ir = 0; ir < a.mc; ir += MR) {
+        if (next.mc > 0) prefetch_a(next, q++, calls);
         const int mr = static_cast<int>(std::min<int64_t>(MR, a.mc - ir));
         int64_t ld = 0;
         const float* ap = panel(ir, ld);
@@ -474,8 +486,9 @@ struct PackedGemm {
     // A plain A is read in place when it is small enough to stay in cache, or when each A block
     // serves at most two B panels (nothing to spread the cost of a copy over). A large A streams
     // from memory; there a contiguous copy, hot in L2, serves the nc / NR passes of the jr loop
-    // better than strided source rows, which the B chunk pushes out of L2 between passes.
-    const bool in_place = !trans_a && (M * K <= kInPlaceA || blk.nc <= 2 * NR);
+    // better than strided source rows, which the B chunk pushes out of L2 between passes. Rows
+    // that fall in one cache set (rows_alias) are always packed.
+    const bool in_place = !trans_a && !rows_alias<MR>(lda) && (M * K <= kInPlaceA || blk.nc <= 2 * NR);
     float* pa = scratch<0>(round_up(blk.mc * blk.kc, 16));
     float* pb = scratch<1>(blk.kcs * round_up(blk.ncs, NR));
     for (int64_t jcs = n0; jcs < n1; jcs += blk.ncs) {
@@ -506,10 +519,11 @@ struct PackedGemm {
   // which keeps them in its own core's L2. Splitting M makes every column of threads pack all of
   // B; splitting N makes every row of threads read all of A (and pack it, when A is transposed).
   // The grid minimises that traffic, pn * M * K * w + pm * K * N, where a plain A, mostly read in
-  // place, weighs half (w = 1/2) of a transposed one (read and written, w = 1).
+  // place, weighs half (w = 1/2) of a packed one (read and written, w = 1).
   void run(int nt) const {
 #if defined(_OPENMP)
     if (nt > 1) {
+      const double w = trans_a || rows_alias<MR>(lda) ? 1.0 : 0.5;
       int pm = nt, pn = 1;
       double best = -1;
       for (int m = 1; m <= nt; ++m) {
@@ -517,7 +531,7 @@ struct PackedGemm {
         const int n = nt / m;
         if (m > 1 && M < m * MR) continue;
         if (n > 1 && N < n * NR) continue;
-        const double cost = (trans_a ? 1.0 : 0.5) * n * M * K + double(m) * K * N;
+        const double cost = w * n * M * K + double(m) * K * N;
         if (best < 0 || cost < best) best = cost, pm = m, pn = n;
       }
       const int64_t bm = round_up((M + pm - 1) / pm, MR), bn = round_up((N + pn - 1) / pn, NR);
