@@ -101,11 +101,12 @@ TEST_CASE("concat: gradcheck along channels, the last dim and a negative dim") {
 TEST_CASE("attention: optimised kernels match the scalar twin (float and double)") {
   // Shapes hit a partial last block of 128 query rows, N < one block, odd M and d = 1, 2, 5 (the
   // GEMM path); for float on AVX2 the fused kernel takes d = 8, 16, 24, 32, 64 (a multiple of 8):
-  // N not a multiple of its 6 rows, M not a multiple of its 16 keys, d with an 8-channel tail.
+  // N not a multiple of its 6 rows, M not a multiple of its 16 keys, d with an 8-channel tail; on
+  // AVX-512, d = 16, 32, 48, 64 take the zmm products (pairs of 16-key panels, a 16-channel tail).
   const std::vector<AttnShape> shapes = {{1, 300, 37, 20, 4}, {2, 13, 7, 10, 5},   {1, 129, 1, 3, 3},
                                          {1, 64, 64, 32, 2},  {3, 5, 9, 16, 1},    {1, 131, 37, 48, 2},
                                          {2, 200, 256, 64, 1}, {1, 7, 17, 8, 1},   {1, 1, 1, 8, 1},
-                                         {1, 130, 300, 96, 3}, {2, 257, 16, 160, 5}};
+                                         {1, 130, 300, 96, 3}, {2, 257, 16, 160, 5}, {1, 50, 60, 96, 2}};
   uint64_t seed = 100;
   for (const AttnShape& s : shapes) {
     INFO("B " << s.B << " N " << s.N << " M " << s.M << " C " << s.C << " heads " << s.heads);
@@ -147,6 +148,38 @@ TEST_CASE("attention: optimised kernels match the scalar twin (float and double)
     };
     run(float{});
     run(double{});
+    seed += 4;
+  }
+}
+
+TEST_CASE("attention: the AVX-512 products of the fused kernel equal the AVX2 ones bit for bit") {
+  if (detect_isa() < Isa::avx512) return;  // nothing to compare on this machine
+  // M: one partial 16-key panel, a full pair, pairs plus a full and a partial single panel; d: one
+  // 16-channel pass, one 32, 32 + 16.
+  const std::vector<AttnShape> shapes = {{1, 13, 9, 16, 1}, {1, 40, 32, 64, 2}, {2, 31, 60, 96, 2}, {1, 20, 300, 48, 1}};
+  uint64_t seed = 900;
+  for (const AttnShape& s : shapes) {
+    INFO("B " << s.B << " N " << s.N << " M " << s.M << " C " << s.C << " heads " << s.heads);
+    const Tensor<float> q = test::random_tensor<float>({s.B, s.N, s.C}, seed, -2, 2);
+    const Tensor<float> k = test::random_tensor<float>({s.B, s.M, s.C}, seed + 1, -2, 2);
+    const Tensor<float> v = test::random_tensor<float>({s.B, s.M, s.C}, seed + 2);
+    const Tensor<float> dy = test::random_tensor<float>({s.B, s.N, s.C}, seed + 3);
+    std::vector<Tensor<float>> got[2];
+    for (int wide = 0; wide < 2; ++wide) {
+      ScopedIsa scoped(wide ? Isa::avx512 : Isa::avx2);
+      Tensor<float> y = Tensor<float>::empty(q.shape()), y_tiled = Tensor<float>::empty(q.shape());
+      Tensor<float> p = Tensor<float>::empty({s.B, s.heads, s.N, s.M});
+      Tensor<float> dq = Tensor<float>::empty(q.shape()), dk = Tensor<float>::empty(k.shape()), dv = Tensor<float>::empty(v.shape());
+      kernels::attention_forward(y.data(), p.data(), q.data(), k.data(), v.data(), s.B, s.N, s.M, s.C, s.heads);
+      kernels::attention_forward(y_tiled.data(), static_cast<float*>(nullptr), q.data(), k.data(), v.data(), s.B, s.N, s.M,
+                                 s.C, s.heads);
+      // dq only: dk and dv are GEMMs, which block differently per ISA.
+      kernels::attention_backward(dq.data(), static_cast<float*>(nullptr), static_cast<float*>(nullptr), dy.data(), q.data(),
+                                  k.data(), v.data(), p.data(), s.B, s.N, s.M, s.C, s.heads);
+      got[wide] = {y, y_tiled, p, dq};
+    }
+    const char* names[] = {"forward", "forward, no probs", "probs", "dq"};
+    for (int t = 0; t < 4; ++t) test::compare(names[t], got[1][t], got[0][t], 0);
     seed += 4;
   }
 }

@@ -9,7 +9,9 @@
 // Guarantees:
 //  - Forward, float on AVX2 / AVX-512 machines with d a multiple of 8 (SegFormer: d = 32 or 64): one
 //    fused kernel per 6 query rows (attention_detail below) computes the scores, their softmax and
-//    P v_h with the 6 x M score rows in L1; only k_h is repacked (transposed, once per call).
+//    P v_h with the 6 x M score rows in L1; only k_h is repacked (transposed, once per call). Its
+//    products use AVX-512 when the machine has it and d is a multiple of 16, with results equal
+//    bit for bit to the AVX2 ones (the same products summed in the same order per lane).
 //  - Otherwise (double, other d, no AVX2) two GEMMs and a row softmax per block of kAttentionBlock
 //    query rows; they read the head slices in place (row stride C).
 //  - Work is split over (batch, head, block of kAttentionBlock query rows), handed out to the
@@ -47,8 +49,9 @@ inline constexpr int64_t kAttentionBlock = 128;
 #if defined(__x86_64__)
 namespace attention_detail {
 
-// The fused float kernel (AVX2 + FMA; AVX-512 machines run it too). Per block of kRows query rows of
-// one head, everything stays in L1: the kRows x M score rows, their softmax, and P v_h.
+// The fused float kernel (AVX2 + FMA; on AVX-512 machines its two products run on zmm when d is a
+// multiple of 16). Per block of kRows query rows of one head, everything stays in L1: the kRows x M
+// score rows, their softmax, and P v_h.
 //   scores:  S = q_rows k_hᵀ / sqrt(d), a 6 x 16 register tile per 16 keys, from kt (k_h transposed
 //            and packed once per call, so the tile loads 16 keys of one channel at a time);
 //   softmax: row max, then exp(S - max) and its sum in one pass, in place;
@@ -144,6 +147,93 @@ SEGML_AVX2_FN void weighted_values_avx2(float* const o[kRows], const float* cons
   }
 }
 
+// The AVX-512 twins of scores_avx2 and weighted_values_avx2, for d a multiple of 16. Each zmm holds
+// what two ymm did (16 keys of one panel, or 16 channels), and every lane sums the same products
+// in the same order, so their results equal the AVX2 kernels' bit for bit.
+// scores: two kKeys panels side by side per step, a 6 x 32 tile in 12 zmm accumulators; a last odd
+// or partial panel on its own (6 x 16).
+SEGML_AVX512_FN void scores_avx512(float* const s[kRows], const float* const q[kRows], const float* kt, int64_t M,
+                                   int64_t d, float scale) {
+  const __m512 vscale = _mm512_set1_ps(scale);
+  int64_t m0 = 0;
+  for (; m0 + 2 * kKeys <= M; m0 += 2 * kKeys, kt += 2 * kKeys * d) {
+    const float* kt_next = kt + kKeys * d;
+    __m512 acc[kRows][2];
+#pragma GCC unroll 6
+    for (int i = 0; i < kRows; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+    for (int64_t c = 0; c < d; ++c) {
+      const __m512 b0 = _mm512_loadu_ps(kt + c * kKeys), b1 = _mm512_loadu_ps(kt_next + c * kKeys);
+#pragma GCC unroll 6
+      for (int i = 0; i < kRows; ++i) {
+        const __m512 a = _mm512_set1_ps(q[i][c]);
+        acc[i][0] = _mm512_fmadd_ps(a, b0, acc[i][0]);
+        acc[i][1] = _mm512_fmadd_ps(a, b1, acc[i][1]);
+      }
+    }
+#pragma GCC unroll 6
+    for (int i = 0; i < kRows; ++i) {
+      _mm512_storeu_ps(s[i] + m0, _mm512_mul_ps(acc[i][0], vscale));
+      _mm512_storeu_ps(s[i] + m0 + kKeys, _mm512_mul_ps(acc[i][1], vscale));
+    }
+  }
+  for (; m0 < M; m0 += kKeys, kt += kKeys * d) {
+    __m512 acc[kRows];
+#pragma GCC unroll 6
+    for (int i = 0; i < kRows; ++i) acc[i] = _mm512_setzero_ps();
+    for (int64_t c = 0; c < d; ++c) {
+      const __m512 b = _mm512_loadu_ps(kt + c * kKeys);
+#pragma GCC unroll 6
+      for (int i = 0; i < kRows; ++i) acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(q[i][c]), b, acc[i]);
+    }
+    const __mmask16 keys = M - m0 >= kKeys ? __mmask16(0xFFFF) : __mmask16((1u << (M - m0)) - 1);  // only keys < M exist in s
+#pragma GCC unroll 6
+    for (int i = 0; i < kRows; ++i) _mm512_mask_storeu_ps(s[i] + m0, keys, _mm512_mul_ps(acc[i], vscale));
+  }
+}
+
+// weighted values: NV vectors of 16 channels per pass (2, and 1 for a last 16).
+template <int NV>
+SEGML_AVX512_FN void weighted_values_pass_avx512(float* const o[kRows], const float* const p[kRows],
+                                                 const float inv[kRows], const float* v, int64_t M, int64_t C) {
+  __m512 acc[kRows][NV];
+#pragma GCC unroll 6
+  for (int i = 0; i < kRows; ++i)
+#pragma GCC unroll 2
+    for (int u = 0; u < NV; ++u) acc[i][u] = _mm512_setzero_ps();
+  for (int64_t m = 0; m < M; ++m, v += C) {
+    __m512 b[NV];
+#pragma GCC unroll 2
+    for (int u = 0; u < NV; ++u) b[u] = _mm512_loadu_ps(v + 16 * u);
+#pragma GCC unroll 6
+    for (int i = 0; i < kRows; ++i) {
+      const __m512 a = _mm512_set1_ps(p[i][m]);
+#pragma GCC unroll 2
+      for (int u = 0; u < NV; ++u) acc[i][u] = _mm512_fmadd_ps(a, b[u], acc[i][u]);
+    }
+  }
+#pragma GCC unroll 6
+  for (int i = 0; i < kRows; ++i)
+#pragma GCC unroll 2
+    for (int u = 0; u < NV; ++u) _mm512_storeu_ps(o[i] + 16 * u, _mm512_mul_ps(acc[i][u], _mm512_set1_ps(inv[i])));
+}
+
+SEGML_AVX512_FN void weighted_values_avx512(float* const o[kRows], const float* const p[kRows], const float inv[kRows],
+                                            const float* v, int64_t M, int64_t C, int64_t d) {
+  float* oc[kRows];
+  int64_t c = 0;
+  for (; c + 32 <= d; c += 32) {
+    for (int i = 0; i < kRows; ++i) oc[i] = o[i] + c;
+    weighted_values_pass_avx512<2>(oc, p, inv, v + c, M, C);
+  }
+  if (c < d) {
+    for (int i = 0; i < kRows; ++i) oc[i] = o[i] + c;
+    weighted_values_pass_avx512<1>(oc, p, inv, v + c, M, C);
+  }
+}
+
+// The products of the fused kernels on AVX-512 machines when d is a multiple of 16, else AVX2.
+inline bool wide_products(int64_t d) { return isa() >= Isa::avx512 && d % 16 == 0; }
+
 // Rows (1..kRows) -> kRows row pointers, rows past the end repeating the last real row.
 template <class P>
 inline void row_pointers(P* out[kRows], P* first, int64_t stride, int rows) {
@@ -153,7 +243,8 @@ inline void row_pointers(P* out[kRows], P* first, int64_t stride, int rows) {
 // One block of rows (1..kRows) of one head: q_rows (rows, d) stride C, out rows stride C, s rows
 // (rows, M) stride lds (the kept probabilities, or scratch); normalize: write P itself into s.
 SEGML_AVX2_FN void attention_rows_avx2(float* out, float* s, int64_t lds, const float* q, const float* kt, const float* vh,
-                                       int rows, int64_t M, int64_t C, int64_t d, float scale, bool normalize) {
+                                       int rows, int64_t M, int64_t C, int64_t d, float scale, bool normalize,
+                                       bool wide) {
   const float* qi[kRows];
   float* si[kRows];
   float* oi[kRows];
@@ -161,7 +252,7 @@ SEGML_AVX2_FN void attention_rows_avx2(float* out, float* s, int64_t lds, const 
   row_pointers(qi, q, C, rows);
   row_pointers(si, s, lds, rows);
   row_pointers(oi, out, C, rows);
-  scores_avx2(si, qi, kt, M, d, scale);
+  wide ? scores_avx512(si, qi, kt, M, d, scale) : scores_avx2(si, qi, kt, M, d, scale);
   for (int i = 0; i < rows; ++i) {
     const float mx = detail::row_max_avx2(si[i], M);
     inv[i] = 1.f / detail::row_exp_sum_avx2(si[i], si[i], mx, M);
@@ -171,7 +262,7 @@ SEGML_AVX2_FN void attention_rows_avx2(float* out, float* s, int64_t lds, const 
     }
   }
   for (int i = rows; i < kRows; ++i) inv[i] = inv[rows - 1];
-  weighted_values_avx2(oi, si, inv, vh, M, C, d);
+  wide ? weighted_values_avx512(oi, si, inv, vh, M, C, d) : weighted_values_avx2(oi, si, inv, vh, M, C, d);
 }
 
 // Phase 1 of the backward for rows (1..kRows) of one head: ds rows (stride M) = the softmax
@@ -179,18 +270,18 @@ SEGML_AVX2_FN void attention_rows_avx2(float* out, float* s, int64_t lds, const 
 // is non-null, dq rows = scale * dS k_h. vt: v_h packed like pack_keys.
 SEGML_AVX2_FN void attention_backward_rows_avx2(float* dq, float* ds, const float* p, const float* dout, const float* vt,
                                                 const float* kh, int rows, int64_t M, int64_t C, int64_t d,
-                                                float scale) {
+                                                float scale, bool wide) {
   const float *doi[kRows], *pi[kRows];
   float *si[kRows], *dqi[kRows];
   row_pointers(doi, dout, C, rows);
   row_pointers(pi, p, M, rows);
   row_pointers(si, ds, M, rows);
-  scores_avx2(si, doi, vt, M, d, 1.f);
+  wide ? scores_avx512(si, doi, vt, M, d, 1.f) : scores_avx2(si, doi, vt, M, d, 1.f);
   for (int i = 0; i < rows; ++i) detail::softmax_backward_avx2(si[i], pi[i], si[i], 1, M);
   if (!dq) return;
   const float scales[kRows] = {scale, scale, scale, scale, scale, scale};
   row_pointers(dqi, dq, C, rows);
-  weighted_values_avx2(dqi, si, scales, kh, M, C, d);
+  wide ? weighted_values_avx512(dqi, si, scales, kh, M, C, d) : weighted_values_avx2(dqi, si, scales, kh, M, C, d);
 }
 
 // x_h (M, d) of every (batch, head) transposed into pack_keys panels, once per call, in the calling
@@ -231,13 +322,14 @@ inline void attention_forward_fused(float* out, float* probs, const float* q, co
   const float scale = 1.f / std::sqrt(static_cast<float>(d));
   int64_t kt_size = 0;
   const float* kt_all = pack_all_heads(0, k, B, M, C, heads, kt_size);  // k_h transposed, once
+  const bool wide = wide_products(d);
   for_each_row_block(B, heads, N, [&](int64_t bh, int64_t b, int64_t h, int64_t n, int rows) {
     // The score rows when P is not kept: per thread, grow-only, kept across calls (threads persist).
     thread_local std::vector<float> scratch;
     if (!probs && scratch.size() < static_cast<size_t>(kRows * M)) scratch.resize(static_cast<size_t>(kRows * M));
     float* s = probs ? probs + (bh * N + n) * M : scratch.data();
     attention_rows_avx2(out + (b * N + n) * C + h * d, s, M, q + (b * N + n) * C + h * d, kt_all + bh * kt_size,
-                        v + b * M * C + h * d, rows, M, C, d, scale, probs != nullptr);
+                        v + b * M * C + h * d, rows, M, C, d, scale, probs != nullptr, wide);
   });
 }
 
@@ -250,10 +342,11 @@ inline void attention_backward_fused_phase1(float* dq, float* ds, const float* d
   const float scale = 1.f / std::sqrt(static_cast<float>(d));
   int64_t vt_size = 0;
   const float* vt_all = pack_all_heads(1, v, B, M, C, heads, vt_size);  // v_h transposed, once
+  const bool wide = wide_products(d);
   for_each_row_block(B, heads, N, [&](int64_t bh, int64_t b, int64_t h, int64_t n, int rows) {
     attention_backward_rows_avx2(dq ? dq + (b * N + n) * C + h * d : nullptr, ds + (bh * N + n) * M,
                                  probs + (bh * N + n) * M, dout + (b * N + n) * C + h * d, vt_all + bh * vt_size,
-                                 k + b * M * C + h * d, rows, M, C, d, scale);
+                                 k + b * M * C + h * d, rows, M, C, d, scale, wide);
   });
 }
 
