@@ -245,9 +245,10 @@ struct Avx2Kernel {
   static constexpr int MR = 6, NR = 16, W = 8;
   static constexpr int64_t MC = 96, KC = 384, NC = 512;  // A block 144 KB + C tile 192 KB in L2, B panel 24 KB in L1
 
-  template <bool kRowPanel, int R = MR>
+  template <bool kRowPanel, int R = MR, bool kCopy = false>
   __attribute__((target("avx2,fma"))) static void run(int64_t kc, const float* a, int64_t lda, const float* b,
-                                                      float* c, int64_t ldc, int mr, int nr, const Epilogue& ep) {
+                                                      float* c, int64_t ldc, int mr, int nr, const Epilogue& ep,
+                                                      float* a_copy) {
     __m256 acc[R][NR / W];
 #pragma GCC unroll 16
     for (int i = 0; i < R; ++i)
@@ -259,6 +260,14 @@ struct Avx2Kernel {
     }
     const int64_t step_i = kRowPanel ? lda : 1, step_k = kRowPanel ? 1 : MR;
     for (int64_t k = 0; k < kc; ++k, a += step_k, b += NR) {
+      if constexpr (kCopy)  // the panel's next W columns, row-major (row stride kc), while they are in L1
+        if (k % W == 0)
+          for (int i = 0; i < R; ++i) {
+            if (k + W <= kc)
+              _mm256_storeu_ps(a_copy + i * kc + k, _mm256_loadu_ps(a + i * lda));
+            else
+              for (int64_t j = 0; j < kc - k; ++j) a_copy[i * kc + k + j] = a[i * lda + j];
+          }
       __m256 bv[NR / W];
 #pragma GCC unroll 4
       for (int v = 0; v < NR / W; ++v) bv[v] = _mm256_load_ps(b + v * W);
@@ -297,11 +306,12 @@ struct Avx512Kernel {
   static constexpr int MR = 12, NR = 32, W = 16;
   static constexpr int64_t MC = 96, KC = 384, NC = 1024;  // A block 144 KB + C tile 384 KB in L2, B panel 48 KB
 
-  template <bool kRowPanel, int R = MR>
+  template <bool kRowPanel, int R = MR, bool kCopy = false>
   __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl"))) static void run(int64_t kc, const float* a,
                                                                                 int64_t lda, const float* b,
                                                                                 float* c, int64_t ldc, int mr,
-                                                                                int nr, const Epilogue& ep) {
+                                                                                int nr, const Epilogue& ep,
+                                                                                float* a_copy) {
     __m512 acc[R][NR / W];
 #pragma GCC unroll 16
     for (int i = 0; i < R; ++i)
@@ -313,6 +323,12 @@ struct Avx512Kernel {
     }
     const int64_t step_i = kRowPanel ? lda : 1, step_k = kRowPanel ? 1 : MR;
     for (int64_t k = 0; k < kc; ++k, a += step_k, b += NR) {
+      if constexpr (kCopy)  // the panel's next W columns, row-major (row stride kc), while they are in L1
+        if (k % W == 0) {
+          const __mmask16 cols = kc - k >= W ? __mmask16(0xFFFF) : __mmask16((1u << (kc - k)) - 1);
+#pragma GCC unroll 16
+          for (int i = 0; i < R; ++i) _mm512_mask_storeu_ps(a_copy + i * kc + k, cols, _mm512_maskz_loadu_ps(cols, a + i * lda));
+        }
       __m512 bv[NR / W];
 #pragma GCC unroll 4
       for (int v = 0; v < NR / W; ++v) bv[v] = _mm512_load_ps(b + v * W);
@@ -441,10 +457,11 @@ struct PackedGemm {
   }
 
   // Columns [jc, je) of C times A block a, with the packed B panels of its K block at pb; prefetches
-  // the A block `next` (if next.mc > 0) meanwhile. The A block is packed at pa (k-major panels for a
-  // transposed A, row-major for a plain one) or, with in_place (plain A only), read in place, its
-  // MR-row panels being the source rows themselves (row stride lda), except a last panel of fewer
-  // than MR rows, which is packed (zero-padded) at pa.
+  // the A block `next` (if next.mc > 0) meanwhile. A transposed A is packed at pa (k-major panels).
+  // A plain A is read in place, its MR-row panels being the source rows themselves (row stride
+  // lda), except a last panel of fewer than MR rows, which is packed (zero-padded) at pa. Unless
+  // in_place, the first B panel's micro-kernel calls also copy each panel they read to pa
+  // (row-major, row stride kc), and the other B panels read that copy.
   void block(const ABlock& a, const ABlock& next, int64_t jc, int64_t je, const float* pb, float* pa,
              bool in_place) const {
     // A last panel of mr < MR rows runs the micro-kernel of the next multiple of MR / 3 rows.
@@ -454,18 +471,15 @@ struct PackedGemm {
                                           &Kern::template run<false>},
                                          {&Kern::template run<true, R1>, &Kern::template run<true, R2>,
                                           &Kern::template run<true>}};
+    static constexpr Fn copying_kernel = &Kern::template run<true, MR, true>;
     const Fn* kernel = kernels[trans_a ? 0 : 1];
     const float beta_p = a.pc == 0 ? beta : 1.f;  // the first K block applies beta and the bias
     const float* bias_p = a.pc == 0 ? bias : nullptr;
-    const int64_t full = a.mc / MR * MR;  // rows in full panels
-    if (!in_place)
-      pack_a<MR>(trans_a, A, lda, a.ic, a.pc, a.mc, a.kc, pa);
+    const int64_t full = trans_a ? 0 : a.mc / MR * MR;  // rows in full panels of a plain A
+    if (trans_a)
+      pack_a<MR>(true, A, lda, a.ic, a.pc, a.mc, a.kc, pa);
     else if (full < a.mc)
-      pack_a<MR>(false, A, lda, a.ic + full, a.pc, a.mc - full, a.kc, pa);
-    const auto panel = [&](int64_t ir, int64_t& ld) -> const float* {
-      if (in_place && ir < full) return ld = lda, A + (a.ic + ir) * lda + a.pc;
-      return ld = a.kc, pa + (in_place ? 0 : ir * a.kc);
-    };
+      pack_a<MR>(false, A, lda, a.ic + full, a.pc, a.mc - full, a.kc, pa + (in_place ? 0 : full * a.kc));
     const int64_t calls = (je - jc + NR - 1) / NR * ((a.mc + MR - 1) / MR);  // micro-kernel calls
     for (int64_t jr = jc, q = 0; jr < je; jr += NR) {
       const int nr = static_cast<int>(std::min<int64_t>(NR, je - jr));
@@ -473,9 +487,15 @@ struct PackedGemm {
       for (int64_t ir = 0; ir < a.mc; ir += MR) {
         if (next.mc > 0) prefetch_a(next, q++, calls);
         const int mr = static_cast<int>(std::min<int64_t>(MR, a.mc - ir));
-        int64_t ld = 0;
-        const float* ap = panel(ir, ld);
-        kernel[(mr - 1) / R1](a.kc, ap, ld, pb + (jr - jc) * a.kc, C + (a.ic + ir) * ldc + jr, ldc, mr, nr, ep);
+        const float* bp = pb + (jr - jc) * a.kc;
+        float* cp = C + (a.ic + ir) * ldc + jr;
+        const float* source = A + (a.ic + ir) * lda + a.pc;  // a full panel of a plain A, in place
+        if (ir < full && in_place)
+          kernel[2](a.kc, source, lda, bp, cp, ldc, mr, nr, ep, nullptr);
+        else if (ir < full && jr == jc)
+          copying_kernel(a.kc, source, lda, bp, cp, ldc, mr, nr, ep, pa + ir * a.kc);
+        else
+          kernel[(mr - 1) / R1](a.kc, pa + (in_place ? 0 : ir * a.kc), a.kc, bp, cp, ldc, mr, nr, ep, nullptr);
       }
     }
   }
