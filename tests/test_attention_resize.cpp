@@ -169,7 +169,7 @@ TEST_CASE("attention: the AVX-512 products of the fused kernel equal the AVX2 on
       ScopedIsa scoped(wide ? Isa::avx512 : Isa::avx2);
       Tensor<float> y = Tensor<float>::empty(q.shape()), y_tiled = Tensor<float>::empty(q.shape());
       Tensor<float> p = Tensor<float>::empty({s.B, s.heads, s.N, s.M});
-      Tensor<float> dq = Tensor<float>::empty(q.shape()), dk = Tensor<float>::empty(k.shape()), dv = Tensor<float>::empty(v.shape());
+      Tensor<float> dq = Tensor<float>::empty(q.shape());
       kernels::attention_forward(y.data(), p.data(), q.data(), k.data(), v.data(), s.B, s.N, s.M, s.C, s.heads);
       kernels::attention_forward(y_tiled.data(), static_cast<float*>(nullptr), q.data(), k.data(), v.data(), s.B, s.N, s.M,
                                  s.C, s.heads);

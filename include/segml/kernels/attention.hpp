@@ -132,19 +132,28 @@ SEGML_AVX2_FN void weighted_values_pass_avx2(float* const o[kRows], const float*
     for (int u = 0; u < NV; ++u) _mm256_storeu_ps(o[i] + 8 * u, _mm256_mul_ps(acc[i][u], _mm256_set1_ps(inv[i])));
 }
 
-// weighted_values_pass_avx2 over all d channels (d a multiple of 8).
-SEGML_AVX2_FN void weighted_values_avx2(float* const o[kRows], const float* const p[kRows], const float inv[kRows],
-                                        const float* v, int64_t M, int64_t C, int64_t d) {
+// A weighted-values pass over the channels [c, c + NV * lanes) of o, p and v.
+using WeightedValuesPass = void (*)(float* const o[kRows], const float* const p[kRows], const float inv[kRows],
+                                    const float* v, int64_t M, int64_t C);
+
+// All d channels (d a multiple of `lanes`): passes of two vectors (pass2), then one (pass1) for a
+// last `lanes` channels.
+inline void weighted_values_in_passes(WeightedValuesPass pass2, WeightedValuesPass pass1, int64_t lanes,
+                                      float* const o[kRows], const float* const p[kRows], const float inv[kRows],
+                                      const float* v, int64_t M, int64_t C, int64_t d) {
   float* oc[kRows];
-  int64_t c = 0;
-  for (; c + 16 <= d; c += 16) {
+  for (int64_t c = 0; c < d;) {
+    const bool two = c + 2 * lanes <= d;
     for (int i = 0; i < kRows; ++i) oc[i] = o[i] + c;
-    weighted_values_pass_avx2<2>(oc, p, inv, v + c, M, C);
+    (two ? pass2 : pass1)(oc, p, inv, v + c, M, C);
+    c += two ? 2 * lanes : lanes;
   }
-  if (c < d) {
-    for (int i = 0; i < kRows; ++i) oc[i] = o[i] + c;
-    weighted_values_pass_avx2<1>(oc, p, inv, v + c, M, C);
-  }
+}
+
+// weighted_values_pass_avx2 over all d channels (d a multiple of 8).
+inline void weighted_values_avx2(float* const o[kRows], const float* const p[kRows], const float inv[kRows],
+                                 const float* v, int64_t M, int64_t C, int64_t d) {
+  weighted_values_in_passes(weighted_values_pass_avx2<2>, weighted_values_pass_avx2<1>, 8, o, p, inv, v, M, C, d);
 }
 
 // The AVX-512 twins of scores_avx2 and weighted_values_avx2, for d a multiple of 16. Each zmm holds
@@ -217,18 +226,11 @@ SEGML_AVX512_FN void weighted_values_pass_avx512(float* const o[kRows], const fl
     for (int u = 0; u < NV; ++u) _mm512_storeu_ps(o[i] + 16 * u, _mm512_mul_ps(acc[i][u], _mm512_set1_ps(inv[i])));
 }
 
-SEGML_AVX512_FN void weighted_values_avx512(float* const o[kRows], const float* const p[kRows], const float inv[kRows],
-                                            const float* v, int64_t M, int64_t C, int64_t d) {
-  float* oc[kRows];
-  int64_t c = 0;
-  for (; c + 32 <= d; c += 32) {
-    for (int i = 0; i < kRows; ++i) oc[i] = o[i] + c;
-    weighted_values_pass_avx512<2>(oc, p, inv, v + c, M, C);
-  }
-  if (c < d) {
-    for (int i = 0; i < kRows; ++i) oc[i] = o[i] + c;
-    weighted_values_pass_avx512<1>(oc, p, inv, v + c, M, C);
-  }
+// weighted_values_pass_avx512 over all d channels (d a multiple of 16).
+inline void weighted_values_avx512(float* const o[kRows], const float* const p[kRows], const float inv[kRows],
+                                   const float* v, int64_t M, int64_t C, int64_t d) {
+  weighted_values_in_passes(weighted_values_pass_avx512<2>, weighted_values_pass_avx512<1>, 16, o, p, inv, v, M, C,
+                            d);
 }
 
 // The products of the fused kernels on AVX-512 machines when d is a multiple of 16, else AVX2.

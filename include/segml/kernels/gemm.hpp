@@ -130,9 +130,9 @@ inline float* scratch(int64_t n) {
 // are zero), in whichever order is a plain copy of the source:
 //   trans_a (A stored K x M, contiguous in i): k-major, panel[k * MR + i]
 //   plain   (A stored M x K, contiguous in k): row-major, panel[i * kc + k]
-// The micro-kernel reads either (its kRowPanel parameter), so packing never transposes. A plain A
-// is mostly not packed at all: the micro-kernel reads its rows in place (see PackedGemm::serial),
-// and only a last panel of fewer than MR rows is packed, to pad it with zero rows.
+// The micro-kernel reads either (its kRowPanel parameter), so packing never transposes. Of a plain
+// A only a last panel of fewer than MR rows is packed here, to pad it with zero rows: its full
+// panels are read in place, or copied by the micro-kernel itself (see PackedGemm::block).
 template <int MR>
 inline void pack_a(bool trans_a, const float* A, int64_t lda, int64_t i0, int64_t k0, int64_t mc, int64_t kc,
                    float* dst) {
@@ -461,7 +461,8 @@ struct PackedGemm {
   // A plain A is read in place, its MR-row panels being the source rows themselves (row stride
   // lda), except a last panel of fewer than MR rows, which is packed (zero-padded) at pa. Unless
   // in_place, the first B panel's micro-kernel calls also copy each panel they read to pa
-  // (row-major, row stride kc), and the other B panels read that copy.
+  // (row-major, row stride kc), and the other B panels read that copy. Panel ir sits at
+  // pa + ir * kc either way.
   void block(const ABlock& a, const ABlock& next, int64_t jc, int64_t je, const float* pb, float* pa,
              bool in_place) const {
     // A last panel of mr < MR rows runs the micro-kernel of the next multiple of MR / 3 rows.
@@ -479,7 +480,7 @@ struct PackedGemm {
     if (trans_a)
       pack_a<MR>(true, A, lda, a.ic, a.pc, a.mc, a.kc, pa);
     else if (full < a.mc)
-      pack_a<MR>(false, A, lda, a.ic + full, a.pc, a.mc - full, a.kc, pa + (in_place ? 0 : full * a.kc));
+      pack_a<MR>(false, A, lda, a.ic + full, a.pc, a.mc - full, a.kc, pa + full * a.kc);
     const int64_t calls = (je - jc + NR - 1) / NR * ((a.mc + MR - 1) / MR);  // micro-kernel calls
     for (int64_t jr = jc, q = 0; jr < je; jr += NR) {
       const int nr = static_cast<int>(std::min<int64_t>(NR, je - jr));
@@ -495,7 +496,7 @@ struct PackedGemm {
         else if (ir < full && jr == jc)
           copying_kernel(a.kc, source, lda, bp, cp, ldc, mr, nr, ep, pa + ir * a.kc);
         else
-          kernel[(mr - 1) / R1](a.kc, pa + (in_place ? 0 : ir * a.kc), a.kc, bp, cp, ldc, mr, nr, ep, nullptr);
+          kernel[(mr - 1) / R1](a.kc, pa + ir * a.kc, a.kc, bp, cp, ldc, mr, nr, ep, nullptr);
       }
     }
   }
@@ -507,7 +508,7 @@ struct PackedGemm {
     // serves at most two B panels (nothing to spread the cost of a copy over). A large A streams
     // from memory; there a contiguous copy, hot in L2, serves the nc / NR passes of the jr loop
     // better than strided source rows, which the B chunk pushes out of L2 between passes. Rows
-    // that fall in one cache set (rows_alias) are always packed.
+    // that fall in one cache set (rows_alias) are always copied.
     const bool in_place = !trans_a && !rows_alias<MR>(lda) && (M * K <= kInPlaceA || blk.nc <= 2 * NR);
     float* pa = scratch<0>(round_up(blk.mc * blk.kc, 16));
     float* pb = scratch<1>(blk.kcs * round_up(blk.ncs, NR));
