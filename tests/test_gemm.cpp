@@ -22,6 +22,7 @@ using segml::Isa;
 using segml::kernels::gemm;
 using segml::kernels::gemm_batched;
 using segml::kernels::gemm_bias;
+using segml::kernels::gemm_bias_add;
 using segml::kernels::gemm_ref;
 
 namespace {
@@ -52,15 +53,15 @@ struct Case {
   int64_t pad;  // extra elements at the end of every row of A, B and C
 };
 
-// Runs gemm (or gemm_bias when use_bias) on one case and checks it against gemm_ref<double>.
-// Returns the max abs error (for reporting).
-double check_case(const Case& c, std::mt19937& rng, bool use_bias = false, bool bias_null = false) {
+// Runs gemm (or gemm_bias when use_bias, gemm_bias_add when also add) on one case and checks it
+// against gemm_ref<double>. Returns the max abs error (for reporting).
+double check_case(const Case& c, std::mt19937& rng, bool use_bias = false, bool bias_null = false, bool add = false) {
   const int64_t ra = c.ta ? c.K : c.M, ca = c.ta ? c.M : c.K;  // stored shape of A
   const int64_t rb = c.tb ? c.N : c.K, cb = c.tb ? c.K : c.N;  // stored shape of B
   const int64_t lda = ca + c.pad, ldb = cb + c.pad, ldc = c.N + c.pad;
   const auto A = random_vec(ra * lda, rng), B = random_vec(rb * ldb, rng);
   const auto bias = random_vec(c.N, rng);
-  const float alpha = use_bias ? 1.f : c.alpha, beta = use_bias ? 0.f : c.beta;
+  const float alpha = use_bias ? 1.f : c.alpha, beta = use_bias ? (add ? 1.f : 0.f) : c.beta;
   std::vector<float> C = random_vec(c.M * ldc, rng);
   if (beta == 0.f) std::fill(C.begin(), C.end(), std::numeric_limits<float>::quiet_NaN());
   for (int64_t i = 0; i < c.M; ++i)
@@ -74,7 +75,10 @@ double check_case(const Case& c, std::mt19937& rng, bool use_bias = false, bool 
     for (int64_t i = 0; i < c.M; ++i)
       for (int64_t j = 0; j < c.N; ++j) want[i * ldc + j] += bias[j];
 
-  if (use_bias)
+  if (use_bias && add)
+    gemm_bias_add<float>(c.ta, c.tb, c.M, c.N, c.K, A.data(), lda, B.data(), ldb, bias_null ? nullptr : bias.data(),
+                         C.data(), ldc);
+  else if (use_bias)
     gemm_bias<float>(c.ta, c.tb, c.M, c.N, c.K, A.data(), lda, B.data(), ldb, bias_null ? nullptr : bias.data(),
                      C.data(), ldc);
   else
@@ -97,6 +101,7 @@ double check_case(const Case& c, std::mt19937& rng, bool use_bias = false, bool 
     }
   INFO("isa=" << std::string(segml::isa_name(segml::isa())) << " ta=" << c.ta << " tb=" << c.tb << " M=" << c.M << " N=" << c.N
               << " K=" << c.K << " alpha=" << alpha << " beta=" << beta << " pad=" << c.pad << " bias=" << use_bias
+              << " add=" << add
               << " max abs diff " << worst << " tol " << tol);
   CHECK(ok);
   return worst;
@@ -217,6 +222,22 @@ TEST_CASE("gemm_bias: C = op(A) op(B) + bias on every ISA, bias once however man
         const Case c{t / 2 == 1, t % 2 == 1, s[0], s[1], s[2], 1, 0, t % 2 ? 2 : 0};
         check_case(c, rng, /*use_bias=*/true);
         check_case(c, rng, /*use_bias=*/true, /*bias_null=*/true);
+      }
+  }
+}
+
+// The residual form: the first K block's store reads C (beta = 1) and adds the bias in the same
+// epilogue, the one combination gemm and gemm_bias never reach.
+TEST_CASE("gemm_bias_add: C += op(A) op(B) + bias on every ISA, with and without a bias") {
+  std::mt19937 rng(12);
+  const int64_t shapes[][3] = {{1, 1, 1}, {7, 17, 5}, {13, 33, 129}, {65, 31, 300}, {200, 300, 150}, {24, 64, 1000}};
+  for (Isa isa : isas()) {
+    segml::ScopedIsa scoped(isa);
+    for (const auto& s : shapes)
+      for (int t = 0; t < 4; ++t) {
+        const Case c{t / 2 == 1, t % 2 == 1, s[0], s[1], s[2], 1, 1, t % 2 ? 2 : 0};
+        check_case(c, rng, /*use_bias=*/true, /*bias_null=*/false, /*add=*/true);
+        check_case(c, rng, /*use_bias=*/true, /*bias_null=*/true, /*add=*/true);
       }
   }
 }
