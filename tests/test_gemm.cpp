@@ -14,6 +14,7 @@
 
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -23,6 +24,7 @@ using segml::kernels::gemm;
 using segml::kernels::gemm_batched;
 using segml::kernels::gemm_bias;
 using segml::kernels::gemm_bias_add;
+using segml::kernels::PackedB;
 using segml::kernels::gemm_ref;
 
 namespace {
@@ -240,6 +242,55 @@ TEST_CASE("gemm_bias_add: C += op(A) op(B) + bias on every ISA, with and without
         check_case(c, rng, /*use_bias=*/true, /*bias_null=*/true, /*add=*/true);
       }
   }
+}
+
+// A weight packed once must give exactly the unpacked call's result: same kernel, same K blocks,
+// same sums in the same order. Also when packed under one ISA and run under another (the panels
+// are then unused and the source is read).
+TEST_CASE("PackedB: gemm_bias and gemm_bias_add with B packed in advance equal the unpacked calls bit for bit") {
+  std::mt19937 rng(13);
+  const int prev = segml::num_threads();
+  // (M, K, N): edges of MR and NR, several K blocks (K > KC) with a short last one, columns split
+  // over threads or chunks (panels that start past column 0 of a short K block).
+  const int64_t shapes[][3] = {{1, 1, 1},       {13, 33, 129},  {100, 1000, 40}, {200, 300, 1100},
+                               {257, 64, 256}, {64, 1000, 600}, {30, 700, 1100}};
+  for (Isa pack_isa : isas())
+    for (Isa run_isa : isas())
+      for (const auto& s : shapes)
+        for (bool tb : {false, true})
+          for (int threads : {1, 2}) {
+            const int64_t M = s[0], K = s[1], N = s[2], ldb = (tb ? K : N) + 3, lda = K + 1;
+            const auto A = random_vec(M * lda, rng), B = random_vec((tb ? N : K) * ldb, rng);
+            const auto bias = random_vec(N, rng), C0 = random_vec(M * N, rng);
+            std::optional<PackedB<float>> packed;
+            {
+              segml::ScopedIsa scoped(pack_isa);
+              packed.emplace(tb, K, N, B.data(), ldb);
+            }
+            segml::ScopedIsa scoped(run_isa);
+            segml::set_num_threads(threads);
+            std::vector<float> want(C0), got(C0), want_add(C0), got_add(C0);
+            gemm_bias<float>(false, tb, M, N, K, A.data(), lda, B.data(), ldb, bias.data(), want.data(), N);
+            gemm_bias<float>(M, A.data(), lda, *packed, bias.data(), got.data(), N);
+            gemm_bias_add<float>(false, tb, M, N, K, A.data(), lda, B.data(), ldb, nullptr, want_add.data(), N);
+            gemm_bias_add<float>(M, A.data(), lda, *packed, nullptr, got_add.data(), N);
+            INFO("packed for " << segml::isa_name(pack_isa) << ", run on " << segml::isa_name(run_isa) << " M=" << M
+                               << " K=" << K << " N=" << N << " trans_b=" << tb << " threads=" << threads);
+            CHECK(got == want);
+            CHECK(got_add == want_add);
+          }
+  segml::set_num_threads(prev);
+}
+
+TEST_CASE("PackedB: bad sizes throw naming the argument") {
+  const std::vector<float> B(12);
+  CHECK_THROWS_WITH_AS(PackedB<float>(false, 3, 4, B.data(), 2), doctest::Contains("ldb=2"), segml::Error);
+  CHECK_THROWS_WITH_AS(PackedB<float>(true, -1, 4, B.data(), 3), doctest::Contains("sizes must be >= 0"),
+                       segml::Error);
+  const PackedB<float> packed(false, 3, 4, B.data(), 4);
+  std::vector<float> A(6), C(8);
+  CHECK_THROWS_WITH_AS(gemm_bias<float>(2, A.data(), 2, packed, nullptr, C.data(), 4), doctest::Contains("lda=2"),
+                       segml::Error);
 }
 
 TEST_CASE("gemm_batched: each batch entry equals a single gemm, small (threads over batch) and large") {

@@ -10,6 +10,10 @@
 //       For float on AVX2/AVX-512 the bias is fused into the micro-kernel's store.
 //   gemm_bias_add(trans_a, trans_b, M, N, K, A, lda, B, ldb, bias, C, ldc)
 //       C += op(A) * op(B) + bias: a residual connection in the same store.
+//   PackedB<T> packed(trans_b, K, N, B, ldb)
+//   gemm_bias(M, A, lda, packed, bias, C, ldc), gemm_bias_add(M, A, lda, packed, bias, C, ldc)
+//       the same products with op(B) packed once in advance (a layer's weight at inference), for
+//       the kernel of the ISA active when it was packed; bit-identical to the unpacked calls.
 //   gemm_batched(batch, trans_a, trans_b, M, N, K, alpha, A, lda, stride_a, B, ldb, stride_b,
 //                beta, C, ldc, stride_c)
 //       batch independent gemm calls, matrix b at A + b*stride_a (same for B, C). When one GEMM is
@@ -450,6 +454,8 @@ struct PackedGemm {
   const float* bias;
   float* C;
   int64_t ldc;
+  // op(B) packed in advance for this kernel (packed_b_all's layout), or null: pack it here.
+  const float* prepacked = nullptr;
 
   // An A block: rows [ic, ic + mc) of op(A), K range [pc, pc + kc).
   struct ABlock {
@@ -525,17 +531,24 @@ struct PackedGemm {
     // that fall in one cache set (rows_alias) are always copied.
     const bool in_place = !trans_a && !rows_alias<MR>(lda) && (M * K <= kInPlaceA || blk.nc <= 2 * NR);
     float* pa = scratch<0>(round_up(blk.mc * blk.kc, 16));
-    float* pb = scratch<1>(blk.kcs * round_up(blk.ncs, NR));
+    float* pb = prepacked ? nullptr : scratch<1>(blk.kcs * round_up(blk.ncs, NR));
     for (int64_t jcs = n0; jcs < n1; jcs += blk.ncs) {
       const int64_t jce = std::min(n1, jcs + blk.ncs), kc_stride = round_up(jce - jcs, NR) * blk.kc;
       for (int64_t pcs = 0; pcs < K; pcs += blk.kcs) {
         const int64_t pce = std::min(K, pcs + blk.kcs);
-        const auto packed_b = [&](int64_t pc) { return pb + (pc - pcs) / blk.kc * kc_stride; };
+        // The panels of K block pc from column jcs on: packed here for this chunk, or in advance
+        // for all of op(B) (K block pc at pc * round_up(N, NR), panels of min(kc, K - pc) x NR).
+        const auto packed_b = [&](int64_t pc) -> const float* {
+          return prepacked ? prepacked + pc * round_up(N, NR) + jcs * std::min(blk.kc, K - pc)
+                           : pb + (pc - pcs) / blk.kc * kc_stride;
+        };
         const auto a_block = [&](int64_t ic, int64_t pc) {
           return ABlock{ic, std::min(blk.mc, m1 - ic), pc, std::min(blk.kc, K - pc)};
         };
-        for (int64_t pc = pcs; pc < pce; pc += blk.kc)
-          pack_b<NR>(trans_b, B, ldb, pc, jcs, std::min(blk.kc, K - pc), jce - jcs, packed_b(pc));
+        if (!prepacked)
+          for (int64_t pc = pcs; pc < pce; pc += blk.kc)
+            pack_b<NR>(trans_b, B, ldb, pc, jcs, std::min(blk.kc, K - pc), jce - jcs,
+                       pb + (pc - pcs) / blk.kc * kc_stride);
         for (int64_t ic = m0; ic < m1; ic += blk.mc)
           for (int64_t jc = jcs; jc < jce; jc += blk.nc)  // one C tile, all K blocks of the chunk
             for (int64_t pc = pcs; pc < pce; pc += blk.kc) {
@@ -553,12 +566,13 @@ struct PackedGemm {
   // Splits C into a pm x pn grid of rectangles, one per thread. Each thread packs its own panels,
   // which keeps them in its own core's L2. Splitting M makes every column of threads pack all of
   // B; splitting N makes every row of threads read all of A (and pack it, when A is transposed).
-  // The grid minimises that traffic, pn * M * K * w + pm * K * N, where a plain A, mostly read in
-  // place, weighs half (w = 1/2) of a packed one (read and written, w = 1).
+  // The grid minimises that traffic, pn * M * K * wa + pm * K * N * wb, where an operand that is
+  // only read (a plain A, mostly read in place; a B packed in advance) weighs half (1/2) of one
+  // that is packed here (read and written, 1).
   void run(int nt) const {
 #if defined(_OPENMP)
     if (nt > 1) {
-      const double w = trans_a || rows_alias<MR>(lda) ? 1.0 : 0.5;
+      const double wa = trans_a || rows_alias<MR>(lda) ? 1.0 : 0.5, wb = prepacked ? 0.5 : 1.0;
       int pm = nt, pn = 1;
       double best = -1;
       for (int m = 1; m <= nt; ++m) {
@@ -566,7 +580,7 @@ struct PackedGemm {
         const int n = nt / m;
         if (m > 1 && M < m * MR) continue;
         if (n > 1 && N < n * NR) continue;
-        const double cost = w * n * M * K + double(m) * K * N;
+        const double cost = wa * n * M * K + wb * m * K * N;
         if (best < 0 || cost < best) best = cost, pm = m, pn = n;
       }
       const int64_t bm = round_up((M + pm - 1) / pm, MR), bn = round_up((N + pn - 1) / pn, NR);
@@ -602,31 +616,54 @@ inline int gemm_threads(int64_t M, int64_t N, int64_t K) {
 template <class Kern>
 inline void gemm_packed(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
                         int64_t lda, const float* B, int64_t ldb, float beta, const float* bias, float* C,
-                        int64_t ldc) {
-  const PackedGemm<Kern> g{trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, bias, C, ldc};
+                        int64_t ldc, const float* prepacked) {
+  const PackedGemm<Kern> g{trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, bias, C, ldc, prepacked};
   g.run(gemm_threads(M, N, K));
+}
+
+// Floats of all of op(B) (K x N) packed for Kern: every K block, every NR-column panel.
+template <class Kern>
+inline int64_t packed_b_size(int64_t K, int64_t N) {
+  return K * round_up(N, Kern::NR);
+}
+
+// Packs all of op(B) the way PackedGemm::serial packs a chunk, for every chunk at once: K block pc
+// (of kc = blocks_for's, which depends on K only) at dst + pc * round_up(N, NR), its NR-column
+// panels of min(kc, K - pc) x NR values one after another.
+template <class Kern>
+inline void packed_b_all(bool trans_b, const float* B, int64_t ldb, int64_t K, int64_t N, float* dst) {
+  const int64_t kc = blocks_for<Kern>(Kern::MR, N, K).kc;
+  for (int64_t pc = 0; pc < K; pc += kc)
+    pack_b<Kern::NR>(trans_b, B, ldb, pc, 0, std::min(kc, K - pc), N, dst + pc * round_up(N, Kern::NR));
 }
 
 #endif  // __x86_64__
 
 // The one dispatch point: checks arguments, handles the degenerate cases, picks the path.
+// prepacked: op(B) packed in advance (packed_b_all) for the kernel of ISA prepacked_isa, or null.
 template <class T>
 inline void gemm_dispatch(const char* fn, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha,
                           const T* A, int64_t lda, const T* B, int64_t ldb, T beta, const T* bias, T* C,
-                          int64_t ldc) {
+                          int64_t ldc, const float* prepacked = nullptr, Isa prepacked_isa = Isa::scalar) {
   check_args(fn, trans_a, trans_b, M, N, K, lda, ldb, ldc);
   if (M == 0 || N == 0) return;
   if (K == 0 || alpha == T(0)) return scale_c(M, N, beta, bias, C, ldc);
 #if defined(__x86_64__)
   if constexpr (std::is_same_v<T, float>) {
-    switch (isa()) {
+    const Isa path = isa();
+    const float* panels = prepacked_isa == path ? prepacked : nullptr;  // packed for another kernel: unused
+    switch (path) {
       case Isa::avx512:
-        return gemm_packed<Avx512Kernel>(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, bias, C, ldc);
+        return gemm_packed<Avx512Kernel>(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, bias, C, ldc,
+                                         panels);
       case Isa::avx2:
-        return gemm_packed<Avx2Kernel>(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, bias, C, ldc);
+        return gemm_packed<Avx2Kernel>(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, bias, C, ldc,
+                                       panels);
       default: break;
     }
   }
+#else
+  (void)prepacked, (void)prepacked_isa;
 #endif
   eigen_gemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, bias, C, ldc);
 }
@@ -653,6 +690,70 @@ template <class T>
 inline void gemm_bias_add(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
                           const T* B, int64_t ldb, const T* bias, T* C, int64_t ldc) {
   gemm_detail::gemm_dispatch<T>("gemm_bias_add", trans_a, trans_b, M, N, K, T(1), A, lda, B, ldb, T(1), bias, C, ldc);
+}
+
+// op(B) (K x N) packed once for many products C = A * op(B) (+ bias): a layer's weight at
+// inference. Packing inside every call costs 3-7 % of a product, more when the rows of A arrive
+// in chunks that each repack the same weight. The panels are those of the kernel of the ISA active
+// at construction; a call under another ISA (a ScopedIsa), for double or off x86 runs the usual
+// path on the source, which therefore must outlive this object unchanged (it is not copied).
+// Copies share the panels.
+template <class T>
+class PackedB {
+ public:
+  PackedB() = default;
+  PackedB(bool trans_b, int64_t K, int64_t N, const T* B, int64_t ldb)
+      : trans_b_(trans_b), K_(K), N_(N), ldb_(ldb), source_(B) {
+    gemm_detail::check_args("PackedB", false, trans_b, 1, N, K, K, ldb, N);
+#if defined(__x86_64__)
+    if constexpr (std::is_same_v<T, float>) {
+      if (K == 0 || N == 0) return;
+      if (isa() == Isa::avx512) pack<gemm_detail::Avx512Kernel>(Isa::avx512);
+      else if (isa() == Isa::avx2) pack<gemm_detail::Avx2Kernel>(Isa::avx2);
+    }
+#endif
+  }
+
+  bool trans_b() const { return trans_b_; }
+  int64_t K() const { return K_; }
+  int64_t N() const { return N_; }
+  const T* source() const { return source_; }
+  int64_t ldb() const { return ldb_; }
+  const float* panels() const { return panels_.get(); }  // null when not packed
+  Isa packed_for() const { return isa_; }                  // the ISA whose kernel the panels fit
+
+ private:
+#if defined(__x86_64__)
+  template <class Kern>
+  void pack(Isa for_isa) {
+    const int64_t n = gemm_detail::packed_b_size<Kern>(K_, N_);
+    float* p = static_cast<float*>(::operator new(static_cast<size_t>(n) * sizeof(float), std::align_val_t{64}));
+    panels_.reset(p, [](float* q) { ::operator delete(q, std::align_val_t{64}); });
+    gemm_detail::packed_b_all<Kern>(trans_b_, source_, ldb_, K_, N_, p);
+    isa_ = for_isa;
+  }
+#endif
+
+  bool trans_b_ = false;
+  int64_t K_ = 0, N_ = 0, ldb_ = 0;
+  const T* source_ = nullptr;
+  std::shared_ptr<float> panels_;
+  Isa isa_ = Isa::scalar;
+};
+
+// C = A * op(B) + bias with B packed in advance (A (M x K), not transposed; bias may be null).
+template <class T>
+inline void gemm_bias(int64_t M, const T* A, int64_t lda, const PackedB<T>& B, const T* bias, T* C, int64_t ldc) {
+  gemm_detail::gemm_dispatch<T>("gemm_bias (packed B)", false, B.trans_b(), M, B.N(), B.K(), T(1), A, lda,
+                                B.source(), B.ldb(), T(0), bias, C, ldc, B.panels(), B.packed_for());
+}
+
+// C += A * op(B) + bias with B packed in advance.
+template <class T>
+inline void gemm_bias_add(int64_t M, const T* A, int64_t lda, const PackedB<T>& B, const T* bias, T* C,
+                          int64_t ldc) {
+  gemm_detail::gemm_dispatch<T>("gemm_bias_add (packed B)", false, B.trans_b(), M, B.N(), B.K(), T(1), A, lda,
+                                B.source(), B.ldb(), T(1), bias, C, ldc, B.panels(), B.packed_for());
 }
 
 // For b in [0, batch): gemm on A + b*stride_a, B + b*stride_b, C + b*stride_c.

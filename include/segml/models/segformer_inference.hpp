@@ -125,6 +125,10 @@ class SegformerInference {
  private:
   struct Affine {  // y = x Wᵀ + b, W (out, in) in the row order its input is laid out in
     Tensor<T> weight, bias;
+    kernels::PackedB<T> packed;  // Wᵀ packed once for the GEMM kernel (it reads weight's storage)
+    Affine() = default;
+    Affine(Tensor<T> w, Tensor<T> b)
+        : weight(std::move(w)), bias(std::move(b)), packed(true, in(), out(), weight.data(), in()) {}
     int64_t out() const { return weight.size(0); }
     int64_t in() const { return weight.size(1); }
   };
@@ -258,11 +262,10 @@ class SegformerInference {
     kernels::layernorm_forward(y, ws_.mean, ws_.rstd, x, n.weight.data(), n.bias.data(), rows, n.weight.numel(), n.eps);
   }
   static void linear(T* y, const T* x, const Affine& a, int64_t rows) {
-    kernels::gemm_bias(false, true, rows, a.out(), a.in(), x, a.in(), a.weight.data(), a.in(), a.bias.data(), y, a.out());
+    kernels::gemm_bias(rows, x, a.in(), a.packed, a.bias.data(), y, a.out());
   }
   static void linear_add(T* y, const T* x, const Affine& a, int64_t rows) {  // y += x Wᵀ + b
-    kernels::gemm_bias_add(false, true, rows, a.out(), a.in(), x, a.in(), a.weight.data(), a.in(), a.bias.data(), y,
-                           a.out());
+    kernels::gemm_bias_add(rows, x, a.in(), a.packed, a.bias.data(), y, a.out());
   }
 
   // logits (L, h1, w1) of one image, pixels (C, H, W).
@@ -310,8 +313,7 @@ class SegformerInference {
         if (block.size() < static_cast<size_t>(pixels * D)) block.resize(static_cast<size_t>(pixels * D));
         T* fused = block.data();
         // fused = A_1 x_1 + b + Σ_s up(A_s x_s), then the ReLU.
-        kernels::gemm_bias(false, true, pixels, D, C1, ws_.stage1 + p0 * C1, C1, stages_[0].head.weight.data(), C1,
-                           head_bias_.data(), fused, D);
+        kernels::gemm_bias(pixels, ws_.stage1 + p0 * C1, C1, stages_[0].head.packed, head_bias_.data(), fused, D);
         const T* z = ws_.z;
         for (size_t s = 1; s < stages_.size(); ++s) {
           const StageShape& sh = shapes_[s];
