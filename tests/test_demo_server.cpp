@@ -406,6 +406,8 @@ TEST_CASE("demo: hundreds of random and corrupt payloads, sent concurrently with
           problem = "valid image refused: " + r->body;
         else if (kind == "random" && r->status != 400)
           problem = "random bytes answered with " + std::to_string(r->status);
+        else if (kind == "header" && r->status == 200)
+          problem = "a bare PNG header answered with 200";
         (r->status == 200 ? ok : r->status == 503 ? busy : rejected)++;
       }
       if (!problem.empty()) {
@@ -422,7 +424,9 @@ TEST_CASE("demo: hundreds of random and corrupt payloads, sent concurrently with
   for (const auto& p : problems) MESSAGE(p);
   CHECK(unexpected == 0);
   CHECK(ok > 0);
-  CHECK(rejected >= 128);  // at least every random payload and fake header
+  // At least every random payload (each checked above to get 400). A fake header is refused with
+  // 400 or 413 when it reaches the decoder, but may meet a full queue first (503).
+  CHECK(rejected >= 64);
 
   // Afterwards the server answers as before, with the same result.
   auto cli = ts.client();

@@ -246,7 +246,7 @@ TEST_CASE("gemm_bias_add: C += op(A) op(B) + bias on every ISA, with and without
 
 // A weight packed once must give exactly the unpacked call's result: same kernel, same K blocks,
 // same sums in the same order. Also when packed under one ISA and run under another (the panels
-// are then unused and the source is read).
+// are then unpacked into a copy of the source), and after the source is gone.
 TEST_CASE("PackedB: gemm_bias and gemm_bias_add with B packed in advance equal the unpacked calls bit for bit") {
   std::mt19937 rng(13);
   const int prev = segml::num_threads();
@@ -265,8 +265,14 @@ TEST_CASE("PackedB: gemm_bias and gemm_bias_add with B packed in advance equal t
             std::optional<PackedB<float>> packed;
             {
               segml::ScopedIsa scoped(pack_isa);
-              packed.emplace(tb, K, N, B.data(), ldb);
+              std::vector<float> source(B);  // PackedB owns its data: the source may go away
+              packed.emplace(tb, K, N, source.data(), ldb);
+              std::fill(source.begin(), source.end(), std::numeric_limits<float>::quiet_NaN());
             }
+            std::vector<float> stored;  // B as unpacked() returns it: contiguous, in B's own layout
+            for (int64_t r = 0; r < (tb ? N : K); ++r)
+              stored.insert(stored.end(), B.begin() + r * ldb, B.begin() + r * ldb + (tb ? K : N));
+            CHECK(packed->unpacked() == stored);
             segml::ScopedIsa scoped(run_isa);
             segml::set_num_threads(threads);
             std::vector<float> want(C0), got(C0), want_add(C0), got_add(C0);

@@ -14,6 +14,7 @@
 //   gemm_bias(M, A, lda, packed, bias, C, ldc), gemm_bias_add(M, A, lda, packed, bias, C, ldc)
 //       the same products with op(B) packed once in advance (a layer's weight at inference), for
 //       the kernel of the ISA active when it was packed; bit-identical to the unpacked calls.
+//       PackedB owns its data: the source need not outlive it.
 //   gemm_batched(batch, trans_a, trans_b, M, N, K, alpha, A, lda, stride_a, B, ldb, stride_b,
 //                beta, C, ldc, stride_c)
 //       batch independent gemm calls, matrix b at A + b*stride_a (same for B, C). When one GEMM is
@@ -40,6 +41,7 @@
 #include <memory>
 #include <new>
 #include <type_traits>
+#include <vector>
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -695,65 +697,108 @@ inline void gemm_bias_add(bool trans_a, bool trans_b, int64_t M, int64_t N, int6
 // op(B) (K x N) packed once for many products C = A * op(B) (+ bias): a layer's weight at
 // inference. Packing inside every call costs 3-7 % of a product, more when the rows of A arrive
 // in chunks that each repack the same weight. The panels are those of the kernel of the ISA active
-// at construction; a call under another ISA (a ScopedIsa), for double or off x86 runs the usual
-// path on the source, which therefore must outlive this object unchanged (it is not copied).
-// Copies share the panels.
+// at construction. PackedB owns its data (the source may go away): the panels, or, where there is
+// no packed kernel (double, the scalar ISA, non-x86), a plain copy of the source. A call under
+// another ISA than the one packed for (a ScopedIsa) unpacks a temporary copy of the source and
+// runs the usual path on it. Copies share the data.
 template <class T>
 class PackedB {
  public:
   PackedB() = default;
-  PackedB(bool trans_b, int64_t K, int64_t N, const T* B, int64_t ldb)
-      : trans_b_(trans_b), K_(K), N_(N), ldb_(ldb), source_(B) {
+  PackedB(bool trans_b, int64_t K, int64_t N, const T* B, int64_t ldb) : trans_b_(trans_b), K_(K), N_(N) {
     gemm_detail::check_args("PackedB", false, trans_b, 1, N, K, K, ldb, N);
 #if defined(__x86_64__)
     if constexpr (std::is_same_v<T, float>) {
-      if (K == 0 || N == 0) return;
-      if (isa() == Isa::avx512) pack<gemm_detail::Avx512Kernel>(Isa::avx512);
-      else if (isa() == Isa::avx2) pack<gemm_detail::Avx2Kernel>(Isa::avx2);
+      if (K > 0 && N > 0 && isa() == Isa::avx512) {
+        pack<gemm_detail::Avx512Kernel>(Isa::avx512, B, ldb);
+        return;
+      }
+      if (K > 0 && N > 0 && isa() == Isa::avx2) {
+        pack<gemm_detail::Avx2Kernel>(Isa::avx2, B, ldb);
+        return;
+      }
     }
 #endif
+    const int64_t rows = trans_b ? N : K, cols = trans_b ? K : N;  // stored shape
+    auto plain = std::make_shared<std::vector<T>>(static_cast<size_t>(rows * cols));
+    for (int64_t r = 0; r < rows; ++r) std::copy(B + r * ldb, B + r * ldb + cols, plain->data() + r * cols);
+    plain_ = std::move(plain);
   }
 
   bool trans_b() const { return trans_b_; }
   int64_t K() const { return K_; }
   int64_t N() const { return N_; }
-  const T* source() const { return source_; }
-  int64_t ldb() const { return ldb_; }
-  const float* panels() const { return panels_.get(); }  // null when not packed
-  Isa packed_for() const { return isa_; }                  // the ISA whose kernel the panels fit
+
+  // C = A * op(B) + beta * C + bias (beta 0 or 1), on the packed panels when they fit the kernel
+  // of segml::isa(). fn names the caller in error messages.
+  void multiply(const char* fn, int64_t M, const T* A, int64_t lda, T beta, const T* bias, T* C, int64_t ldc) const {
+    const int64_t ldb = trans_b_ ? K_ : N_;  // of the stored source and of the plain copies
+    if (plain_ || K_ == 0 || N_ == 0)
+      return gemm_detail::gemm_dispatch<T>(fn, false, trans_b_, M, N_, K_, T(1), A, lda, plain_ ? plain_->data() : nullptr,
+                                           ldb, beta, bias, C, ldc);
+#if defined(__x86_64__)
+    if constexpr (std::is_same_v<T, float>)
+      if (isa() == isa_)
+        return gemm_detail::gemm_dispatch<T>(fn, false, trans_b_, M, N_, K_, T(1), A, lda, nullptr, ldb, beta, bias,
+                                             C, ldc, panels_.get(), isa_);
+#endif
+    const std::vector<T> source = unpacked();
+    gemm_detail::gemm_dispatch<T>(fn, false, trans_b_, M, N_, K_, T(1), A, lda, source.data(), ldb, beta, bias, C, ldc);
+  }
+
+  // The source as it was stored (N x K when trans_b, else K x N), contiguous.
+  std::vector<T> unpacked() const {
+    if (plain_) return *plain_;
+    std::vector<T> out(static_cast<size_t>(K_ * N_));
+#if defined(__x86_64__)
+    if constexpr (std::is_same_v<T, float>) {
+      const int64_t nr = isa_ == Isa::avx512 ? gemm_detail::Avx512Kernel::NR : gemm_detail::Avx2Kernel::NR;
+      const int64_t kc = isa_ == Isa::avx512 ? gemm_detail::blocks_for<gemm_detail::Avx512Kernel>(1, N_, K_).kc
+                                             : gemm_detail::blocks_for<gemm_detail::Avx2Kernel>(1, N_, K_).kc;
+      for (int64_t pc = 0; pc < K_; pc += kc) {  // packed_b_all's layout, read back
+        const int64_t kcb = std::min(kc, K_ - pc);
+        const float* block = panels_.get() + pc * gemm_detail::round_up(N_, nr);
+        for (int64_t k = 0; k < kcb; ++k)
+          for (int64_t j = 0; j < N_; ++j) {
+            const float v = block[(j / nr) * kcb * nr + k * nr + j % nr];
+            out[static_cast<size_t>(trans_b_ ? j * K_ + pc + k : (pc + k) * N_ + j)] = v;
+          }
+      }
+    }
+#endif
+    return out;
+  }
 
  private:
 #if defined(__x86_64__)
   template <class Kern>
-  void pack(Isa for_isa) {
+  void pack(Isa for_isa, const float* B, int64_t ldb) {
     const int64_t n = gemm_detail::packed_b_size<Kern>(K_, N_);
     float* p = static_cast<float*>(::operator new(static_cast<size_t>(n) * sizeof(float), std::align_val_t{64}));
     panels_.reset(p, [](float* q) { ::operator delete(q, std::align_val_t{64}); });
-    gemm_detail::packed_b_all<Kern>(trans_b_, source_, ldb_, K_, N_, p);
+    gemm_detail::packed_b_all<Kern>(trans_b_, B, ldb, K_, N_, p);
     isa_ = for_isa;
   }
 #endif
 
   bool trans_b_ = false;
-  int64_t K_ = 0, N_ = 0, ldb_ = 0;
-  const T* source_ = nullptr;
-  std::shared_ptr<float> panels_;
+  int64_t K_ = 0, N_ = 0;
+  std::shared_ptr<float> panels_;              // packed for the kernel of isa_ (float on x86), or
+  std::shared_ptr<const std::vector<T>> plain_;  // the source, copied contiguous
   Isa isa_ = Isa::scalar;
 };
 
 // C = A * op(B) + bias with B packed in advance (A (M x K), not transposed; bias may be null).
 template <class T>
 inline void gemm_bias(int64_t M, const T* A, int64_t lda, const PackedB<T>& B, const T* bias, T* C, int64_t ldc) {
-  gemm_detail::gemm_dispatch<T>("gemm_bias (packed B)", false, B.trans_b(), M, B.N(), B.K(), T(1), A, lda,
-                                B.source(), B.ldb(), T(0), bias, C, ldc, B.panels(), B.packed_for());
+  B.multiply("gemm_bias (packed B)", M, A, lda, T(0), bias, C, ldc);
 }
 
 // C += A * op(B) + bias with B packed in advance.
 template <class T>
 inline void gemm_bias_add(int64_t M, const T* A, int64_t lda, const PackedB<T>& B, const T* bias, T* C,
                           int64_t ldc) {
-  gemm_detail::gemm_dispatch<T>("gemm_bias_add (packed B)", false, B.trans_b(), M, B.N(), B.K(), T(1), A, lda,
-                                B.source(), B.ldb(), T(1), bias, C, ldc, B.panels(), B.packed_for());
+  B.multiply("gemm_bias_add (packed B)", M, A, lda, T(1), bias, C, ldc);
 }
 
 // For b in [0, batch): gemm on A + b*stride_a, B + b*stride_b, C + b*stride_c.

@@ -124,13 +124,13 @@ class SegformerInference {
 
  private:
   struct Affine {  // y = x Wᵀ + b, W (out, in) in the row order its input is laid out in
-    Tensor<T> weight, bias;
-    kernels::PackedB<T> packed;  // Wᵀ packed once for the GEMM kernel (it reads weight's storage)
+    kernels::PackedB<T> packed;  // Wᵀ, packed once for the GEMM kernel (W itself is not kept)
+    Tensor<T> bias;
     Affine() = default;
-    Affine(Tensor<T> w, Tensor<T> b)
-        : weight(std::move(w)), bias(std::move(b)), packed(true, in(), out(), weight.data(), in()) {}
-    int64_t out() const { return weight.size(0); }
-    int64_t in() const { return weight.size(1); }
+    Affine(const Tensor<T>& w, Tensor<T> b)
+        : packed(true, w.size(1), w.size(0), w.contiguous().data(), w.size(1)), bias(std::move(b)) {}
+    int64_t out() const { return packed.N(); }
+    int64_t in() const { return packed.K(); }
   };
   struct Norm {
     Tensor<T> weight, bias;
@@ -157,10 +157,10 @@ class SegformerInference {
   };
 
   static Affine affine(const nn::Linear<T>& l) {
-    return {l.weight.data().clone(), l.bias.defined() ? l.bias.data().clone() : Tensor<T>()};
+    return {l.weight.data(), l.bias.defined() ? l.bias.data().clone() : Tensor<T>()};
   }
   static Affine affine(const nn::Conv2d<T>& c) {
-    const Tensor<T> w = c.weight.data().clone();
+    const Tensor<T> w = c.weight.data().contiguous();
     return {w.reshape({w.size(0), w.numel() / w.size(0)}),
             c.bias.defined() ? c.bias.data().clone() : Tensor<T>()};
   }
@@ -209,7 +209,8 @@ class SegformerInference {
     head_bias_ = Tensor<T>::empty({D});
     for (int64_t o = 0; o < D; ++o)
       head_bias_.data()[o] = static_cast<T>(scale[o] * shift[o] + static_cast<double>(bn.bias.data().at({o})));
-    classifier_ = affine(head.classifier);
+    classifier_weight_ = head.classifier.weight.data().clone();  // (L, D): the A of its GEMM, not packed
+    classifier_bias_ = head.classifier.bias.defined() ? head.classifier.bias.data().clone() : Tensor<T>();
   }
 
   // Sizes the workspace for an H x W input (only when the size changes).
@@ -305,7 +306,7 @@ class SegformerInference {
     const int64_t D = config_.decoder_hidden_size, L = config_.num_labels;
     const int64_t h1 = shapes_[0].h, w1 = shapes_[0].w, N1 = h1 * w1, C1 = stages_[0].hidden;
     const int64_t rows_per_task = std::max<int64_t>(1, 256 / w1);  // about 256 pixels a block
-    const T* cls_bias = classifier_.bias.data();
+    const T* cls_bias = classifier_bias_.data();
     parallel_for_dynamic(h1, rows_per_task, [&](int64_t r0, int64_t r1) {
       thread_local std::vector<T> block;  // grow-only, kept across calls (threads persist)
       for (int64_t y0 = r0; y0 < r1; y0 += rows_per_task) {
@@ -324,7 +325,7 @@ class SegformerInference {
         // The classifier, straight into the (L, N1) logits: rows l, columns [p0, p0 + pixels).
         for (int64_t l = 0; l < L; ++l)
           std::fill(logits + l * N1 + p0, logits + l * N1 + p0 + pixels, cls_bias ? cls_bias[l] : T(0));
-        kernels::gemm(false, true, L, pixels, D, T(1), classifier_.weight.data(), D, fused, D, T(1), logits + p0, N1);
+        kernels::gemm(false, true, L, pixels, D, T(1), classifier_weight_.data(), D, fused, D, T(1), logits + p0, N1);
       }
     });
   }
@@ -441,7 +442,7 @@ class SegformerInference {
   SegformerConfig config_;
   std::vector<Stage> stages_;
   Tensor<T> head_bias_;
-  Affine classifier_;
+  Tensor<T> classifier_weight_, classifier_bias_;
   std::vector<StageShape> shapes_;
   std::vector<Upsample> up_;  // stage s+1's grid -> stage 1's grid, per axis
   std::shared_ptr<T[]> arena_;
