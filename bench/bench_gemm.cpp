@@ -13,6 +13,8 @@
 // repeat it per ISA.
 // Shapes are (M, K, N, layout); C = A (M x K) * op(B). Layout 0: B stored K x N; layout 1: B stored
 // N x K (trans_b), the layout of nn.Linear's weight, which is how the model calls the GEMM.
+// BM_gemm_segml packs B inside every call (as training does); BM_gemm_segml_packed (layout 1
+// only) multiplies by a PackedB made once, as the inference engine does with every weight.
 // A, B and C are 64-byte aligned, as the model's tensors are.
 #include <benchmark/benchmark.h>
 
@@ -70,15 +72,19 @@ struct Problem {
   int64_t M, K, N;
   bool trans_b;
   std::vector<float, Aligned<float>> A, B, C;
+  segml::kernels::PackedB<float> packed;  // B packed in advance, as the inference engine holds its weights
   Problem(int64_t m, int64_t k, int64_t n, bool tb) : M(m), K(k), N(n), trans_b(tb), A(m * k), B(k * n), C(m * n) {
     std::mt19937 rng(1);
     std::uniform_real_distribution<float> d(-1.f, 1.f);
     for (float& x : A) x = d(rng);
     for (float& x : B) x = d(rng);
+    packed = segml::kernels::PackedB<float>(tb, k, n, B.data(), tb ? k : n);
   }
 };
 
-enum class Impl { segml, eigen, scalar };
+// segml: gemm, packing B in the call (training, and any B that changes); segml_packed: B packed
+// once in advance (PackedB), the way the inference engine runs every layer.
+enum class Impl { segml, segml_packed, eigen, scalar };
 
 int64_t ldb(const Problem& p) { return p.trans_b ? p.K : p.N; }
 
@@ -88,6 +94,9 @@ void run(Impl impl, Problem& p) {
     case Impl::segml:
       segml::kernels::gemm<float>(false, p.trans_b, p.M, p.N, p.K, 1.f, p.A.data(), p.K, p.B.data(), ldb(p), 0.f,
                                   p.C.data(), p.N);
+      break;
+    case Impl::segml_packed:
+      segml::kernels::gemm_bias<float>(p.M, p.A.data(), p.K, p.packed, nullptr, p.C.data(), p.N);
       break;
     case Impl::eigen: {
       Eigen::Map<const Mat> a(p.A.data(), p.M, p.K);
@@ -128,10 +137,13 @@ void BM_gemm(benchmark::State& state, Impl impl) {
   Problem p(state.range(0), state.range(1), state.range(2), state.range(3) != 0);
   Eigen::setNbThreads(segml::num_threads());
   run(impl, p);
-  if (!validate(p, impl == Impl::segml ? "segml" : impl == Impl::eigen ? "eigen" : "scalar"))
+  if (!validate(p, impl == Impl::segml          ? "segml"
+                   : impl == Impl::segml_packed ? "segml_packed"
+                   : impl == Impl::eigen        ? "eigen"
+                                                : "scalar"))
     return state.SkipWithError("result does not match gemm_ref");
   const double flops = 2.0 * p.M * p.N * p.K;
-  const double peak_before = impl == Impl::segml ? machine_peak(true) : 0;
+  const double peak_before = impl == Impl::segml || impl == Impl::segml_packed ? machine_peak(true) : 0;
   std::vector<double> seconds;  // per call
   seconds.reserve(state.max_iterations);
   for (auto _ : state) {
@@ -165,6 +177,8 @@ void register_all() {
     for (const auto& s : kShapes) {
       const std::vector<int64_t> args = {s[0], s[1], s[2], trans_b};
       benchmark::RegisterBenchmark("BM_gemm_segml", BM_gemm, Impl::segml)->Args(args)->UseRealTime();
+      if (trans_b)  // the layout of the model's weights
+        benchmark::RegisterBenchmark("BM_gemm_segml_packed", BM_gemm, Impl::segml_packed)->Args(args)->UseRealTime();
       benchmark::RegisterBenchmark("BM_gemm_eigen", BM_gemm, Impl::eigen)->Args(args)->UseRealTime();
       // The scalar twin runs at ~1 GFLOP/s: only on the shapes it finishes in well under a second.
       if (s[0] * s[1] * s[2] <= 200'000'000)
