@@ -72,13 +72,12 @@ struct Problem {
   int64_t M, K, N;
   bool trans_b;
   std::vector<float, Aligned<float>> A, B, C;
-  segml::kernels::PackedB<float> packed;  // B packed in advance, as the inference engine holds its weights
+  segml::kernels::PackedB<float> packed;  // B packed in advance (segml_packed rows only)
   Problem(int64_t m, int64_t k, int64_t n, bool tb) : M(m), K(k), N(n), trans_b(tb), A(m * k), B(k * n), C(m * n) {
     std::mt19937 rng(1);
     std::uniform_real_distribution<float> d(-1.f, 1.f);
     for (float& x : A) x = d(rng);
     for (float& x : B) x = d(rng);
-    packed = segml::kernels::PackedB<float>(tb, k, n, B.data(), tb ? k : n);
   }
 };
 
@@ -136,6 +135,7 @@ bool validate(Problem& p, const char* what) {
 void BM_gemm(benchmark::State& state, Impl impl) {
   Problem p(state.range(0), state.range(1), state.range(2), state.range(3) != 0);
   Eigen::setNbThreads(segml::num_threads());
+  if (impl == Impl::segml_packed) p.packed = segml::kernels::PackedB<float>(p.trans_b, p.K, p.N, p.B.data(), ldb(p));
   run(impl, p);
   if (!validate(p, impl == Impl::segml          ? "segml"
                    : impl == Impl::segml_packed ? "segml_packed"

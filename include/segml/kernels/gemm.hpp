@@ -417,11 +417,17 @@ constexpr bool rows_alias(int64_t lda) {
   return most > MR / 2;
 }
 
+// The K blocking, a function of K alone (see above): blocks of kc, the last one possibly shorter.
+template <class Kern>
+inline int64_t k_block(int64_t K) {
+  return even_block(K, Kern::KC, 1);
+}
+
 template <class Kern>
 inline Blocks blocks_for(int64_t M, int64_t N, int64_t K) {
   constexpr int64_t NR = Kern::NR, side = 1024;
   Blocks b{};
-  b.kc = even_block(K, Kern::KC, 1);
+  b.kc = k_block<Kern>(K);
   b.mc = even_block(M, Kern::MC, Kern::MR);
   // All of N when that leaves the B block a depth of min(K, side); else about side columns, or
   // more when K is short.
@@ -433,6 +439,14 @@ inline Blocks blocks_for(int64_t M, int64_t N, int64_t K) {
   b.kcs = b.kc * ((k_blocks + chunks - 1) / chunks);
   b.nc = even_block(b.ncs, Kern::NC, NR);
   return b;
+}
+
+// The layout of all of op(B) packed in advance (PackedB): K block pc, of depth kcb = min(kc, K - pc),
+// at pc * round_up(N, NR), and in it the panel of columns [j, j + NR) (j a multiple of NR) at
+// j * kcb, kcb x NR values. The whole takes packed_b_offset<NR>(N, K, 0, 0) floats.
+template <int NR>
+inline int64_t packed_b_offset(int64_t N, int64_t pc, int64_t kcb, int64_t j) {
+  return pc * round_up(N, NR) + j * kcb;
 }
 
 // One GEMM call. Each thread computes a rectangle of C with the serial loop nest
@@ -538,10 +552,9 @@ struct PackedGemm {
       const int64_t jce = std::min(n1, jcs + blk.ncs), kc_stride = round_up(jce - jcs, NR) * blk.kc;
       for (int64_t pcs = 0; pcs < K; pcs += blk.kcs) {
         const int64_t pce = std::min(K, pcs + blk.kcs);
-        // The panels of K block pc from column jcs on: packed here for this chunk, or in advance
-        // for all of op(B) (K block pc at pc * round_up(N, NR), panels of min(kc, K - pc) x NR).
+        // The panels of K block pc from column jcs on: packed here for this chunk, or in advance.
         const auto packed_b = [&](int64_t pc) -> const float* {
-          return prepacked ? prepacked + pc * round_up(N, NR) + jcs * std::min(blk.kc, K - pc)
+          return prepacked ? prepacked + packed_b_offset<NR>(N, pc, std::min(blk.kc, K - pc), jcs)
                            : pb + (pc - pcs) / blk.kc * kc_stride;
         };
         const auto a_block = [&](int64_t ic, int64_t pc) {
@@ -623,49 +636,56 @@ inline void gemm_packed(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_
   g.run(gemm_threads(M, N, K));
 }
 
-// Floats of all of op(B) (K x N) packed for Kern: every K block, every NR-column panel.
-template <class Kern>
-inline int64_t packed_b_size(int64_t K, int64_t N) {
-  return K * round_up(N, Kern::NR);
-}
-
-// Packs all of op(B) the way PackedGemm::serial packs a chunk, for every chunk at once: K block pc
-// (of kc = blocks_for's, which depends on K only) at dst + pc * round_up(N, NR), its NR-column
-// panels of min(kc, K - pc) x NR values one after another.
+// Packs all of op(B) (K x N) in packed_b_offset's layout: what PackedGemm::serial packs chunk by
+// chunk, at once.
 template <class Kern>
 inline void packed_b_all(bool trans_b, const float* B, int64_t ldb, int64_t K, int64_t N, float* dst) {
-  const int64_t kc = blocks_for<Kern>(Kern::MR, N, K).kc;
-  for (int64_t pc = 0; pc < K; pc += kc)
-    pack_b<Kern::NR>(trans_b, B, ldb, pc, 0, std::min(kc, K - pc), N, dst + pc * round_up(N, Kern::NR));
+  const int64_t kc = k_block<Kern>(K);
+  for (int64_t pc = 0; pc < K; pc += kc) {
+    const int64_t kcb = std::min(kc, K - pc);
+    pack_b<Kern::NR>(trans_b, B, ldb, pc, 0, kcb, N, dst + packed_b_offset<Kern::NR>(N, pc, kcb, 0));
+  }
+}
+
+// The inverse: B as it was stored (N x K when trans_b, else K x N), contiguous, from the panels.
+template <class Kern>
+inline void unpacked_b_all(bool trans_b, const float* panels, int64_t K, int64_t N, float* B) {
+  constexpr int64_t NR = Kern::NR;
+  const int64_t kc = k_block<Kern>(K);
+  for (int64_t pc = 0; pc < K; pc += kc) {
+    const int64_t kcb = std::min(kc, K - pc);
+    for (int64_t j = 0; j < N; ++j) {
+      const float* panel = panels + packed_b_offset<NR>(N, pc, kcb, j / NR * NR) + j % NR;
+      for (int64_t k = 0; k < kcb; ++k) B[trans_b ? j * K + pc + k : (pc + k) * N + j] = panel[k * NR];
+    }
+  }
 }
 
 #endif  // __x86_64__
 
 // The one dispatch point: checks arguments, handles the degenerate cases, picks the path.
-// prepacked: op(B) packed in advance (packed_b_all) for the kernel of ISA prepacked_isa, or null.
+// prepacked: op(B) packed in advance (packed_b_all) for the kernel of segml::isa(), or null.
 template <class T>
 inline void gemm_dispatch(const char* fn, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha,
                           const T* A, int64_t lda, const T* B, int64_t ldb, T beta, const T* bias, T* C,
-                          int64_t ldc, const float* prepacked = nullptr, Isa prepacked_isa = Isa::scalar) {
+                          int64_t ldc, const float* prepacked = nullptr) {
   check_args(fn, trans_a, trans_b, M, N, K, lda, ldb, ldc);
   if (M == 0 || N == 0) return;
   if (K == 0 || alpha == T(0)) return scale_c(M, N, beta, bias, C, ldc);
 #if defined(__x86_64__)
   if constexpr (std::is_same_v<T, float>) {
-    const Isa path = isa();
-    const float* panels = prepacked_isa == path ? prepacked : nullptr;  // packed for another kernel: unused
-    switch (path) {
+    switch (isa()) {
       case Isa::avx512:
         return gemm_packed<Avx512Kernel>(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, bias, C, ldc,
-                                         panels);
+                                         prepacked);
       case Isa::avx2:
         return gemm_packed<Avx2Kernel>(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, bias, C, ldc,
-                                       panels);
+                                       prepacked);
       default: break;
     }
   }
 #else
-  (void)prepacked, (void)prepacked_isa;
+  (void)prepacked;
 #endif
   eigen_gemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, bias, C, ldc);
 }
@@ -709,12 +729,12 @@ class PackedB {
     gemm_detail::check_args("PackedB", false, trans_b, 1, N, K, K, ldb, N);
 #if defined(__x86_64__)
     if constexpr (std::is_same_v<T, float>) {
-      if (K > 0 && N > 0 && isa() == Isa::avx512) {
-        pack<gemm_detail::Avx512Kernel>(Isa::avx512, B, ldb);
-        return;
-      }
-      if (K > 0 && N > 0 && isa() == Isa::avx2) {
-        pack<gemm_detail::Avx2Kernel>(Isa::avx2, B, ldb);
+      if (K > 0 && N > 0 && (isa() == Isa::avx512 || isa() == Isa::avx2)) {
+        isa_ = isa();
+        if (isa_ == Isa::avx512)
+          pack<gemm_detail::Avx512Kernel>(B, ldb);
+        else
+          pack<gemm_detail::Avx2Kernel>(B, ldb);
         return;
       }
     }
@@ -733,37 +753,27 @@ class PackedB {
   // of segml::isa(). fn names the caller in error messages.
   void multiply(const char* fn, int64_t M, const T* A, int64_t lda, T beta, const T* bias, T* C, int64_t ldc) const {
     const int64_t ldb = trans_b_ ? K_ : N_;  // of the stored source and of the plain copies
-    if (plain_ || K_ == 0 || N_ == 0)
-      return gemm_detail::gemm_dispatch<T>(fn, false, trans_b_, M, N_, K_, T(1), A, lda, plain_ ? plain_->data() : nullptr,
-                                           ldb, beta, bias, C, ldc);
-#if defined(__x86_64__)
+    if (!panels_)  // a plain copy (or nothing, default-constructed: K = N = 0)
+      return gemm_detail::gemm_dispatch<T>(fn, false, trans_b_, M, N_, K_, T(1), A, lda,
+                                           plain_ ? plain_->data() : nullptr, ldb, beta, bias, C, ldc);
     if constexpr (std::is_same_v<T, float>)
       if (isa() == isa_)
         return gemm_detail::gemm_dispatch<T>(fn, false, trans_b_, M, N_, K_, T(1), A, lda, nullptr, ldb, beta, bias,
-                                             C, ldc, panels_.get(), isa_);
-#endif
+                                             C, ldc, panels_.get());
     const std::vector<T> source = unpacked();
     gemm_detail::gemm_dispatch<T>(fn, false, trans_b_, M, N_, K_, T(1), A, lda, source.data(), ldb, beta, bias, C, ldc);
   }
 
   // The source as it was stored (N x K when trans_b, else K x N), contiguous.
   std::vector<T> unpacked() const {
-    if (plain_) return *plain_;
+    if (!panels_) return plain_ ? *plain_ : std::vector<T>();
     std::vector<T> out(static_cast<size_t>(K_ * N_));
 #if defined(__x86_64__)
     if constexpr (std::is_same_v<T, float>) {
-      const int64_t nr = isa_ == Isa::avx512 ? gemm_detail::Avx512Kernel::NR : gemm_detail::Avx2Kernel::NR;
-      const int64_t kc = isa_ == Isa::avx512 ? gemm_detail::blocks_for<gemm_detail::Avx512Kernel>(1, N_, K_).kc
-                                             : gemm_detail::blocks_for<gemm_detail::Avx2Kernel>(1, N_, K_).kc;
-      for (int64_t pc = 0; pc < K_; pc += kc) {  // packed_b_all's layout, read back
-        const int64_t kcb = std::min(kc, K_ - pc);
-        const float* block = panels_.get() + pc * gemm_detail::round_up(N_, nr);
-        for (int64_t k = 0; k < kcb; ++k)
-          for (int64_t j = 0; j < N_; ++j) {
-            const float v = block[(j / nr) * kcb * nr + k * nr + j % nr];
-            out[static_cast<size_t>(trans_b_ ? j * K_ + pc + k : (pc + k) * N_ + j)] = v;
-          }
-      }
+      if (isa_ == Isa::avx512)
+        gemm_detail::unpacked_b_all<gemm_detail::Avx512Kernel>(trans_b_, panels_.get(), K_, N_, out.data());
+      else
+        gemm_detail::unpacked_b_all<gemm_detail::Avx2Kernel>(trans_b_, panels_.get(), K_, N_, out.data());
     }
 #endif
     return out;
@@ -772,12 +782,11 @@ class PackedB {
  private:
 #if defined(__x86_64__)
   template <class Kern>
-  void pack(Isa for_isa, const float* B, int64_t ldb) {
-    const int64_t n = gemm_detail::packed_b_size<Kern>(K_, N_);
-    float* p = static_cast<float*>(::operator new(static_cast<size_t>(n) * sizeof(float), std::align_val_t{64}));
-    panels_.reset(p, [](float* q) { ::operator delete(q, std::align_val_t{64}); });
-    gemm_detail::packed_b_all<Kern>(trans_b_, B, ldb, K_, N_, p);
-    isa_ = for_isa;
+  void pack(const float* B, int64_t ldb) {
+    const int64_t n = gemm_detail::packed_b_offset<Kern::NR>(N_, K_, 0, 0);
+    panels_.reset(static_cast<float*>(::operator new(static_cast<size_t>(n) * sizeof(float), std::align_val_t{64})),
+                  [](float* q) { ::operator delete(q, std::align_val_t{64}); });
+    gemm_detail::packed_b_all<Kern>(trans_b_, B, ldb, K_, N_, panels_.get());
   }
 #endif
 
