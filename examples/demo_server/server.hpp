@@ -22,16 +22,30 @@
 
 #include <nlohmann/json.hpp>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
+#include <cctype>
+#include <cerrno>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
+#include <cstring>
+#include <deque>
 #include <filesystem>
 #include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -58,9 +72,15 @@ struct ServerOptions {
   int queue_size = 4;                 // segmentation requests admitted at once (running + waiting)
   double max_image_mb = 10;           // larger uploads get 413
   int64_t max_pixels = 50'000'000;    // decoded images with more pixels get 413 (decompression bombs)
-  int http_threads = 0;               // connection threads; 0: queue_size + 4 (so 503s still get through)
   std::string tls_cert, tls_key;      // both set: HTTPS
   std::function<void()> on_inference; // test hook: runs under the model lock, before each inference
+  // The HTTP layer (see "Connections" in docs/demo.md).
+  int max_connections = 128;          // open connections served at once (a thread each); beyond: 503
+  double header_timeout_s = 10;       // the whole request line + headers must arrive within this
+  double body_timeout_s = 30;         // the whole body must arrive, and the answer be taken, within this
+  double keep_alive_timeout_s = 5;    // an idle connection is closed after this
+  int keep_alive_max = 100;           // requests per connection
+  std::string token;                  // not empty: every request but /healthz needs this access token
 };
 
 // A checkpoint folder with its image processor (preprocessor_config.json, else HF's defaults).
@@ -233,6 +253,446 @@ class Admission {
   std::atomic<int> pending_{0};
 };
 
+
+// ---- The HTTP layer: access token, request framing, connections ---------------------------------
+
+// Whether `host` (a --host value) is only reachable from this machine: localhost, 127.0.0.0/8, ::1.
+inline bool is_loopback_host(const std::string& host) {
+  std::string h = host;
+  std::transform(h.begin(), h.end(), h.begin(), [](unsigned char c) { return char(std::tolower(c)); });
+  if (h == "localhost") return true;
+  in_addr v4{};
+  if (inet_pton(AF_INET, h.c_str(), &v4) == 1) return (ntohl(v4.s_addr) >> 24) == 127;
+  in6_addr v6{};
+  if (inet_pton(AF_INET6, h.c_str(), &v6) == 1) return IN6_IS_ADDR_LOOPBACK(&v6);
+  return false;  // 0.0.0.0, ::, a LAN address or a host name
+}
+
+// A token of 18 random bytes from the kernel's CSPRNG (getrandom), in base64url: 24 characters.
+inline std::string random_token() {
+  unsigned char bytes[18];
+  size_t got = 0;
+  while (got < sizeof bytes) {
+    const ssize_t n = getrandom(bytes + got, sizeof bytes - got, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) fail("demo_server: cannot read random bytes for the access token (getrandom: ", std::strerror(errno), ")");
+    got += size_t(n);
+  }
+  static constexpr char kAlphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+  std::string out;
+  for (size_t i = 0; i < sizeof bytes; i += 3) {
+    const uint32_t v = uint32_t(bytes[i]) << 16 | uint32_t(bytes[i + 1]) << 8 | bytes[i + 2];
+    for (int s = 18; s >= 0; s -= 6) out += kAlphabet[(v >> s) & 63];
+  }
+  return out;
+}
+
+// Why `token` cannot be an access token (it goes into URLs and a cookie), or "" when it can.
+inline std::string token_problem(const std::string& token) {
+  if (token.size() < 8 || token.size() > 256) return "expected 8 to 256 characters, got " + std::to_string(token.size());
+  for (char c : token)
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_' && c != '.' && c != '~')
+      return std::string("expected only letters, digits and - _ . ~, got '") + c + "'";
+  return "";
+}
+
+// The access token for a server listening on `host`: none on loopback or with no_auth, else
+// `given` when not empty, else a fresh random one.
+inline std::string access_token(const std::string& host, const std::string& given, bool no_auth) {
+  if (no_auth || is_loopback_host(host)) return "";
+  return given.empty() ? random_token() : given;
+}
+
+// Compares two secrets in a time that depends on their lengths only.
+inline bool same_secret(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  volatile unsigned char diff = 0;
+  for (size_t i = 0; i < a.size(); ++i) diff = diff | static_cast<unsigned char>(a[i] ^ b[i]);
+  return diff == 0;
+}
+
+inline std::string_view trim(std::string_view s) {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+  return s;
+}
+
+inline bool iequals(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+           return std::tolower(static_cast<unsigned char>(x)) == std::tolower(static_cast<unsigned char>(y));
+         });
+}
+
+// A refusal before the body is read: the status and the message of the JSON error.
+struct Refusal {
+  int status;
+  std::string message;
+};
+
+// Checks how the request delimits its body, from its headers alone (before anything is read), so
+// that no two readers can disagree on where it ends: at most one Content-Length, all digits; no
+// Transfer-Encoding but "chunked", never together with Content-Length; no body on methods that
+// have none; a declared length within `max_body` (else 413 at once).
+inline std::optional<Refusal> check_framing(const httplib::Request& req, size_t max_body, const std::string& limit_text) {
+  const size_t lengths = req.headers.count("Content-Length"), encodings = req.headers.count("Transfer-Encoding");
+  if (lengths > 1)
+    return Refusal{400, "ambiguous request: " + std::to_string(lengths) + " Content-Length headers, expected at most one"};
+  if (encodings > 1)
+    return Refusal{400, "ambiguous request: " + std::to_string(encodings) + " Transfer-Encoding headers, expected at most one"};
+  if (lengths && encodings) return Refusal{400, "ambiguous request: both Content-Length and Transfer-Encoding, expected one"};
+  if (encodings) {
+    const std::string te = req.get_header_value("Transfer-Encoding");
+    if (!iequals(trim(te), "chunked"))
+      return Refusal{400, "unsupported Transfer-Encoding '" + te + "': expected chunked (or a Content-Length)"};
+  }
+  uint64_t length = 0;
+  if (lengths) {
+    const std::string cl = req.get_header_value("Content-Length");
+    const std::string_view digits = trim(cl);
+    if (digits.empty() || !std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; }))
+      return Refusal{400, "bad Content-Length '" + cl + "': expected a whole number of bytes >= 0"};
+    if (digits.size() > 18) return Refusal{413, "upload too large: Content-Length " + cl + "; the limit is " + limit_text};
+    length = std::stoull(std::string(digits));
+  }
+  const bool has_body = encodings || length > 0;
+  const std::string& m = req.method;
+  const bool body_method = m == "POST" || m == "PUT" || m == "PATCH" || m == "DELETE";
+  if (has_body && !body_method) return Refusal{400, "a " + m + " request has no body, but this one declares one"};
+  // Without either header httplib would read the body until the client closes the connection.
+  if (body_method && !lengths && !encodings)
+    return Refusal{411, "a " + m + " request needs a Content-Length header (or Transfer-Encoding: chunked)"};
+  if (length > max_body)
+    return Refusal{413, "upload too large: Content-Length " + std::to_string(length) + " bytes; the limit is " + limit_text};
+  return std::nullopt;
+}
+
+// The access token a request carries, if any: the query's "token", the cookie "segml_token", or
+// "Authorization: Bearer ...". Sets `from_query` when the query carries one.
+inline std::vector<std::string> offered_tokens(const httplib::Request& req, bool& from_query) {
+  std::vector<std::string> out;
+  from_query = req.has_param("token");
+  if (from_query) out.push_back(req.get_param_value("token"));
+  const auto [begin, end] = req.headers.equal_range("Authorization");
+  for (auto it = begin; it != end; ++it) {
+    const std::string_view v = trim(it->second);
+    if (v.size() > 7 && iequals(v.substr(0, 7), "Bearer ")) out.emplace_back(trim(v.substr(7)));
+  }
+  const auto [cb, ce] = req.headers.equal_range("Cookie");
+  for (auto it = cb; it != ce; ++it) {
+    std::string_view rest = it->second;
+    while (!rest.empty()) {
+      const size_t semi = rest.find(';');
+      const std::string_view pair = trim(rest.substr(0, semi));
+      rest = semi == std::string_view::npos ? std::string_view() : rest.substr(semi + 1);
+      if (pair.starts_with("segml_token=")) out.emplace_back(pair.substr(12));
+    }
+  }
+  return out;
+}
+
+// How a connection thread treats the connection it is given (set by ConnectionPool).
+enum class ConnectionMode { serve, refuse, drop };
+inline thread_local ConnectionMode t_connection_mode = ConnectionMode::serve;
+
+// The connections' threads: one per open connection, created on demand, at most max_connections
+// serving at once; up to `spare` more only answer 503 ("too many connections") and close, and
+// beyond those a connection is closed at once. Threads are kept for reuse and joined at shutdown;
+// every accepted socket is closed by its job.
+class ConnectionPool final : public httplib::TaskQueue {
+ public:
+  // refuse_beyond false (for servers that handle their sockets themselves, as httplib's TLS one):
+  // connections beyond the cap wait for a thread instead of being answered 503.
+  ConnectionPool(int max_connections, int spare, bool refuse_beyond = true)
+      : max_(max_connections), spare_(spare), refuse_beyond_(refuse_beyond) {}
+  ~ConnectionPool() override { shutdown(); }
+
+  void enqueue(std::function<void()> fn) override {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      const ConnectionMode mode = serving_ < max_ || !refuse_beyond_ ? ConnectionMode::serve
+                                  : refusing_ < spare_                 ? ConnectionMode::refuse
+                                                                       : ConnectionMode::drop;
+      if (mode != ConnectionMode::drop) {
+        ++(mode == ConnectionMode::serve ? serving_ : refusing_);
+        jobs_.push_back({std::move(fn), mode});
+        if (size_t(waiting_) >= jobs_.size())
+          cv_.notify_one();  // a waiting thread takes it
+        else if (int(threads_.size()) < max_ + (refuse_beyond_ ? spare_ : 0))
+          threads_.emplace_back([this] { work(); });
+        // else it waits for a thread to finish its connection
+        return;
+      }
+    }
+    run(fn, ConnectionMode::drop);  // on the accepting thread: closes the socket at once
+  }
+
+  void shutdown() override {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (stopped_) return;
+      stopped_ = true;
+    }
+    cv_.notify_all();
+    for (std::thread& t : threads_) t.join();
+  }
+
+ private:
+  struct Job {
+    std::function<void()> fn;
+    ConnectionMode mode;
+  };
+
+  static void run(const std::function<void()>& fn, ConnectionMode mode) {
+    t_connection_mode = mode;
+    try {
+      fn();
+    } catch (...) {  // process_and_close_socket does not throw; a thread must not end the program
+    }
+    t_connection_mode = ConnectionMode::serve;
+  }
+
+  void work() {
+    for (;;) {
+      Job job;
+      {
+        std::unique_lock<std::mutex> lock(mutex_);
+        ++waiting_;
+        cv_.wait(lock, [this] { return !jobs_.empty() || stopped_; });
+        --waiting_;
+        if (jobs_.empty()) return;  // stopped, and every accepted socket handled
+        job = std::move(jobs_.front());
+        jobs_.pop_front();
+      }
+      run(job.fn, job.mode);
+      std::lock_guard<std::mutex> lock(mutex_);
+      --(job.mode == ConnectionMode::serve ? serving_ : refusing_);
+    }
+  }
+
+  const int max_, spare_;
+  const bool refuse_beyond_;
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  std::deque<Job> jobs_;
+  std::vector<std::thread> threads_;
+  int serving_ = 0, refusing_ = 0, waiting_ = 0;
+  bool stopped_ = false;
+};
+
+// One client connection: the socket as an httplib::Stream whose reads and writes wait at most until
+// the deadline of what is being read (the request head, then the body) or written (the answer),
+// however slowly the bytes trickle in. Bodies beyond max_body bytes are cut off (chunked uploads
+// declare no length). Also ends its waits when the server stops.
+class Connection final : public httplib::Stream {
+ public:
+  using Clock = std::chrono::steady_clock;
+  Connection(int sock, const std::atomic<socket_t>& listening) : sock_(sock), listening_(listening) {}
+
+  // Waits up to `idle` for the next request's first byte; false if none came.
+  bool wait_for_request(double idle_s) {
+    return off_ < len_ || wait(POLLIN, Clock::now() + seconds(idle_s));
+  }
+  // The request head must arrive within head_s from now.
+  void begin_request(double head_s) {
+    phase_ = Phase::head;
+    deadline_ = Clock::now() + seconds(head_s);
+    body_read_ = 0;
+    timed_out_ = too_large_ = must_close_ = false;
+  }
+  // The head has been read: the body must arrive within body_s, the answer be taken within send_s.
+  void begin_body(double body_s, size_t max_body, double send_s) {
+    phase_ = Phase::body;
+    deadline_ = Clock::now() + seconds(body_s);
+    max_body_ = max_body;
+    send_s_ = send_s;
+  }
+  void close_after_answer() { must_close_ = true; }
+  bool must_close() const { return must_close_ || timed_out_ || too_large_; }
+  bool timed_out() const { return timed_out_; }
+  bool in_body() const { return phase_ == Phase::body; }
+  bool body_too_large() const { return too_large_; }
+
+  // Closes the socket. After an answer that left part of the request unread, first half-closes and
+  // reads what the client still sends (at most a second), so that the client gets the answer
+  // rather than a reset.
+  void close(bool linger) {
+    if (linger) {
+      ::shutdown(sock_, SHUT_WR);
+      const auto until = Clock::now() + std::chrono::seconds(1);
+      char sink[4096];
+      while (wait(POLLIN, until) && ::recv(sock_, sink, sizeof sink, 0) > 0) {
+      }
+    }
+    ::shutdown(sock_, SHUT_RDWR);
+    ::close(sock_);
+  }
+
+  bool is_readable() const override { return off_ < len_ || wait(POLLIN, deadline_); }
+  bool is_writable() const override { return wait(POLLOUT, send_deadline()); }
+
+  ssize_t read(char* ptr, size_t size) override {
+    if (phase_ == Phase::body && body_read_ >= max_body_) {
+      too_large_ = true;
+      return -1;
+    }
+    if (off_ == len_) {
+      if (!wait(POLLIN, deadline_)) {
+        timed_out_ = listening_ != INVALID_SOCKET;
+        return -1;
+      }
+      ssize_t n;
+      do n = ::recv(sock_, buf_, sizeof buf_, 0);
+      while (n < 0 && errno == EINTR);
+      if (n <= 0) return n;
+      off_ = 0;
+      len_ = size_t(n);
+    }
+    size_t n = std::min(size, len_ - off_);
+    if (phase_ == Phase::body) {
+      n = std::min(n, max_body_ - body_read_);
+      body_read_ += n;
+    }
+    std::memcpy(ptr, buf_ + off_, n);
+    off_ += n;
+    sending_ = false;
+    return ssize_t(n);
+  }
+
+  ssize_t write(const char* ptr, size_t size) override {
+    if (!sending_) {  // the first write after reading: the answer's deadline starts
+      sending_ = true;
+      send_until_ = Clock::now() + seconds(send_s_);
+    }
+    if (!wait(POLLOUT, send_until_)) return -1;
+    ssize_t n;
+    do n = ::send(sock_, ptr, size, MSG_NOSIGNAL);
+    while (n < 0 && errno == EINTR);
+    return n;
+  }
+
+  void get_remote_ip_and_port(std::string& ip, int& port) const override { address(true, ip, port); }
+  void get_local_ip_and_port(std::string& ip, int& port) const override { address(false, ip, port); }
+  socket_t socket() const override { return sock_; }
+
+ private:
+  enum class Phase { head, body };
+  static Clock::duration seconds(double s) {
+    return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(s));
+  }
+  Clock::time_point send_deadline() const { return sending_ ? send_until_ : Clock::now() + seconds(send_s_); }
+
+  // Waits until the socket is ready for `events`, at most until `until`; false on timeout or when
+  // the server stops. Polls in slices so that a stop is noticed within 100 ms.
+  bool wait(short events, Clock::time_point until) const {
+    for (;;) {
+      if (listening_ == INVALID_SOCKET) return false;
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - Clock::now()).count();
+      if (left <= 0) return false;
+      pollfd p{sock_, events, 0};
+      const int r = ::poll(&p, 1, int(std::min<int64_t>(left, 100)));
+      if (r > 0) return true;
+      if (r < 0 && errno != EINTR) return false;
+    }
+  }
+
+  void address(bool remote, std::string& ip, int& port) const {
+    sockaddr_storage a{};
+    socklen_t len = sizeof a;
+    ip.clear();
+    port = 0;
+    if ((remote ? getpeername : getsockname)(sock_, reinterpret_cast<sockaddr*>(&a), &len) != 0) return;
+    char buf[INET6_ADDRSTRLEN] = {};
+    if (a.ss_family == AF_INET) {
+      const auto* in = reinterpret_cast<const sockaddr_in*>(&a);
+      if (inet_ntop(AF_INET, &in->sin_addr, buf, sizeof buf)) ip = buf;
+      port = ntohs(in->sin_port);
+    } else if (a.ss_family == AF_INET6) {
+      const auto* in = reinterpret_cast<const sockaddr_in6*>(&a);
+      if (inet_ntop(AF_INET6, &in->sin6_addr, buf, sizeof buf)) ip = buf;
+      port = ntohs(in->sin6_port);
+    }
+  }
+
+  int sock_;
+  const std::atomic<socket_t>& listening_;
+  char buf_[4096];
+  size_t off_ = 0, len_ = 0;
+  Phase phase_ = Phase::head;
+  Clock::time_point deadline_ = Clock::now(), send_until_ = Clock::now();
+  size_t max_body_ = 0, body_read_ = 0;
+  double send_s_ = 30;
+  bool sending_ = false, timed_out_ = false, too_large_ = false, must_close_ = false;
+};
+
+// The connection the current thread serves (null outside HttpServer's connection threads).
+inline thread_local Connection* t_connection = nullptr;
+
+// httplib's plain HTTP server with its connections handled by Connection: deadlines for the head,
+// the body and the answer; bounded keep-alive; a 503 answer for connections beyond the cap.
+class HttpServer final : public httplib::Server {
+ public:
+  struct Limits {
+    int max_connections = 128;
+    double header_timeout_s = 10, body_timeout_s = 30, keep_alive_timeout_s = 5;
+    int keep_alive_max = 100;
+  };
+  explicit HttpServer(const Limits& limits) : limits_(limits) {
+    new_task_queue = [this] { return new ConnectionPool(limits_.max_connections, kSpare); };
+  }
+  // A deeper accept backlog than httplib's 5, so that bursts of connections are not dropped.
+  void widen_backlog() {
+    if (svr_sock_ != INVALID_SOCKET) ::listen(svr_sock_, SOMAXCONN);
+  }
+  const Limits& limits() const { return limits_; }
+
+ private:
+  static constexpr int kSpare = 8;  // threads that only answer 503 to connections beyond the cap
+
+  bool process_and_close_socket(socket_t sock) override {
+    if (t_connection_mode != ConnectionMode::serve) {
+      refuse(sock, t_connection_mode == ConnectionMode::refuse);
+      return false;
+    }
+    Connection conn(sock, svr_sock_);
+    t_connection = &conn;
+    bool ok = false;
+    for (int served = 0; served < limits_.keep_alive_max && svr_sock_ != INVALID_SOCKET; ++served) {
+      if (!conn.wait_for_request(limits_.keep_alive_timeout_s)) break;
+      conn.begin_request(limits_.header_timeout_s);
+      bool closed = false;
+      ok = process_request(conn, served + 1 == limits_.keep_alive_max, closed, nullptr);
+      if (!ok || closed || conn.must_close()) break;
+    }
+    t_connection = nullptr;
+    conn.close(conn.must_close());
+    return ok;
+  }
+
+  // A connection beyond the cap: with a thread, reads the request head (briefly), answers 503 and
+  // closes; without one (`answer` false), just closes.
+  void refuse(socket_t sock, bool answer) {
+    Connection conn(sock, svr_sock_);
+    if (answer) {
+      conn.begin_request(0.5);
+      std::string head;
+      char c;
+      while (head.size() < 16384 && !head.ends_with("\r\n\r\n") && conn.read(&c, 1) == 1) head += c;
+      const std::string body =
+          nlohmann::json{{"error", "too many connections: the server serves at most " + std::to_string(limits_.max_connections) +
+                                       " at once (--max-connections); retry shortly"},
+                         {"status", 503}}
+              .dump();
+      const std::string answer_text = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: " +
+                                      std::to_string(body.size()) + "\r\nRetry-After: 1\r\nConnection: close\r\n\r\n" + body;
+      conn.begin_body(0.5, 0, 1);
+      conn.write(answer_text.data(), answer_text.size());
+    }
+    conn.close(answer);
+  }
+
+  Limits limits_;
+};
+
 }  // namespace detail
 
 class DemoServer {
@@ -249,8 +709,20 @@ class DemoServer {
     model_.eval();
     SEGML_CHECK(opt_.max_image_mb > 0, "demo_server: --max-image-mb must be positive, got ", opt_.max_image_mb);
     SEGML_CHECK(opt_.tls_cert.empty() == opt_.tls_key.empty(), "demo_server: HTTPS needs both --tls-cert and --tls-key");
+    SEGML_CHECK(opt_.max_connections >= 1, "demo_server: --max-connections must be >= 1, got ", opt_.max_connections);
+    SEGML_CHECK(opt_.keep_alive_max >= 1, "demo_server: keep_alive_max must be >= 1, got ", opt_.keep_alive_max);
+    for (const auto& [flag, v] : {std::pair{"--header-timeout", opt_.header_timeout_s}, std::pair{"--body-timeout", opt_.body_timeout_s},
+                                  std::pair{"--keep-alive-timeout", opt_.keep_alive_timeout_s}})
+      SEGML_CHECK(v > 0 && v <= 3600, "demo_server: ", flag, " must be in (0, 3600] seconds, got ", v);
+    if (!opt_.token.empty()) {
+      const std::string problem = detail::token_problem(opt_.token);
+      SEGML_CHECK(problem.empty(), "demo_server: --token: ", problem);
+    }
     if (opt_.tls_cert.empty()) {
-      http_ = std::make_unique<httplib::Server>();
+      auto plain = std::make_unique<detail::HttpServer>(detail::HttpServer::Limits{
+          opt_.max_connections, opt_.header_timeout_s, opt_.body_timeout_s, opt_.keep_alive_timeout_s, opt_.keep_alive_max});
+      plain_ = plain.get();
+      http_ = std::move(plain);
     } else {
       for (const std::string* f : {&opt_.tls_cert, &opt_.tls_key})
         SEGML_CHECK(std::filesystem::is_regular_file(*f), "demo_server: TLS file '", *f, "' does not exist");
@@ -267,9 +739,17 @@ class DemoServer {
   DemoServer& operator=(const DemoServer&) = delete;
 
   // Binds and serves until stop(); false if the address cannot be bound.
-  bool listen(const std::string& host, int port) { return http_->listen(host, port); }
+  bool listen(const std::string& host, int port) {
+    if (!http_->bind_to_port(host, port)) return false;
+    if (plain_) plain_->widen_backlog();
+    return http_->listen_after_bind();
+  }
   // For tests: bind an ephemeral port (returned, or -1), then serve with listen_after_bind().
-  int bind_to_any_port(const std::string& host) { return http_->bind_to_any_port(host); }
+  int bind_to_any_port(const std::string& host) {
+    const int port = http_->bind_to_any_port(host);
+    if (port > 0 && plain_) plain_->widen_backlog();
+    return port;
+  }
   bool listen_after_bind() { return http_->listen_after_bind(); }
   void stop() { http_->stop(); }
   bool is_running() const { return http_->is_running(); }
@@ -299,7 +779,8 @@ class DemoServer {
             {"threads", num_threads()},
             {"queue_size", admission_.capacity()},
             {"max_image_mb", opt_.max_image_mb},
-            {"max_pixels", opt_.max_pixels}};
+            {"max_pixels", opt_.max_pixels},
+            {"max_connections", opt_.max_connections}};
   }
 
  private:
@@ -309,11 +790,23 @@ class DemoServer {
   size_t max_bytes() const { return static_cast<size_t>(opt_.max_image_mb * 1024 * 1024); }
 
   void setup_routes() {
-    const int threads = opt_.http_threads > 0 ? opt_.http_threads : admission_.capacity() + 4;
-    http_->new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
+    // The HTTP layer. Plain HTTP: detail::HttpServer (deadlines, connection cap with 503). HTTPS:
+    // httplib's own connection handling (a read timeout per recv), its threads capped the same way.
+    if (!plain_) {
+      const int cap = opt_.max_connections;
+      http_->new_task_queue = [cap] { return new detail::ConnectionPool(cap, 0, /*refuse_beyond=*/false); };
+      http_->set_read_timeout(std::chrono::duration<double>(std::min(opt_.header_timeout_s, opt_.body_timeout_s)));
+      http_->set_keep_alive_timeout(std::max<time_t>(1, time_t(opt_.keep_alive_timeout_s)));
+      http_->set_keep_alive_max_count(size_t(opt_.keep_alive_max));
+    }
     // Headroom for the multipart framing; httplib answers 413 to a body beyond it.
-    http_->set_payload_max_length(max_bytes() + 64 * 1024);
-    http_->set_keep_alive_timeout(2);
+    http_->set_payload_max_length(max_body());
+    // Before any body is read: the access token, then the framing (see admit()).
+    http_->set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+      return admit(req, res) ? httplib::Server::HandlerResponse::Unhandled : httplib::Server::HandlerResponse::Handled;
+    });
+    http_->set_expect_100_continue_handler(
+        [this](const httplib::Request& req, httplib::Response& res) { return admit(req, res) ? 100 : res.status; });
 
     for (const Asset& asset : assets_) {
       const auto serve = [asset](const httplib::Request&, httplib::Response& res) {
@@ -341,6 +834,20 @@ class DemoServer {
     // get a JSON body; responses our handlers already filled are left alone.
     http_->set_error_handler([this](const httplib::Request& req, httplib::Response& res) {
       if (!res.body.empty()) return;
+      detail::Connection* conn = detail::t_connection;
+      if (conn && (res.status == 400 || res.status == 413)) {
+        conn->close_after_answer();  // httplib's own refusal: what is left of the request is unknown
+        if (conn->timed_out()) {
+          res.status = 408;
+          detail::send_error(res, 408,
+                             conn->in_body() ? "request timeout: the body did not arrive within " + seconds_text(opt_.body_timeout_s) +
+                                                   " (--body-timeout)"
+                                             : "request timeout: the request head did not arrive within " +
+                                                   seconds_text(opt_.header_timeout_s) + " (--header-timeout)");
+          return;
+        }
+        if (conn->body_too_large()) res.status = 413;
+      }
       if (res.status == 404)
         detail::send_error(res, 404, "no such path: " + req.path + " (see GET /api/info, POST /api/segment)");
       else if (res.status == 413 && req.get_header_value("Content-Type") == "application/x-www-form-urlencoded")
@@ -362,6 +869,53 @@ class DemoServer {
       }
       detail::send_error(res, 500, "internal error: " + what);
     });
+  }
+
+  size_t max_body() const { return max_bytes() + 64 * 1024; }
+
+  static std::string seconds_text(double s) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%g s", s);
+    return buf;
+  }
+
+  // Admits a request from its head alone, before its body is read: true to go on; false with `res`
+  // filled (401 without the access token, 400 for ambiguous framing, 413 for a declared body over
+  // the limit) and the connection closed after the answer, since its body was not read. With a
+  // right token in the query, sets the cookie that carries it for the page's own requests.
+  bool admit(const httplib::Request& req, httplib::Response& res) {
+    std::optional<detail::Refusal> refusal;
+    bool set_cookie = false;
+    if (!opt_.token.empty() && req.path != "/healthz") {
+      bool from_query = false, valid = false, valid_query = false;
+      const std::vector<std::string> offered = detail::offered_tokens(req, from_query);
+      for (size_t i = 0; i < offered.size(); ++i)
+        if (detail::same_secret(offered[i], opt_.token)) {
+          valid = true;
+          valid_query = valid_query || (from_query && i == 0);
+        }
+      if (!valid)
+        refusal = detail::Refusal{401, offered.empty() ? "this server needs its access token: open the address with ?token=... "
+                                                         "that demo_server printed, or send 'Authorization: Bearer <token>'"
+                                                       : "wrong access token: use the one demo_server printed at start"};
+      set_cookie = valid_query;
+    }
+    if (!refusal) refusal = detail::check_framing(req, max_body(), mb_text() + " (--max-image-mb)");
+    if (!refusal && req.get_header_value("Content-Type") == "application/x-www-form-urlencoded" &&
+        std::strtoull(req.get_header_value("Content-Length").c_str(), nullptr, 10) > 8192)
+      refusal = detail::Refusal{413, "form-encoded bodies are limited to 8 KB: send the image with Content-Type image/jpeg or "
+                                     "image/png (curl: -H 'Content-Type: image/jpeg'), or as multipart field 'image'"};
+    if (refusal) {
+      detail::send_error(res, refusal->status, refusal->message);
+      if (refusal->status == 401) res.set_header("WWW-Authenticate", "Bearer realm=\"segml demo\"");
+      res.set_header("Connection", "close");
+      if (detail::t_connection) detail::t_connection->close_after_answer();
+      return false;
+    }
+    if (set_cookie && !res.has_header("Set-Cookie"))
+      res.set_header("Set-Cookie", "segml_token=" + opt_.token + "; Path=/; HttpOnly; SameSite=Strict" + (tls() ? "; Secure" : ""));
+    if (detail::t_connection) detail::t_connection->begin_body(opt_.body_timeout_s, max_body(), opt_.body_timeout_s);
+    return true;
   }
 
   std::string mb_text() const {
@@ -506,6 +1060,7 @@ class DemoServer {
   std::atomic<int64_t> served_{0};
   const Clock::time_point started_ = Clock::now();
   std::unique_ptr<httplib::Server> http_;
+  detail::HttpServer* plain_ = nullptr;  // http_ when it serves plain HTTP
 };
 
 }  // namespace segml::demo
