@@ -2,12 +2,22 @@
 // driven with the cpp-httplib client: the page, /healthz, /api/info, /api/segment (PNG, JPEG,
 // multipart; results equal to running the pipeline directly), /api/overlay, the 400/404/413/503
 // errors, a few hundred random and corrupt payloads sent concurrently with valid requests (the
-// server must keep answering correctly), and the model lookup in weights/. Also
+// server must keep answering correctly), hostile clients on raw sockets (64 slowloris connections
+// and 64 slow bodies while /healthz and a segmentation must answer within 2 s, deadlines, the
+// connection cap, ambiguous framing, oversize declared lengths), the access token, and the model
+// lookup in weights/. Also
 // load_image_from_memory (segml/io/image.hpp). Uses a randomly initialised tiny SegFormer with a
 // 64x64 input, so the whole file runs in a few seconds.
 #include <doctest/doctest.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <atomic>
+#include <filesystem>
 #include <fstream>
 #include <random>
 #include <semaphore>
@@ -128,6 +138,125 @@ std::string png_header(uint32_t width, uint32_t height) {
   s += std::string("\x08\x02\0\0\0", 5);  // 8-bit RGB
   s += std::string(4, '\0');              // CRC (stb does not check it)
   return s;
+}
+
+// A raw TCP connection to 127.0.0.1:port, for requests the client library would not send (slow,
+// malformed or ambiguous ones).
+struct RawConn {
+  int fd = -1;
+  explicit RawConn(int port) {
+    fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(uint16_t(port));
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (fd >= 0 && ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+      ::close(fd);
+      fd = -1;
+    }
+  }
+  RawConn(const RawConn&) = delete;
+  RawConn& operator=(const RawConn&) = delete;
+  ~RawConn() {
+    if (fd >= 0) ::close(fd);
+  }
+  bool send(std::string_view s) const { return fd >= 0 && ::send(fd, s.data(), s.size(), MSG_NOSIGNAL) == ssize_t(s.size()); }
+  // What arrives within `timeout_s`: until the server closes, or a whole answer (head and its
+  // Content-Length body) is there.
+  std::string receive(double timeout_s) const {
+    std::string got;
+    const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+    while (fd >= 0) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - std::chrono::steady_clock::now()).count();
+      pollfd p{fd, POLLIN, 0};
+      if (left <= 0 || ::poll(&p, 1, int(left)) <= 0) break;
+      char buf[4096];
+      const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+      if (n <= 0) break;
+      got.append(buf, size_t(n));
+      const size_t head_end = got.find("\r\n\r\n");
+      if (head_end == std::string::npos) continue;
+      const size_t cl = got.find("Content-Length: ");
+      if (cl != std::string::npos && cl < head_end &&
+          got.size() >= head_end + 4 + std::stoul(got.substr(cl + 16)))
+        break;
+    }
+    return got;
+  }
+  // Whether the server closes the connection (end of stream or reset) within `timeout_s`,
+  // discarding what it sends before.
+  bool closed_within(double timeout_s) const {
+    const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+    for (;;) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - std::chrono::steady_clock::now()).count();
+      pollfd p{fd, POLLIN, 0};
+      if (left <= 0 || ::poll(&p, 1, int(left)) <= 0) return false;
+      char buf[4096];
+      if (::recv(fd, buf, sizeof buf, 0) <= 0) return true;
+    }
+  }
+};
+
+// The status of a raw answer ("HTTP/1.1 400 Bad Request..." -> 400), or 0 without one.
+int status_of(const std::string& answer) {
+  return answer.starts_with("HTTP/1.") && answer.size() >= 12 ? std::atoi(answer.c_str() + 9) : 0;
+}
+
+// The JSON error message of a raw answer ("" when there is none).
+std::string error_of(const std::string& answer) {
+  const size_t head_end = answer.find("\r\n\r\n");
+  if (head_end == std::string::npos) return "";
+  const json body = json::parse(answer.substr(head_end + 4), nullptr, false);
+  return body.is_object() && body.contains("error") ? body["error"].get<std::string>() : "";
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// The files this process has open (sockets included).
+size_t open_files() {
+  size_t n = 0;
+  for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) ++n;
+  return n;
+}
+
+// While 64 connections trickle bytes to the server (first_bytes at once, then next_bytes(round) every
+// 2 s), measures /healthz and a real segmentation three times (2.5 s client timeouts; it stops at the
+// first failure): returns the slowest of each, in s (1e9 when one failed).
+std::pair<double, double> latency_under_slow_clients(const TestServer& ts, const std::string& first_bytes,
+                                                     const std::function<std::string(int)>& next_bytes) {
+  std::vector<std::unique_ptr<RawConn>> conns;
+  for (int i = 0; i < 64; ++i) {
+    conns.push_back(std::make_unique<RawConn>(ts.port));
+    REQUIRE(conns.back()->fd >= 0);
+    conns.back()->send(first_bytes);
+  }
+  std::atomic<bool> done{false};
+  std::thread trickler([&] {
+    for (int round = 1; !done; ++round) {
+      for (int k = 0; k < 20 && !done; ++k) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      for (auto& c : conns) c->send(next_bytes(round));
+    }
+  });
+  const std::string png = read_bytes(kDataDir + "rgb_37x53.png");
+  double worst_health = 0, worst_segment = 0;
+  for (int probe = 0; probe < 3; ++probe) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(probe == 0 ? 500 : 1500));
+    httplib::Client cli("127.0.0.1", ts.port);
+    cli.set_connection_timeout(2, 500000);
+    cli.set_read_timeout(2, 500000);
+    auto t0 = std::chrono::steady_clock::now();
+    auto h = cli.Get("/healthz");
+    worst_health = std::max(worst_health, h && h->status == 200 ? seconds_since(t0) : 1e9);
+    t0 = std::chrono::steady_clock::now();
+    auto s = cli.Post("/api/segment?overlay=0", png, "image/png");
+    worst_segment = std::max(worst_segment, s && s->status == 200 ? seconds_since(t0) : 1e9);
+    if (worst_health >= 1e9 || worst_segment >= 1e9) break;
+  }
+  done = true;
+  trickler.join();
+  return {worst_health, worst_segment};
 }
 
 }  // namespace
@@ -437,6 +566,234 @@ TEST_CASE("demo: hundreds of random and corrupt payloads, sent concurrently with
   REQUIRE(r);
   REQUIRE(r->status == 200);
   CHECK(histogram_of(json::parse(r->body)) == expected_png);
+}
+
+TEST_CASE("demo: 64 slowloris connections (a header line every 2 s) starve neither /healthz nor a segmentation") {
+  TestServer ts;  // the default limits
+  const auto [health, segment] = latency_under_slow_clients(
+      ts, "POST /api/segment HTTP/1.1\r\nHost: 127.0.0.1\r\n",
+      [](int round) { return "X-Slow-" + std::to_string(round) + ": still typing\r\n"; });
+  MESSAGE("under 64 slowloris connections: /healthz ", health, " s, /api/segment ", segment, " s (slowest of 3)");
+  CHECK(health < 2.0);
+  CHECK(segment < 2.0);
+}
+
+TEST_CASE("demo: 64 slow bodies (a byte every 2 s) starve neither /healthz nor a segmentation") {
+  TestServer ts;
+  const auto [health, segment] = latency_under_slow_clients(
+      ts, "POST /api/segment HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\nContent-Length: 50000\r\n\r\n",
+      [](int) { return std::string("x"); });
+  MESSAGE("under 64 slow bodies: /healthz ", health, " s, /api/segment ", segment, " s (slowest of 3)");
+  CHECK(health < 2.0);
+  CHECK(segment < 2.0);
+}
+
+TEST_CASE("demo: ambiguous request framing gets 400, a declared body over the limit 413 at once") {
+  ServerOptions opt;
+  opt.max_image_mb = 1;
+  TestServer ts(opt);
+  const std::string head = "POST /api/segment HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n";
+  struct Case {
+    std::string name;
+    std::string request;
+    int status;
+    const char* says;
+  };
+  const Case cases[] = {
+      {"two different Content-Lengths", head + "Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!", 400, "Content-Length"},
+      {"two equal Content-Lengths", head + "Content-Length: 5\r\nContent-Length: 5\r\n\r\nhello", 400, "Content-Length"},
+      {"Content-Length and Transfer-Encoding", head + "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+       400, "Transfer-Encoding"},
+      {"Content-Length: abc", head + "Content-Length: abc\r\n\r\nhello", 400, "Content-Length 'abc'"},
+      {"Content-Length: -5", head + "Content-Length: -5\r\n\r\nhello", 400, "Content-Length '-5'"},
+      {"Content-Length: +5", head + "Content-Length: +5\r\n\r\nhello", 400, "Content-Length '+5'"},
+      {"Transfer-Encoding other than chunked", head + "Transfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", 400,
+       "Transfer-Encoding 'gzip, chunked'"},
+      {"two Transfer-Encodings", head + "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400,
+       "Transfer-Encoding"},
+      {"a GET with a body", "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\n\r\nhello", 400, "no body"},
+      {"a POST without a length", head + "\r\n", 411, "Content-Length"},
+      {"a declared body over the limit", head + "Content-Length: 100000000\r\n\r\n", 413, "limit is 1 MB"},
+      {"a 40-digit Content-Length", head + "Content-Length: 1000000000000000000000000000000000000000\r\n\r\n", 413, "limit is 1 MB"},
+  };
+  for (const Case& c : cases) {
+    CAPTURE(c.name);
+    RawConn conn(ts.port);
+    const auto t0 = std::chrono::steady_clock::now();
+    REQUIRE(conn.send(c.request));
+    const std::string answer = conn.receive(3.0);
+    const double took = seconds_since(t0);
+    CHECK(status_of(answer) == c.status);
+    CHECK_MESSAGE(error_of(answer).find(c.says) != std::string::npos, answer);
+    CHECK(took < 1.0);  // at once: nothing of the body is awaited
+    CHECK(conn.closed_within(2.0));  // its body, unread, cannot be taken for the next request
+    if (c.status == 413) MESSAGE("413 for ", c.name, " after ", took * 1000, " ms");
+  }
+  // A chunked body has no declared length: it is cut off at the limit.
+  RawConn chunked(ts.port);
+  REQUIRE(chunked.send(head + "Transfer-Encoding: chunked\r\n\r\n"));
+  const std::string mb(1 << 20, 'x');
+  char size_line[32];
+  std::snprintf(size_line, sizeof size_line, "%zx\r\n", mb.size());
+  for (int i = 0; i < 3; ++i) chunked.send(size_line + mb + "\r\n");
+  const std::string answer = chunked.receive(5.0);
+  CHECK(status_of(answer) == 413);
+  // The server still answers well-formed requests.
+  auto ok = ts.client().Post("/api/segment", read_bytes(kDataDir + "rgb_37x53.png"), "image/png");
+  REQUIRE(ok);
+  CHECK(ok->status == 200);
+}
+
+TEST_CASE("demo: a request head or body trickled past its deadline is answered 408 and closed") {
+  ServerOptions opt;
+  opt.header_timeout_s = 1.5;
+  opt.body_timeout_s = 1.5;
+  TestServer ts(opt);
+  for (const bool body : {false, true}) {
+    CAPTURE(body);
+    RawConn conn(ts.port);
+    const auto t0 = std::chrono::steady_clock::now();
+    REQUIRE(conn.send(body ? "POST /api/segment HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n"
+                           : "GET /healthz HTTP/1.1\r\nHost: x\r\n"));
+    std::string answer;
+    // A byte (or a header line) every 0.3 s: each arrives well within any per-read timeout.
+    for (int i = 0; i < 20 && answer.empty(); ++i) {
+      conn.send(body ? "x" : "X-Slow: 1\r\n");
+      answer = conn.receive(0.3);
+    }
+    const double took = seconds_since(t0);
+    MESSAGE((body ? "slow body" : "slow head"), " answered after ", took, " s");
+    CHECK(status_of(answer) == 408);
+    CHECK_MESSAGE(error_of(answer).find(body ? "--body-timeout" : "--header-timeout") != std::string::npos, answer);
+    CHECK(took < 3.0);
+    CHECK(conn.closed_within(2.0));
+  }
+  // An idle connection is closed after the keep-alive timeout.
+  ServerOptions idle_opt;
+  idle_opt.keep_alive_timeout_s = 0.5;
+  TestServer idle_ts(idle_opt);
+  RawConn idle(idle_ts.port);
+  CHECK(idle.closed_within(2.0));
+}
+
+TEST_CASE("demo: connections beyond --max-connections get 503 at once, and no socket leaks") {
+  const size_t files_before = open_files();
+  {
+    ServerOptions opt;
+    opt.max_connections = 4;
+    TestServer ts(opt);
+    const size_t files_serving = open_files();
+    std::vector<std::unique_ptr<RawConn>> held;
+    for (int i = 0; i < 4; ++i) {
+      held.push_back(std::make_unique<RawConn>(ts.port));
+      held.back()->send("GET /healthz HTTP/1.1\r\nHost: x\r\n");  // an unfinished head
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    httplib::Client cli("127.0.0.1", ts.port);
+    cli.set_read_timeout(3);
+    const auto t0 = std::chrono::steady_clock::now();
+    check_error(cli.Get("/healthz"), 503, "--max-connections");
+    CHECK(seconds_since(t0) < 1.0);
+    // Many more at once: each is answered or closed, none hangs.
+    std::vector<std::unique_ptr<RawConn>> extra;
+    for (int i = 0; i < 32; ++i) extra.push_back(std::make_unique<RawConn>(ts.port));
+    for (auto& c : extra) c->send("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    for (auto& c : extra) CHECK(c->closed_within(3.0));
+    extra.clear();
+    // A freed slot serves again.
+    held.pop_back();
+    bool served = false;
+    for (int i = 0; i < 30 && !served; ++i) {
+      auto r = cli.Get("/healthz");
+      served = r && r->status == 200;
+      if (!served) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    CHECK(served);
+    held.clear();
+    // Every socket of the server's side is closed again.
+    bool back = false;
+    for (int i = 0; i < 50 && !back; ++i) {
+      back = open_files() <= files_serving;
+      if (!back) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    CHECK_MESSAGE(back, open_files(), " files open, ", files_serving, " before the connections");
+  }
+  CHECK(open_files() == files_before);
+}
+
+TEST_CASE("demo: with an access token every request but /healthz needs it: query, cookie or bearer") {
+  ServerOptions opt;
+  opt.token = "s3cret-Token_1";
+  TestServer ts(opt);
+  auto cli = ts.client();
+  const std::string png = read_bytes(kDataDir + "rgb_37x53.png");
+  check_error(cli.Get("/"), 401, "access token");
+  check_error(cli.Get("/api/info"), 401, "access token");
+  check_error(cli.Post("/api/segment", png, "image/png"), 401, "access token");
+  check_error(cli.Get("/api/info?token=s3cret-Token_2"), 401, "wrong access token");
+  check_error(cli.Get("/api/info?token=s3cret-Token_"), 401, "wrong access token");
+  check_error(cli.Get("/api/info", {{"Authorization", "Bearer nope"}}), 401, "wrong access token");
+  check_error(cli.Get("/api/info", {{"Cookie", "segml_token=nope"}}), 401, "wrong access token");
+  CHECK(cli.Get("/api/info")->get_header_value("WWW-Authenticate").starts_with("Bearer"));
+  auto health = cli.Get("/healthz");  // for monitoring: no token needed
+  REQUIRE(health);
+  CHECK(health->status == 200);
+
+  // The URL printed at start: the page, and a cookie that carries the token for its own requests.
+  auto page = cli.Get("/?token=s3cret-Token_1");
+  REQUIRE(page);
+  CHECK(page->status == 200);
+  const std::string cookie = page->get_header_value("Set-Cookie");
+  CHECK(cookie.starts_with("segml_token=s3cret-Token_1;"));
+  CHECK(cookie.find("HttpOnly") != std::string::npos);
+  CHECK(cookie.find("SameSite=Strict") != std::string::npos);
+  auto info = cli.Get("/api/info", {{"Cookie", "theme=dark; segml_token=s3cret-Token_1"}});
+  REQUIRE(info);
+  CHECK(info->status == 200);
+  CHECK(info->get_header_value("Set-Cookie").empty());
+  auto seg = cli.Post("/api/segment", {{"Authorization", "Bearer s3cret-Token_1"}}, png, "image/png");
+  REQUIRE(seg);
+  CHECK(seg->status == 200);
+  CHECK(json::parse(seg->body).contains("classes"));
+  // An unauthenticated body is not read: the answer comes at once, and the connection is closed.
+  RawConn raw(ts.port);
+  const auto t0 = std::chrono::steady_clock::now();
+  REQUIRE(raw.send("POST /api/segment HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n"));
+  CHECK(status_of(raw.receive(3.0)) == 401);
+  CHECK(seconds_since(t0) < 1.0);
+  CHECK(raw.closed_within(2.0));
+}
+
+TEST_CASE("demo: the access token is needed beyond loopback only; --token and --no-auth") {
+  for (const char* host : {"127.0.0.1", "127.1.2.3", "::1", "localhost", "LocalHost"}) {
+    CAPTURE(host);
+    CHECK(demo::detail::is_loopback_host(host));
+    CHECK(demo::detail::access_token(host, "", false).empty());
+    CHECK(demo::detail::access_token(host, "given-token", false).empty());
+  }
+  for (const char* host : {"0.0.0.0", "::", "192.168.1.23", "10.0.0.1", "fe80::1", "example.org", "128.0.0.1"}) {
+    CAPTURE(host);
+    CHECK(!demo::detail::is_loopback_host(host));
+    const std::string token = demo::detail::access_token(host, "", false);
+    CHECK(token.size() == 24);  // 18 random bytes, base64url
+    CHECK(demo::detail::token_problem(token).empty());
+    CHECK(demo::detail::access_token(host, "", false) != token);  // fresh each start
+    CHECK(demo::detail::access_token(host, "given-token", false) == "given-token");
+    CHECK(demo::detail::access_token(host, "", true).empty());  // --no-auth
+  }
+  CHECK(demo::detail::token_problem("short").find("8 to 256") != std::string::npos);
+  CHECK(demo::detail::token_problem("has space in it").find("' '") != std::string::npos);
+  CHECK(demo::detail::same_secret("abc", "abc"));
+  CHECK(!demo::detail::same_secret("abc", "abd"));
+  CHECK(!demo::detail::same_secret("abc", "abcd"));
+  ServerOptions bad;
+  bad.token = "a;b=c d";
+  CHECK_THROWS_WITH_AS(DemoServer(tiny_model(), bad), doctest::Contains("--token"), segml::Error);
+  // Without a token (loopback, or --no-auth) nothing is asked.
+  TestServer ts;
+  auto r = ts.client().Get("/api/info");
+  REQUIRE(r);
+  CHECK(r->status == 200);
 }
 
 TEST_CASE("demo: the model is found in weights/, or the error says how to get one") {
