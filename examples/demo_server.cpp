@@ -1,18 +1,23 @@
 // demo_server: a web app that segments street scenes, for a laptop or a phone browser.
 //
 //   demo_server [--model DIR | --random-init tiny|b0] [--host 127.0.0.1] [--port 8080] [--threads N] [--max-image-mb 10]
-//               [--queue 4] [--tls-cert cert.pem --tls-key key.pem]
+//               [--max-pixels 50000000] [--queue 4] [--max-connections 128] [--header-timeout 10] [--body-timeout 30]
+//               [--keep-alive-timeout 5] [--token T | --no-auth] [--tls-cert cert.pem --tls-key key.pem]
 //
 // Serves the page embedded from examples/demo_server/web and the REST API of
 // examples/demo_server/server.hpp (documented in docs/demo.md). Without --model it serves the first
 // checkpoint found in weights/, and when there is none it says how to get or train one.
-// Phones: --host 0.0.0.0 and open http://<laptop-ip>:8080; for the live camera use HTTPS
-// (--tls-cert/--tls-key; docs/demo.md shows how to make a self-signed certificate).
+// Phones: --host 0.0.0.0; the server then needs an access token (random unless --token is given;
+// --no-auth opts out), and prints a warning, the address with the token and its QR code (with
+// libqrencode; else only the address). For the live camera use HTTPS (--tls-cert/--tls-key;
+// docs/demo.md shows how to make a self-signed certificate). Every numeric flag is checked
+// (examples/cli_checks.hpp): a bad value is refused with the flag, the value and the valid range.
 #include <CLI/CLI.hpp>
 
 #include <arpa/inet.h>
 #include <ifaddrs.h>
 #include <netinet/in.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <csignal>
@@ -20,8 +25,13 @@
 #include <string>
 #include <vector>
 
+#include "../cli_checks.hpp"
 #include "demo_server_assets.hpp"
 #include "server.hpp"
+
+#ifdef SEGML_HAVE_QRENCODE
+#include <qrencode.h>
+#endif
 
 namespace {
 
@@ -46,6 +56,35 @@ std::vector<std::string> lan_addresses() {
   return out;
 }
 
+// Prints `text` as a QR code when stdout is a terminal: two modules per character cell (upper
+// half block, ANSI colours), dark on light with a quiet zone, whatever the terminal's own colours.
+void print_qr(const std::string& text) {
+#ifdef SEGML_HAVE_QRENCODE
+  if (!isatty(STDOUT_FILENO)) return;  // escape codes in a log file would only be noise
+  QRcode* qr = QRcode_encodeString(text.c_str(), 0, QR_ECLEVEL_L, QR_MODE_8, 1);
+  if (!qr) {
+    std::printf("(could not make a QR code of the address)\n");
+    return;
+  }
+  const int quiet = 2, n = qr->width + 2 * quiet;
+  const auto dark = [&](int x, int y) {
+    x -= quiet;
+    y -= quiet;
+    return x >= 0 && y >= 0 && x < qr->width && y < qr->width && (qr->data[y * qr->width + x] & 1);
+  };
+  for (int y = 0; y < n; y += 2) {
+    std::printf("  ");
+    for (int x = 0; x < n; ++x)  // foreground: the upper module; background: the lower one
+      std::printf("\033[%d;%dm\u2580", dark(x, y) ? 30 : 97, dark(x, y + 1) ? 40 : 107);
+    std::printf("\033[0m\n");
+  }
+  QRcode_free(qr);
+#else
+  (void)text;
+  std::printf("(a QR code of this address needs libqrencode: apt-get install libqrencode-dev, then rebuild)\n");
+#endif
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -60,20 +99,55 @@ int main(int argc, char** argv) {
       ->excludes("--model");
   app.add_option("--host", host, "address to listen on; 0.0.0.0 to be reachable from a phone on the same network")
       ->capture_default_str();
-  app.add_option("--port", port, "port")->capture_default_str()->check(CLI::Range(1, 65535));
-  app.add_option("--threads", threads, "threads for the model's kernels (default: all cores)")->check(CLI::PositiveNumber);
+  app.add_option("--port", port, "port")->capture_default_str()->check(segml::cli::whole(1, 65535));
+  app.add_option("--threads", threads, "threads for the model's kernels (default: all cores)")
+      ->check(segml::cli::whole(1, 1024));
   app.add_option("--max-image-mb", opt.max_image_mb, "largest accepted upload, in MB (larger: 413)")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(segml::cli::real(0, 1024, /*open_low=*/true));
+  app.add_option("--max-pixels", opt.max_pixels, "largest accepted image, in pixels (larger: 413, checked before decoding)")
+      ->capture_default_str()
+      ->check(segml::cli::whole(1, 1'000'000'000));
   app.add_option("--queue", opt.queue_size, "segmentation requests admitted at once (beyond: 503)")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(segml::cli::whole(1, 1024));
+  app.add_option("--max-connections", opt.max_connections,
+                 "open connections served at once, a thread each, apart from --queue (beyond: 503)")
+      ->capture_default_str()
+      ->check(segml::cli::whole(1, 4096));
+  app.add_option("--header-timeout", opt.header_timeout_s, "seconds for a request's whole head to arrive (else 408)")
+      ->capture_default_str()
+      ->check(segml::cli::real(0, 3600, /*open_low=*/true));
+  app.add_option("--body-timeout", opt.body_timeout_s,
+                 "seconds for a request's whole body to arrive, and for the answer to be taken (else 408)")
+      ->capture_default_str()
+      ->check(segml::cli::real(0, 3600, /*open_low=*/true));
+  app.add_option("--keep-alive-timeout", opt.keep_alive_timeout_s, "seconds an idle connection stays open")
+      ->capture_default_str()
+      ->check(segml::cli::real(0, 3600, /*open_low=*/true));
+  std::string token;
+  bool no_auth = false;
+  auto* token_opt =
+      app.add_option("--token", token,
+                     "access token asked beyond loopback (default: a random one, printed at start)")
+          ->check(CLI::Validator(
+              [](std::string& t) {
+                const std::string problem = segml::demo::detail::token_problem(t);
+                return problem.empty() ? problem : "got '" + t + "', " + problem;
+              },
+              "TOKEN"));
+  app.add_flag("--no-auth", no_auth, "serve beyond loopback without an access token (anyone on the network can use it)")
+      ->excludes(token_opt);
   app.add_option("--tls-cert", opt.tls_cert, "PEM certificate: serve HTTPS (needed for the live camera on a phone)")
       ->check(CLI::ExistingFile);
   app.add_option("--tls-key", opt.tls_key, "PEM private key of --tls-cert")->check(CLI::ExistingFile);
   CLI11_PARSE(app, argc, argv);
 
   try {
+    opt.token = segml::demo::detail::access_token(host, token, no_auth);
+    if (segml::demo::detail::is_loopback_host(host) && (!token.empty() || no_auth))
+      std::printf("Note: --host %s is loopback, where no access token is asked: %s has no effect.\n", host.c_str(),
+                  no_auth ? "--no-auth" : "--token");
     if (threads > 0) segml::set_num_threads(threads);
     const std::string path = random_init.empty() ? segml::demo::find_model(model_path) : "random-" + random_init;
     const auto t0 = std::chrono::steady_clock::now();
@@ -90,15 +164,25 @@ int main(int argc, char** argv) {
     std::signal(SIGINT, on_signal);
     std::signal(SIGTERM, on_signal);
     const char* scheme = server.tls() ? "https" : "http";
-    if (host == "0.0.0.0") {
-      std::printf("Serving on %s://localhost:%d/ and, from a phone on the same network:\n", scheme, port);
-      for (const std::string& ip : lan_addresses()) std::printf("  %s://%s:%d/\n", scheme, ip.c_str(), port);
+    if (segml::demo::detail::is_loopback_host(host)) {
+      std::printf("Serving on %s://%s:%d/\n", scheme, host.c_str(), port);
+      std::printf("Only this machine can connect; use --host 0.0.0.0 to reach it from a phone.\n");
+    } else {
+      const bool any = host == "0.0.0.0" || host == "::";
+      std::vector<std::string> addresses = any ? lan_addresses() : std::vector<std::string>{host};
+      if (addresses.empty()) addresses.push_back("<this-machine's-address>");
+      const std::string query = opt.token.empty() ? "" : "?token=" + opt.token;
+      std::printf("WARNING: listening on %s: this server is reachable from the network, not only from this machine.\n",
+                  host.c_str());
+      if (opt.token.empty())
+        std::printf("WARNING: --no-auth: anyone who can reach this machine can use the server.\n");
+      else
+        std::printf("Every request needs the access token%s; open this address on the phone (same network):\n",
+                    token.empty() ? " (random, new at each start; --token sets one)" : " given with --token");
+      for (const std::string& ip : addresses) std::printf("  %s://%s:%d/%s\n", scheme, ip.c_str(), port, query.c_str());
+      print_qr(std::string(scheme) + "://" + addresses.front() + ":" + std::to_string(port) + "/" + query);
       if (!server.tls())
         std::printf("(plain HTTP: photo upload works on a phone, the live camera needs --tls-cert/--tls-key)\n");
-    } else {
-      std::printf("Serving on %s://%s:%d/\n", scheme, host.c_str(), port);
-      if (host == "127.0.0.1" || host == "localhost")
-        std::printf("Only this machine can connect; use --host 0.0.0.0 to reach it from a phone.\n");
     }
     std::printf("Ctrl-C stops.\n");
     std::fflush(stdout);

@@ -34,6 +34,7 @@
 #include <cctype>
 #include <cerrno>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <cstdint>
 #include <cstring>
@@ -289,10 +290,10 @@ inline std::string random_token() {
 
 // Why `token` cannot be an access token (it goes into URLs and a cookie), or "" when it can.
 inline std::string token_problem(const std::string& token) {
-  if (token.size() < 8 || token.size() > 256) return "expected 8 to 256 characters, got " + std::to_string(token.size());
+  if (token.size() < 8 || token.size() > 256) return "expected 8 to 256 characters (it has " + std::to_string(token.size()) + ")";
   for (char c : token)
     if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_' && c != '.' && c != '~')
-      return std::string("expected only letters, digits and - _ . ~, got '") + c + "'";
+      return std::string("expected only letters, digits and - _ . ~ (it has '") + c + "')";
   return "";
 }
 
@@ -796,9 +797,10 @@ class DemoServer {
       const int cap = opt_.max_connections;
       http_->new_task_queue = [cap] { return new detail::ConnectionPool(cap, 0, /*refuse_beyond=*/false); };
       http_->set_read_timeout(std::chrono::duration<double>(std::min(opt_.header_timeout_s, opt_.body_timeout_s)));
-      http_->set_keep_alive_timeout(std::max<time_t>(1, time_t(opt_.keep_alive_timeout_s)));
-      http_->set_keep_alive_max_count(size_t(opt_.keep_alive_max));
     }
+    // (For plain HTTP these only fill the Keep-Alive header: HttpServer applies the limits.)
+    http_->set_keep_alive_timeout(std::max<time_t>(1, time_t(std::ceil(opt_.keep_alive_timeout_s))));
+    http_->set_keep_alive_max_count(size_t(opt_.keep_alive_max));
     // Headroom for the multipart framing; httplib answers 413 to a body beyond it.
     http_->set_payload_max_length(max_body());
     // Before any body is read: the access token, then the framing (see admit()).
