@@ -17,7 +17,17 @@
 //    (the server keeps running) if anything else throws.
 //  - At most queue_size segmentation requests are in flight; they take turns on the model (one
 //    inference at a time, each using all the kernel threads). Beyond that, 503 with Retry-After.
-// Does not: authenticate, rate-limit per client, batch requests, or keep uploaded images.
+//  - The HTTP layer (plain HTTP; detail::HttpServer) survives slow and hostile clients: at most
+//    max_connections open connections are served (a thread each, apart from the queue; beyond, 503
+//    and close); the request head must arrive within header_timeout_s, the body within
+//    body_timeout_s (else 408 and close); idle connections close after keep_alive_timeout_s.
+//    Before any body is read, the framing is checked (one plain Content-Length, or chunked alone;
+//    else 400; no length on a POST: 411) and a declared length over the limit gets 413 at once.
+//  - With a token (ServerOptions::token; demo_server sets one beyond loopback), every request but
+//    GET /healthz needs it: ?token=, the cookie segml_token (set when the query's token is right)
+//    or Authorization: Bearer; else 401. Compared in constant time.
+// Does not: rate-limit per client, batch requests, or keep uploaded images. Over HTTPS, cpp-httplib
+// reads the connections itself: the cap holds (beyond it, connections wait), the timeouts are per read.
 #pragma once
 
 #include <nlohmann/json.hpp>
