@@ -1,7 +1,9 @@
 // End-to-end test of the demo page: starts demo_server, opens the page in headless Debian Chromium
 // (driven by playwright-core), uploads a street photo, waits for the overlay, checks the legend,
 // the latency panel and the view toggles, checks that a bad upload shows an error, runs the live
-// mode on Chromium's fake camera, and saves screenshots (laptop, phone and live).
+// mode on Chromium's fake camera, and saves screenshots (laptop, phone and live). Then serves on all
+// interfaces, where an access token is asked: opening the printed ?token= address must just work
+// (the page's own requests carry the token in a cookie), and requests without it get 401.
 //
 //   node e2e.mjs --server build/examples/demo_server [--model DIR] [--image street.jpg] [--out DIR]
 //
@@ -188,9 +190,44 @@ async function main() {
 
     const unexpected = pageErrors.filter((e) => !/status of 400/.test(e));  // the corrupt upload's 400
     check(unexpected.length === 0, `no errors in the page's console${unexpected.length ? `: ${unexpected.join('; ')}` : ''}`);
+
+    await checkTokenFlow(browser, serverBin, model, image);
     console.log('PASS');
   } finally {
     if (browser) await browser.close();
+    server.kill('SIGTERM');
+  }
+}
+
+// Beyond loopback: the server prints an address with ?token=; a phone opening it gets the page, and
+// the page's requests are authorised by the cookie that address sets. Without the token: 401.
+async function checkTokenFlow(browser, serverBin, model, image) {
+  const port = await freePort();
+  const url = `http://127.0.0.1:${port}`;
+  const serverArgs = ['--host', '0.0.0.0', '--port', String(port), ...(model ? ['--model', model] : ['--random-init', 'tiny'])];
+  console.log(`starting ${serverBin} ${serverArgs.join(' ')}`);
+  const server = spawn(serverBin, serverArgs, {stdio: ['ignore', 'pipe', 'inherit']});
+  let printed = '';
+  server.stdout.on('data', (d) => { printed += d; process.stdout.write(d); });
+  try {
+    await waitForHealth(url, server, 60000);  // /healthz needs no token
+    const token = (printed.match(/\?token=([A-Za-z0-9._~-]+)/) || [])[1];
+    check(/WARNING: .*reachable from the network/.test(printed) && token, `it warns and prints the address with a token`);
+    check((await fetch(`${url}/api/info`)).status === 401, 'a request without the token gets 401');
+    check((await fetch(`${url}/api/info`, {headers: {Authorization: `Bearer ${token}`}})).status === 200,
+          'a bearer token is accepted');
+    const phone = await browser.newContext({viewport: {width: 390, height: 844}, isMobile: true, hasTouch: true});
+    const page = await phone.newPage();
+    await page.goto(`${url}/?token=${token}`);
+    await page.waitForFunction(() => !document.getElementById('model-name').textContent.includes('connecting'));
+    check(/classes/.test(await page.textContent('#model-name')), 'the page opened with ?token= loads the model info');
+    await page.setInputFiles('#file-input', image);
+    await page.waitForSelector('body[data-state="ready"]', {timeout: 120000});
+    check((await page.$$('#legend li .name')).length > 0, 'and segments an upload (the cookie carries the token)');
+    const cookie = (await phone.cookies()).find((c) => c.name === 'segml_token');
+    check(cookie && cookie.httpOnly && cookie.sameSite === 'Strict', 'the token cookie is HttpOnly and SameSite=Strict');
+    await phone.close();
+  } finally {
     server.kill('SIGTERM');
   }
 }
