@@ -4,11 +4,17 @@
 // errors, a few hundred random and corrupt payloads sent concurrently with valid requests (the
 // server must keep answering correctly), hostile clients on raw sockets (64 slowloris connections
 // and 64 slow bodies while /healthz and a segmentation must answer within 2 s, deadlines, the
-// connection cap, ambiguous framing, oversize declared lengths), the access token, and the model
+// connection cap, ambiguous framing, oversize declared lengths; the same over HTTPS with slow TLS
+// handshakes), the access token, and the model
 // lookup in weights/. Also
 // load_image_from_memory (segml/io/image.hpp). Uses a randomly initialised tiny SegFormer with a
 // 64x64 input, so the whole file runs in a few seconds.
 #include <doctest/doctest.h>
+
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -213,6 +219,62 @@ std::string error_of(const std::string& answer) {
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
+
+// A self-signed certificate for 127.0.0.1 (an EC P-256 key), written as PEM files into `dir`:
+// returns {cert, key}.
+std::pair<std::string, std::string> self_signed_certificate(const TempDir& dir) {
+  EVP_PKEY* key = EVP_EC_gen("P-256");
+  REQUIRE(key);
+  X509* cert = X509_new();
+  ASN1_INTEGER_set(X509_get_serialNumber(cert), 1);
+  X509_gmtime_adj(X509_getm_notBefore(cert), 0);
+  X509_gmtime_adj(X509_getm_notAfter(cert), 3600);
+  X509_set_pubkey(cert, key);
+  X509_NAME* name = X509_get_subject_name(cert);
+  X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, reinterpret_cast<const unsigned char*>("127.0.0.1"), -1, -1, 0);
+  X509_set_issuer_name(cert, name);
+  REQUIRE(X509_sign(cert, key, EVP_sha256()) > 0);
+  const std::string cert_path = dir.file("cert.pem"), key_path = dir.file("key.pem");
+  FILE* f = std::fopen(cert_path.c_str(), "w");
+  REQUIRE(f);
+  PEM_write_X509(f, cert);
+  std::fclose(f);
+  f = std::fopen(key_path.c_str(), "w");
+  REQUIRE(f);
+  PEM_write_PrivateKey(f, key, nullptr, nullptr, 0, nullptr, nullptr);
+  std::fclose(f);
+  X509_free(cert);
+  EVP_PKEY_free(key);
+  return {cert_path, key_path};
+}
+
+// A TLS client connection on a RawConn (no certificate check): send() and receive() in clear.
+struct TlsConn {
+  RawConn raw;
+  SSL_CTX* ctx = SSL_CTX_new(TLS_client_method());
+  SSL* ssl = nullptr;
+  explicit TlsConn(int port) : raw(port) {
+    ssl = SSL_new(ctx);
+    SSL_set_fd(ssl, raw.fd);
+    connected = SSL_connect(ssl) == 1;
+    timeval tv{0, 200000};  // reads give up after 0.2 s
+    setsockopt(raw.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  }
+  TlsConn(const TlsConn&) = delete;
+  TlsConn& operator=(const TlsConn&) = delete;
+  ~TlsConn() {
+    SSL_free(ssl);
+    SSL_CTX_free(ctx);
+  }
+  bool send(std::string_view s) { return SSL_write(ssl, s.data(), int(s.size())) == int(s.size()); }
+  // What arrives within 0.2 s ("" if nothing).
+  std::string receive() {
+    char buf[4096];
+    const int n = SSL_read(ssl, buf, sizeof buf);
+    return n > 0 ? std::string(buf, size_t(n)) : "";
+  }
+  bool connected = false;
+};
 
 // The files this process has open (sockets included).
 size_t open_files() {
@@ -719,6 +781,62 @@ TEST_CASE("demo: connections beyond --max-connections get 503 at once, and no so
     CHECK_MESSAGE(back, open_files(), " files open, ", files_serving, " before the connections");
   }
   CHECK(open_files() == files_before);
+}
+
+TEST_CASE("demo: over HTTPS, slow handshakes and slow heads meet the same deadlines while the API answers") {
+  TempDir dir("demo_tls");
+  const auto [cert, key] = self_signed_certificate(dir);
+  ServerOptions opt;
+  opt.tls_cert = cert;
+  opt.tls_key = key;
+  opt.header_timeout_s = 1.5;
+  TestServer ts(opt);
+  httplib::SSLClient cli("127.0.0.1", ts.port);
+  cli.enable_server_certificate_verification(false);
+  cli.set_connection_timeout(2);
+  cli.set_read_timeout(2);
+
+  // 64 connections that trickle a TLS ClientHello, one byte every 0.3 s.
+  std::vector<std::unique_ptr<RawConn>> slow;
+  for (int i = 0; i < 64; ++i) slow.push_back(std::make_unique<RawConn>(ts.port));
+  const std::string hello("\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 11);
+  const auto t0 = std::chrono::steady_clock::now();
+  for (size_t k = 0; k < hello.size(); ++k) {
+    for (auto& c : slow) c->send(hello.substr(k, 1));
+    if (k == 2) {  // meanwhile, over HTTPS
+      auto t = std::chrono::steady_clock::now();
+      auto h = cli.Get("/healthz");
+      REQUIRE(h);
+      CHECK(h->status == 200);
+      const double health = seconds_since(t);
+      t = std::chrono::steady_clock::now();
+      auto s = cli.Post("/api/segment?overlay=0", read_bytes(kDataDir + "rgb_37x53.png"), "image/png");
+      REQUIRE(s);
+      CHECK(s->status == 200);
+      MESSAGE("over HTTPS, under 64 slow handshakes: /healthz ", health, " s, /api/segment ", seconds_since(t), " s");
+      CHECK(health < 2.0);
+      CHECK(seconds_since(t) < 2.0);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  }
+  // By now (3.3 s) every handshake has passed its 1.5 s deadline: closed.
+  for (auto& c : slow) CHECK(c->closed_within(1.0));
+  MESSAGE("slow handshakes closed after at most ", seconds_since(t0), " s");
+
+  // A TLS client that sends its head one header line every 0.3 s: 408 at the deadline.
+  TlsConn tls(ts.port);
+  REQUIRE(tls.connected);
+  const auto t1 = std::chrono::steady_clock::now();
+  REQUIRE(tls.send("GET /healthz HTTP/1.1\r\nHost: x\r\n"));
+  std::string answer;
+  for (int i = 0; i < 20 && answer.empty(); ++i) {
+    tls.send("X-Slow: 1\r\n");
+    answer = tls.receive();
+    if (answer.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  MESSAGE("slow head over TLS answered after ", seconds_since(t1), " s");
+  CHECK(status_of(answer) == 408);
+  CHECK(seconds_since(t1) < 3.0);
 }
 
 TEST_CASE("demo: with an access token every request but /healthz needs it: query, cookie or bearer") {

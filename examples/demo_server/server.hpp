@@ -17,22 +17,23 @@
 //    (the server keeps running) if anything else throws.
 //  - At most queue_size segmentation requests are in flight; they take turns on the model (one
 //    inference at a time, each using all the kernel threads). Beyond that, 503 with Retry-After.
-//  - The HTTP layer (plain HTTP; detail::HttpServer) survives slow and hostile clients: at most
-//    max_connections open connections are served (a thread each, apart from the queue; beyond, 503
-//    and close); the request head must arrive within header_timeout_s, the body within
-//    body_timeout_s (else 408 and close); idle connections close after keep_alive_timeout_s.
+//  - The HTTP layer (detail::GuardedServer, HTTP or HTTPS) survives slow and hostile clients: at
+//    most max_connections open connections are served (a thread each, apart from the queue; beyond,
+//    503 and close); the TLS handshake and the request head must each arrive within
+//    header_timeout_s, the body within body_timeout_s (else 408 and close); idle connections close
+//    after keep_alive_timeout_s.
 //    Before any body is read, the framing is checked (one plain Content-Length, or chunked alone;
 //    else 400; no length on a POST: 411) and a declared length over the limit gets 413 at once.
 //  - With a token (ServerOptions::token; demo_server sets one beyond loopback), every request but
 //    GET /healthz needs it: ?token=, the cookie segml_token (set when the query's token is right)
 //    or Authorization: Bearer; else 401. Compared in constant time.
-// Does not: rate-limit per client, batch requests, or keep uploaded images. Over HTTPS, cpp-httplib
-// reads the connections itself: the cap holds (beyond it, connections wait), the timeouts are per read.
+// Does not: rate-limit per client, batch requests, or keep uploaded images.
 #pragma once
 
 #include <nlohmann/json.hpp>
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/random.h>
@@ -411,26 +412,23 @@ inline thread_local ConnectionMode t_connection_mode = ConnectionMode::serve;
 // every accepted socket is closed by its job.
 class ConnectionPool final : public httplib::TaskQueue {
  public:
-  // refuse_beyond false (for servers that handle their sockets themselves, as httplib's TLS one):
-  // connections beyond the cap wait for a thread instead of being answered 503.
-  ConnectionPool(int max_connections, int spare, bool refuse_beyond = true)
-      : max_(max_connections), spare_(spare), refuse_beyond_(refuse_beyond) {}
+  ConnectionPool(int max_connections, int spare) : max_(max_connections), spare_(spare) {}
   ~ConnectionPool() override { shutdown(); }
 
   void enqueue(std::function<void()> fn) override {
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      const ConnectionMode mode = serving_ < max_ || !refuse_beyond_ ? ConnectionMode::serve
-                                  : refusing_ < spare_                 ? ConnectionMode::refuse
-                                                                       : ConnectionMode::drop;
+      const ConnectionMode mode = serving_ < max_     ? ConnectionMode::serve
+                                  : refusing_ < spare_ ? ConnectionMode::refuse
+                                                       : ConnectionMode::drop;
       if (mode != ConnectionMode::drop) {
         ++(mode == ConnectionMode::serve ? serving_ : refusing_);
         jobs_.push_back({std::move(fn), mode});
         if (size_t(waiting_) >= jobs_.size())
           cv_.notify_one();  // a waiting thread takes it
-        else if (int(threads_.size()) < max_ + (refuse_beyond_ ? spare_ : 0))
+        else if (int(threads_.size()) < max_ + spare_)
           threads_.emplace_back([this] { work(); });
-        // else it waits for a thread to finish its connection
+        // else a thread is about to finish its job and take this one
         return;
       }
     }
@@ -481,7 +479,6 @@ class ConnectionPool final : public httplib::TaskQueue {
   }
 
   const int max_, spare_;
-  const bool refuse_beyond_;
   std::mutex mutex_;
   std::condition_variable cv_;
   std::deque<Job> jobs_;
@@ -490,18 +487,43 @@ class ConnectionPool final : public httplib::TaskQueue {
   bool stopped_ = false;
 };
 
-// One client connection: the socket as an httplib::Stream whose reads and writes wait at most until
-// the deadline of what is being read (the request head, then the body) or written (the answer),
-// however slowly the bytes trickle in. Bodies beyond max_body bytes are cut off (chunked uploads
-// declare no length). Also ends its waits when the server stops.
+// One client connection: the socket (plain, or TLS when given an SSL_CTX) as an httplib::Stream
+// whose reads and writes wait at most until the deadline of what is being read (the TLS handshake
+// and the request head, then the body) or written (the answer), however slowly the bytes trickle
+// in. Bodies beyond max_body bytes are cut off (chunked uploads declare no length). Also ends its
+// waits when the server stops.
 class Connection final : public httplib::Stream {
  public:
   using Clock = std::chrono::steady_clock;
-  Connection(int sock, const std::atomic<socket_t>& listening) : sock_(sock), listening_(listening) {}
+  Connection(int sock, const std::atomic<socket_t>& listening, SSL_CTX* tls = nullptr)
+      : sock_(sock), listening_(listening), tls_(tls) {}
+  Connection(const Connection&) = delete;
+  Connection& operator=(const Connection&) = delete;
+  ~Connection() override {
+    if (ssl_) SSL_free(ssl_);
+  }
+
+  // With TLS: the handshake, within timeout_s (the socket becomes non-blocking, so that no read
+  // waits for a whole TLS record). Without: nothing to do. False when it fails or times out.
+  bool handshake(double timeout_s) {
+    if (!tls_) return true;
+    const int flags = fcntl(sock_, F_GETFL, 0);
+    if (flags < 0 || fcntl(sock_, F_SETFL, flags | O_NONBLOCK) < 0) return false;
+    ssl_ = SSL_new(tls_);
+    if (!ssl_ || SSL_set_fd(ssl_, sock_) != 1) return false;
+    const auto until = Clock::now() + seconds(timeout_s);
+    for (;;) {
+      const int r = SSL_accept(ssl_);
+      if (r == 1) return true;
+      const int e = SSL_get_error(ssl_, r);
+      if (!((e == SSL_ERROR_WANT_READ && wait(POLLIN, until)) || (e == SSL_ERROR_WANT_WRITE && wait(POLLOUT, until))))
+        return false;
+    }
+  }
 
   // Waits up to `idle` for the next request's first byte; false if none came.
   bool wait_for_request(double idle_s) {
-    return off_ < len_ || wait(POLLIN, Clock::now() + seconds(idle_s));
+    return off_ < len_ || (ssl_ && SSL_pending(ssl_) > 0) || wait(POLLIN, Clock::now() + seconds(idle_s));
   }
   // The request head must arrive within head_s from now.
   void begin_request(double head_s) {
@@ -527,6 +549,7 @@ class Connection final : public httplib::Stream {
   // reads what the client still sends (at most a second), so that the client gets the answer
   // rather than a reset.
   void close(bool linger) {
+    if (ssl_ && !timed_out_) SSL_shutdown(ssl_);  // close_notify, without waiting for the client's
     if (linger) {
       ::shutdown(sock_, SHUT_WR);
       const auto until = Clock::now() + std::chrono::seconds(1);
@@ -547,13 +570,7 @@ class Connection final : public httplib::Stream {
       return -1;
     }
     if (off_ == len_) {
-      if (!wait(POLLIN, deadline_)) {
-        timed_out_ = listening_ != INVALID_SOCKET;
-        return -1;
-      }
-      ssize_t n;
-      do n = ::recv(sock_, buf_, sizeof buf_, 0);
-      while (n < 0 && errno == EINTR);
+      const ssize_t n = receive(buf_, sizeof buf_);
       if (n <= 0) return n;
       off_ = 0;
       len_ = size_t(n);
@@ -574,6 +591,15 @@ class Connection final : public httplib::Stream {
       sending_ = true;
       send_until_ = Clock::now() + seconds(send_s_);
     }
+    if (ssl_) {
+      for (;;) {
+        const int r = SSL_write(ssl_, ptr, int(std::min<size_t>(size, 1 << 30)));
+        if (r > 0) return r;
+        const int e = SSL_get_error(ssl_, r);
+        if (!((e == SSL_ERROR_WANT_WRITE && wait(POLLOUT, send_until_)) || (e == SSL_ERROR_WANT_READ && wait(POLLIN, send_until_))))
+          return -1;
+      }
+    }
     if (!wait(POLLOUT, send_until_)) return -1;
     ssize_t n;
     do n = ::send(sock_, ptr, size, MSG_NOSIGNAL);
@@ -587,6 +613,27 @@ class Connection final : public httplib::Stream {
 
  private:
   enum class Phase { head, body };
+  // Reads what has arrived, waiting at most until deadline_: > 0 bytes, 0 at the end of the stream,
+  // -1 on error or timeout (then timed_out_, unless the server stops).
+  ssize_t receive(char* buf, size_t size) {
+    for (;;) {
+      if (ssl_) {
+        const int r = SSL_read(ssl_, buf, int(std::min<size_t>(size, 1 << 30)));
+        if (r > 0) return r;
+        const int e = SSL_get_error(ssl_, r);
+        if (e == SSL_ERROR_ZERO_RETURN) return 0;
+        if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) return -1;
+        if (wait(e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, deadline_)) continue;
+      } else if (wait(POLLIN, deadline_)) {
+        const ssize_t n = ::recv(sock_, buf, size, 0);
+        if (n >= 0 || errno != EINTR) return n;
+        continue;
+      }
+      timed_out_ = listening_ != INVALID_SOCKET;
+      return -1;
+    }
+  }
+
   static Clock::duration seconds(double s) {
     return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(s));
   }
@@ -626,6 +673,8 @@ class Connection final : public httplib::Stream {
 
   int sock_;
   const std::atomic<socket_t>& listening_;
+  SSL_CTX* tls_;
+  SSL* ssl_ = nullptr;
   char buf_[4096];
   size_t off_ = 0, len_ = 0;
   Phase phase_ = Phase::head;
@@ -635,43 +684,56 @@ class Connection final : public httplib::Stream {
   bool sending_ = false, timed_out_ = false, too_large_ = false, must_close_ = false;
 };
 
-// The connection the current thread serves (null outside HttpServer's connection threads).
+// The connection the current thread serves (null outside GuardedServer's connection threads).
 inline thread_local Connection* t_connection = nullptr;
 
-// httplib's plain HTTP server with its connections handled by Connection: deadlines for the head,
+struct HttpLimits {
+  int max_connections = 128;
+  double header_timeout_s = 10, body_timeout_s = 30, keep_alive_timeout_s = 5;
+  int keep_alive_max = 100;
+};
+
+// httplib's server (Base: httplib::Server, or httplib::SSLServer for HTTPS) with its connections
+// handled by Connection instead of httplib's own loop: deadlines for the TLS handshake and the head,
 // the body and the answer; bounded keep-alive; a 503 answer for connections beyond the cap.
-class HttpServer final : public httplib::Server {
+// httplib still parses the requests and routes them.
+template <class Base>
+class GuardedServer final : public Base {
  public:
-  struct Limits {
-    int max_connections = 128;
-    double header_timeout_s = 10, body_timeout_s = 30, keep_alive_timeout_s = 5;
-    int keep_alive_max = 100;
-  };
-  explicit HttpServer(const Limits& limits) : limits_(limits) {
-    new_task_queue = [this] { return new ConnectionPool(limits_.max_connections, kSpare); };
+  template <class... Args>
+  explicit GuardedServer(const HttpLimits& limits, Args&&... base_args) : Base(std::forward<Args>(base_args)...), limits_(limits) {
+    this->new_task_queue = [this] { return new ConnectionPool(limits_.max_connections, kSpare); };
   }
   // A deeper accept backlog than httplib's 5, so that bursts of connections are not dropped.
   void widen_backlog() {
-    if (svr_sock_ != INVALID_SOCKET) ::listen(svr_sock_, SOMAXCONN);
+    if (this->svr_sock_ != INVALID_SOCKET) ::listen(this->svr_sock_, SOMAXCONN);
   }
-  const Limits& limits() const { return limits_; }
 
  private:
   static constexpr int kSpare = 8;  // threads that only answer 503 to connections beyond the cap
+
+  SSL_CTX* tls_context() const {
+    if constexpr (std::is_base_of_v<httplib::SSLServer, Base>) return this->ssl_context();
+    return nullptr;
+  }
 
   bool process_and_close_socket(socket_t sock) override {
     if (t_connection_mode != ConnectionMode::serve) {
       refuse(sock, t_connection_mode == ConnectionMode::refuse);
       return false;
     }
-    Connection conn(sock, svr_sock_);
+    Connection conn(sock, this->svr_sock_, tls_context());
+    if (!conn.handshake(limits_.header_timeout_s)) {
+      conn.close(false);
+      return false;
+    }
     t_connection = &conn;
     bool ok = false;
-    for (int served = 0; served < limits_.keep_alive_max && svr_sock_ != INVALID_SOCKET; ++served) {
+    for (int served = 0; served < limits_.keep_alive_max && this->svr_sock_ != INVALID_SOCKET; ++served) {
       if (!conn.wait_for_request(limits_.keep_alive_timeout_s)) break;
       conn.begin_request(limits_.header_timeout_s);
       bool closed = false;
-      ok = process_request(conn, served + 1 == limits_.keep_alive_max, closed, nullptr);
+      ok = this->process_request(conn, served + 1 == limits_.keep_alive_max, closed, nullptr);
       if (!ok || closed || conn.must_close()) break;
     }
     t_connection = nullptr;
@@ -682,8 +744,8 @@ class HttpServer final : public httplib::Server {
   // A connection beyond the cap: with a thread, reads the request head (briefly), answers 503 and
   // closes; without one (`answer` false), just closes.
   void refuse(socket_t sock, bool answer) {
-    Connection conn(sock, svr_sock_);
-    if (answer) {
+    Connection conn(sock, this->svr_sock_, tls_context());
+    if (answer && conn.handshake(0.5)) {
       conn.begin_request(0.5);
       std::string head;
       char c;
@@ -701,7 +763,7 @@ class HttpServer final : public httplib::Server {
     conn.close(answer);
   }
 
-  Limits limits_;
+  HttpLimits limits_;
 };
 
 }  // namespace detail
@@ -729,15 +791,18 @@ class DemoServer {
       const std::string problem = detail::token_problem(opt_.token);
       SEGML_CHECK(problem.empty(), "demo_server: --token: ", problem);
     }
+    const detail::HttpLimits limits{opt_.max_connections, opt_.header_timeout_s, opt_.body_timeout_s,
+                                    opt_.keep_alive_timeout_s, opt_.keep_alive_max};
     if (opt_.tls_cert.empty()) {
-      auto plain = std::make_unique<detail::HttpServer>(detail::HttpServer::Limits{
-          opt_.max_connections, opt_.header_timeout_s, opt_.body_timeout_s, opt_.keep_alive_timeout_s, opt_.keep_alive_max});
-      plain_ = plain.get();
+      auto plain = std::make_unique<detail::GuardedServer<httplib::Server>>(limits);
+      widen_backlog_ = [s = plain.get()] { s->widen_backlog(); };
       http_ = std::move(plain);
     } else {
       for (const std::string* f : {&opt_.tls_cert, &opt_.tls_key})
         SEGML_CHECK(std::filesystem::is_regular_file(*f), "demo_server: TLS file '", *f, "' does not exist");
-      http_ = std::make_unique<httplib::SSLServer>(opt_.tls_cert.c_str(), opt_.tls_key.c_str());
+      auto tls = std::make_unique<detail::GuardedServer<httplib::SSLServer>>(limits, opt_.tls_cert.c_str(), opt_.tls_key.c_str());
+      widen_backlog_ = [s = tls.get()] { s->widen_backlog(); };
+      http_ = std::move(tls);
       SEGML_CHECK(http_->is_valid(), "demo_server: cannot use the TLS certificate '", opt_.tls_cert, "' with key '",
                   opt_.tls_key, "' (are they PEM files that belong together?)");
     }
@@ -752,13 +817,13 @@ class DemoServer {
   // Binds and serves until stop(); false if the address cannot be bound.
   bool listen(const std::string& host, int port) {
     if (!http_->bind_to_port(host, port)) return false;
-    if (plain_) plain_->widen_backlog();
+    widen_backlog_();
     return http_->listen_after_bind();
   }
   // For tests: bind an ephemeral port (returned, or -1), then serve with listen_after_bind().
   int bind_to_any_port(const std::string& host) {
     const int port = http_->bind_to_any_port(host);
-    if (port > 0 && plain_) plain_->widen_backlog();
+    if (port > 0) widen_backlog_();
     return port;
   }
   bool listen_after_bind() { return http_->listen_after_bind(); }
@@ -801,14 +866,8 @@ class DemoServer {
   size_t max_bytes() const { return static_cast<size_t>(opt_.max_image_mb * 1024 * 1024); }
 
   void setup_routes() {
-    // The HTTP layer. Plain HTTP: detail::HttpServer (deadlines, connection cap with 503). HTTPS:
-    // httplib's own connection handling (a read timeout per recv), its threads capped the same way.
-    if (!plain_) {
-      const int cap = opt_.max_connections;
-      http_->new_task_queue = [cap] { return new detail::ConnectionPool(cap, 0, /*refuse_beyond=*/false); };
-      http_->set_read_timeout(std::chrono::duration<double>(std::min(opt_.header_timeout_s, opt_.body_timeout_s)));
-    }
-    // (For plain HTTP these only fill the Keep-Alive header: HttpServer applies the limits.)
+    // The connections are detail::GuardedServer's (deadlines, connection cap); these two only fill
+    // httplib's Keep-Alive header.
     http_->set_keep_alive_timeout(std::max<time_t>(1, time_t(std::ceil(opt_.keep_alive_timeout_s))));
     http_->set_keep_alive_max_count(size_t(opt_.keep_alive_max));
     // Headroom for the multipart framing; httplib answers 413 to a body beyond it.
@@ -1072,7 +1131,7 @@ class DemoServer {
   std::atomic<int64_t> served_{0};
   const Clock::time_point started_ = Clock::now();
   std::unique_ptr<httplib::Server> http_;
-  detail::HttpServer* plain_ = nullptr;  // http_ when it serves plain HTTP
+  std::function<void()> widen_backlog_;  // of http_, once bound
 };
 
 }  // namespace segml::demo
