@@ -677,6 +677,7 @@ TEST_CASE("demo: ambiguous request framing gets 400, a declared body over the li
       {"a POST without a length", head + "\r\n", 411, "Content-Length"},
       {"a declared body over the limit", head + "Content-Length: 100000000\r\n\r\n", 413, "limit is 1 MB"},
       {"a 40-digit Content-Length", head + "Content-Length: 1000000000000000000000000000000000000000\r\n\r\n", 413, "limit is 1 MB"},
+      {"a 100 KB header line", head + "X-Big: " + std::string(100 * 1024, 'a') + "\r\n\r\n", 431, "limited to 64 KB"},
   };
   for (const Case& c : cases) {
     CAPTURE(c.name);

@@ -36,6 +36,8 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -461,6 +463,12 @@ class ConnectionPool final : public httplib::TaskQueue {
   }
 
   void work() {
+    // OpenSSL writes without MSG_NOSIGNAL: a client gone mid-answer must give EPIPE, not end the
+    // process. Blocked in this thread only, SIGPIPE stays pending here and is never delivered.
+    sigset_t pipe;
+    sigemptyset(&pipe);
+    sigaddset(&pipe, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe, nullptr);
     for (;;) {
       Job job;
       {
@@ -490,8 +498,9 @@ class ConnectionPool final : public httplib::TaskQueue {
 // One client connection: the socket (plain, or TLS when given an SSL_CTX) as an httplib::Stream
 // whose reads and writes wait at most until the deadline of what is being read (the TLS handshake
 // and the request head, then the body) or written (the answer), however slowly the bytes trickle
-// in. Bodies beyond max_body bytes are cut off (chunked uploads declare no length). Also ends its
-// waits when the server stops.
+// in. Heads beyond kMaxHead bytes and bodies beyond max_body bytes are cut off (httplib reads a
+// line whole, whatever its length; chunked uploads declare no length). Also ends its waits when the
+// server stops.
 class Connection final : public httplib::Stream {
  public:
   using Clock = std::chrono::steady_clock;
@@ -513,8 +522,9 @@ class Connection final : public httplib::Stream {
     if (!ssl_ || SSL_set_fd(ssl_, sock_) != 1) return false;
     const auto until = Clock::now() + seconds(timeout_s);
     for (;;) {
+      ERR_clear_error();  // SSL_get_error reads this thread's error queue
       const int r = SSL_accept(ssl_);
-      if (r == 1) return true;
+      if (r == 1) return handshaken_ = true;
       const int e = SSL_get_error(ssl_, r);
       if (!((e == SSL_ERROR_WANT_READ && wait(POLLIN, until)) || (e == SSL_ERROR_WANT_WRITE && wait(POLLOUT, until))))
         return false;
@@ -529,8 +539,8 @@ class Connection final : public httplib::Stream {
   void begin_request(double head_s) {
     phase_ = Phase::head;
     deadline_ = Clock::now() + seconds(head_s);
-    body_read_ = 0;
-    timed_out_ = too_large_ = must_close_ = false;
+    head_read_ = body_read_ = 0;
+    timed_out_ = too_large_ = head_too_large_ = must_close_ = false;
   }
   // The head has been read: the body must arrive within body_s, the answer be taken within send_s.
   void begin_body(double body_s, size_t max_body, double send_s) {
@@ -540,16 +550,21 @@ class Connection final : public httplib::Stream {
     send_s_ = send_s;
   }
   void close_after_answer() { must_close_ = true; }
-  bool must_close() const { return must_close_ || timed_out_ || too_large_; }
+  bool must_close() const { return must_close_ || timed_out_ || too_large_ || head_too_large_; }
   bool timed_out() const { return timed_out_; }
   bool in_body() const { return phase_ == Phase::body; }
   bool body_too_large() const { return too_large_; }
+  bool head_too_large() const { return head_too_large_; }
+  static constexpr size_t kMaxHead = 64 * 1024;  // request line + headers
 
   // Closes the socket. After an answer that left part of the request unread, first half-closes and
   // reads what the client still sends (at most a second), so that the client gets the answer
   // rather than a reset.
   void close(bool linger) {
-    if (ssl_ && !timed_out_) SSL_shutdown(ssl_);  // close_notify, without waiting for the client's
+    if (handshaken_ && !timed_out_) {
+      ERR_clear_error();
+      SSL_shutdown(ssl_);  // close_notify, without waiting for the client's
+    }
     if (linger) {
       ::shutdown(sock_, SHUT_WR);
       const auto until = Clock::now() + std::chrono::seconds(1);
@@ -565,8 +580,10 @@ class Connection final : public httplib::Stream {
   bool is_writable() const override { return wait(POLLOUT, send_deadline()); }
 
   ssize_t read(char* ptr, size_t size) override {
-    if (phase_ == Phase::body && body_read_ >= max_body_) {
-      too_large_ = true;
+    size_t& count = phase_ == Phase::head ? head_read_ : body_read_;
+    const size_t limit = phase_ == Phase::head ? kMaxHead : max_body_;
+    if (count >= limit) {
+      (phase_ == Phase::head ? head_too_large_ : too_large_) = true;
       return -1;
     }
     if (off_ == len_) {
@@ -575,11 +592,8 @@ class Connection final : public httplib::Stream {
       off_ = 0;
       len_ = size_t(n);
     }
-    size_t n = std::min(size, len_ - off_);
-    if (phase_ == Phase::body) {
-      n = std::min(n, max_body_ - body_read_);
-      body_read_ += n;
-    }
+    const size_t n = std::min({size, len_ - off_, limit - count});
+    count += n;
     std::memcpy(ptr, buf_ + off_, n);
     off_ += n;
     sending_ = false;
@@ -593,6 +607,7 @@ class Connection final : public httplib::Stream {
     }
     if (ssl_) {
       for (;;) {
+        ERR_clear_error();
         const int r = SSL_write(ssl_, ptr, int(std::min<size_t>(size, 1 << 30)));
         if (r > 0) return r;
         const int e = SSL_get_error(ssl_, r);
@@ -618,6 +633,7 @@ class Connection final : public httplib::Stream {
   ssize_t receive(char* buf, size_t size) {
     for (;;) {
       if (ssl_) {
+        ERR_clear_error();
         const int r = SSL_read(ssl_, buf, int(std::min<size_t>(size, 1 << 30)));
         if (r > 0) return r;
         const int e = SSL_get_error(ssl_, r);
@@ -675,13 +691,14 @@ class Connection final : public httplib::Stream {
   const std::atomic<socket_t>& listening_;
   SSL_CTX* tls_;
   SSL* ssl_ = nullptr;
+  bool handshaken_ = false;
   char buf_[4096];
   size_t off_ = 0, len_ = 0;
   Phase phase_ = Phase::head;
   Clock::time_point deadline_ = Clock::now(), send_until_ = Clock::now();
-  size_t max_body_ = 0, body_read_ = 0;
+  size_t max_body_ = 0, body_read_ = 0, head_read_ = 0;
   double send_s_ = 30;
-  bool sending_ = false, timed_out_ = false, too_large_ = false, must_close_ = false;
+  bool sending_ = false, timed_out_ = false, too_large_ = false, head_too_large_ = false, must_close_ = false;
 };
 
 // The connection the current thread serves (null outside GuardedServer's connection threads).
@@ -915,6 +932,12 @@ class DemoServer {
                                                    " (--body-timeout)"
                                              : "request timeout: the request head did not arrive within " +
                                                    seconds_text(opt_.header_timeout_s) + " (--header-timeout)");
+          return;
+        }
+        if (conn->head_too_large()) {
+          res.status = 431;
+          detail::send_error(res, 431, "request head too large: the request line and headers are limited to " +
+                                           std::to_string(detail::Connection::kMaxHead / 1024) + " KB");
           return;
         }
         if (conn->body_too_large()) res.status = 413;
