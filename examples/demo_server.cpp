@@ -1,7 +1,8 @@
 // demo_server: a web app that segments street scenes, for a laptop or a phone browser.
 //
 //   demo_server [--model DIR | --random-init tiny|b0] [--host 127.0.0.1] [--port 8080] [--threads N] [--max-image-mb 10]
-//               [--max-pixels 50000000] [--queue 4] [--max-connections 128] [--header-timeout 10] [--body-timeout 30]
+//               [--max-pixels 50000000] [--queue 4] [--max-connections 128] [--max-upload-memory-mb 256]
+//               [--header-timeout 10] [--body-timeout 30]
 //               [--keep-alive-timeout 5] [--token T | --no-auth] [--tls-cert cert.pem --tls-key key.pem]
 //
 // Serves the page embedded from examples/demo_server/web and the REST API of
@@ -115,6 +116,10 @@ int main(int argc, char** argv) {
                  "open connections served at once, a thread each, apart from --queue (beyond: 503)")
       ->capture_default_str()
       ->check(segml::cli::whole(1, 4096));
+  app.add_option("--max-upload-memory-mb", opt.max_upload_memory_mb,
+                 "request bodies held in memory at once, all connections together, in MB (beyond: 503)")
+      ->capture_default_str()
+      ->check(segml::cli::real(0, 65536, /*open_low=*/true));
   app.add_option("--header-timeout", opt.header_timeout_s, "seconds for a request's whole head to arrive (else 408)")
       ->capture_default_str()
       ->check(segml::cli::real(0, 3600, /*open_low=*/true));

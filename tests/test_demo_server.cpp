@@ -784,6 +784,39 @@ TEST_CASE("demo: connections beyond --max-connections get 503 at once, and no so
   CHECK(open_files() == files_before);
 }
 
+TEST_CASE("demo: the request bodies held at once are bounded (--max-upload-memory-mb); beyond, 503") {
+  ServerOptions opt;
+  opt.max_image_mb = 1;
+  opt.max_upload_memory_mb = 2;
+  TestServer ts(opt);
+  const std::string head = "POST /api/segment HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 1000000\r\n\r\n";
+  const std::string part(900 * 1000, 'x');  // 0.9 MB of each body, the rest withheld
+  std::vector<std::unique_ptr<RawConn>> holders;
+  for (int i = 0; i < 2; ++i) {
+    holders.push_back(std::make_unique<RawConn>(ts.port));
+    REQUIRE(holders.back()->send(head + part));
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  RawConn third(ts.port);
+  REQUIRE(third.send(head + part));  // 2.7 MB in all: over the 2 MB
+  const std::string answer = third.receive(3.0);
+  CHECK(status_of(answer) == 503);
+  CHECK_MESSAGE(error_of(answer).find("--max-upload-memory-mb") != std::string::npos, answer);
+  // Once the held bodies are gone, uploads go through again.
+  holders.clear();
+  bool served = false;
+  for (int i = 0; i < 30 && !served; ++i) {
+    auto r = ts.client().Post("/api/segment", read_bytes(kDataDir + "rgb_37x53.png"), "image/png");
+    served = r && r->status == 200;
+    if (!served) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  CHECK(served);
+  ServerOptions bad;
+  bad.max_image_mb = 10;
+  bad.max_upload_memory_mb = 5;
+  CHECK_THROWS_WITH_AS(DemoServer(tiny_model(), bad), doctest::Contains("--max-upload-memory-mb"), segml::Error);
+}
+
 TEST_CASE("demo: over HTTPS, slow handshakes and slow heads meet the same deadlines while the API answers") {
   TempDir dir("demo_tls");
   const auto [cert, key] = self_signed_certificate(dir);

@@ -21,7 +21,8 @@
 //    most max_connections open connections are served (a thread each, apart from the queue; beyond,
 //    503 and close); the TLS handshake and the request head must each arrive within
 //    header_timeout_s, the body within body_timeout_s (else 408 and close); idle connections close
-//    after keep_alive_timeout_s.
+//    after keep_alive_timeout_s. The bodies held at once, all connections together, are limited to
+//    max_upload_memory_mb (beyond: 503).
 //    Before any body is read, the framing is checked (one plain Content-Length, or chunked alone;
 //    else 400; no length on a POST: 411) and a declared length over the limit gets 413 at once.
 //  - With a token (ServerOptions::token; demo_server sets one beyond loopback), every request but
@@ -94,6 +95,7 @@ struct ServerOptions {
   double body_timeout_s = 30;         // the whole body must arrive, and the answer be taken, within this
   double keep_alive_timeout_s = 5;    // an idle connection is closed after this
   int keep_alive_max = 100;           // requests per connection
+  double max_upload_memory_mb = 256;  // request bodies held at once, all connections together; beyond: 503
   std::string token;                  // not empty: every request but /healthz needs this access token
 };
 
@@ -404,6 +406,20 @@ inline std::vector<std::string> offered_tokens(const httplib::Request& req, bool
   return out;
 }
 
+// The request bodies held in memory by all connections at once, at most `capacity` bytes: counted
+// as they arrive and given back when their request is done.
+struct BodyBudget {
+  explicit BodyBudget(size_t bytes) : capacity(bytes) {}
+  bool take(size_t n) {
+    if (used.fetch_add(n) + n <= capacity) return true;
+    used.fetch_sub(n);
+    return false;
+  }
+  void give_back(size_t n) { used.fetch_sub(n); }
+  const size_t capacity;
+  std::atomic<size_t> used{0};
+};
+
 // How a connection thread treats the connection it is given (set by ConnectionPool).
 enum class ConnectionMode { serve, refuse, drop };
 inline thread_local ConnectionMode t_connection_mode = ConnectionMode::serve;
@@ -537,23 +553,27 @@ class Connection final : public httplib::Stream {
   }
   // The request head must arrive within head_s from now.
   void begin_request(double head_s) {
+    give_back_body();
     phase_ = Phase::head;
     deadline_ = Clock::now() + seconds(head_s);
     head_read_ = body_read_ = 0;
-    timed_out_ = too_large_ = head_too_large_ = must_close_ = false;
+    timed_out_ = too_large_ = head_too_large_ = over_budget_ = must_close_ = false;
   }
   // The head has been read: the body must arrive within body_s, the answer be taken within send_s.
-  void begin_body(double body_s, size_t max_body, double send_s) {
+  // Its bytes count against `budget` (when given) until the next request or the close.
+  void begin_body(double body_s, size_t max_body, double send_s, BodyBudget* budget = nullptr) {
     phase_ = Phase::body;
     deadline_ = Clock::now() + seconds(body_s);
     max_body_ = max_body;
     send_s_ = send_s;
+    budget_ = budget;
   }
   void close_after_answer() { must_close_ = true; }
-  bool must_close() const { return must_close_ || timed_out_ || too_large_ || head_too_large_; }
+  bool must_close() const { return must_close_ || timed_out_ || too_large_ || head_too_large_ || over_budget_; }
   bool timed_out() const { return timed_out_; }
   bool in_body() const { return phase_ == Phase::body; }
   bool body_too_large() const { return too_large_; }
+  bool over_budget() const { return over_budget_; }
   bool head_too_large() const { return head_too_large_; }
   static constexpr size_t kMaxHead = 64 * 1024;  // request line + headers
 
@@ -561,6 +581,7 @@ class Connection final : public httplib::Stream {
   // reads what the client still sends (at most a second), so that the client gets the answer
   // rather than a reset.
   void close(bool linger) {
+    give_back_body();
     if (handshaken_ && !timed_out_) {
       ERR_clear_error();
       SSL_shutdown(ssl_);  // close_notify, without waiting for the client's
@@ -593,6 +614,13 @@ class Connection final : public httplib::Stream {
       len_ = size_t(n);
     }
     const size_t n = std::min({size, len_ - off_, limit - count});
+    if (phase_ == Phase::body && budget_) {
+      if (!budget_->take(n)) {
+        over_budget_ = true;
+        return -1;
+      }
+      budget_held_ += n;
+    }
     count += n;
     std::memcpy(ptr, buf_ + off_, n);
     off_ += n;
@@ -650,6 +678,12 @@ class Connection final : public httplib::Stream {
     }
   }
 
+  void give_back_body() {
+    if (budget_) budget_->give_back(budget_held_);
+    budget_held_ = 0;
+    budget_ = nullptr;
+  }
+
   static Clock::duration seconds(double s) {
     return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(s));
   }
@@ -697,8 +731,11 @@ class Connection final : public httplib::Stream {
   Phase phase_ = Phase::head;
   Clock::time_point deadline_ = Clock::now(), send_until_ = Clock::now();
   size_t max_body_ = 0, body_read_ = 0, head_read_ = 0;
+  BodyBudget* budget_ = nullptr;
+  size_t budget_held_ = 0;
   double send_s_ = 30;
-  bool sending_ = false, timed_out_ = false, too_large_ = false, head_too_large_ = false, must_close_ = false;
+  bool sending_ = false, timed_out_ = false, too_large_ = false, head_too_large_ = false, over_budget_ = false,
+       must_close_ = false;
 };
 
 // The connection the current thread serves (null outside GuardedServer's connection threads).
@@ -800,6 +837,8 @@ class DemoServer {
     SEGML_CHECK(opt_.max_image_mb > 0, "demo_server: --max-image-mb must be positive, got ", opt_.max_image_mb);
     SEGML_CHECK(opt_.tls_cert.empty() == opt_.tls_key.empty(), "demo_server: HTTPS needs both --tls-cert and --tls-key");
     SEGML_CHECK(opt_.max_connections >= 1, "demo_server: --max-connections must be >= 1, got ", opt_.max_connections);
+    SEGML_CHECK(opt_.max_upload_memory_mb >= opt_.max_image_mb, "demo_server: --max-upload-memory-mb (",
+                opt_.max_upload_memory_mb, ") must be at least --max-image-mb (", opt_.max_image_mb, ")");
     SEGML_CHECK(opt_.keep_alive_max >= 1, "demo_server: keep_alive_max must be >= 1, got ", opt_.keep_alive_max);
     for (const auto& [flag, v] : {std::pair{"--header-timeout", opt_.header_timeout_s}, std::pair{"--body-timeout", opt_.body_timeout_s},
                                   std::pair{"--keep-alive-timeout", opt_.keep_alive_timeout_s}})
@@ -940,6 +979,13 @@ class DemoServer {
                                            std::to_string(detail::Connection::kMaxHead / 1024) + " KB");
           return;
         }
+        if (conn->over_budget()) {
+          res.status = 503;
+          res.set_header("Retry-After", "1");
+          detail::send_error(res, 503, "busy: the uploads in progress already hold " + mb_text(opt_.max_upload_memory_mb) +
+                                           " (--max-upload-memory-mb); retry shortly");
+          return;
+        }
         if (conn->body_too_large()) res.status = 413;
       }
       if (res.status == 404)
@@ -1008,13 +1054,15 @@ class DemoServer {
     }
     if (set_cookie && !res.has_header("Set-Cookie"))
       res.set_header("Set-Cookie", "segml_token=" + opt_.token + "; Path=/; HttpOnly; SameSite=Strict" + (tls() ? "; Secure" : ""));
-    if (detail::t_connection) detail::t_connection->begin_body(opt_.body_timeout_s, max_body(), opt_.body_timeout_s);
+    if (detail::t_connection)
+      detail::t_connection->begin_body(opt_.body_timeout_s, max_body(), opt_.body_timeout_s, &body_budget_);
     return true;
   }
 
-  std::string mb_text() const {
+  std::string mb_text() const { return mb_text(opt_.max_image_mb); }
+  static std::string mb_text(double mb) {
     char buf[32];
-    std::snprintf(buf, sizeof buf, "%g MB", opt_.max_image_mb);
+    std::snprintf(buf, sizeof buf, "%g MB", mb);
     return buf;
   }
 
@@ -1153,6 +1201,7 @@ class DemoServer {
   std::mutex model_mutex_;
   std::atomic<int64_t> served_{0};
   const Clock::time_point started_ = Clock::now();
+  detail::BodyBudget body_budget_{static_cast<size_t>(opt_.max_upload_memory_mb * 1024 * 1024)};  // before http_
   std::unique_ptr<httplib::Server> http_;
   std::function<void()> widen_backlog_;  // of http_, once bound
 };
