@@ -18,14 +18,13 @@
 //  - At most queue_size segmentation requests are in flight; they take turns on the model (one
 //    inference at a time, each using all the kernel threads). Beyond that, 503 with Retry-After.
 //  - The HTTP layer (detail::GuardedServer in http_layer.hpp, HTTP or HTTPS) survives slow and
-//    hostile clients: at
-//    most max_connections open connections are served (a thread each, apart from the queue; beyond,
-//    503 and close); the TLS handshake and the request head must each arrive within
-//    header_timeout_s, the body within body_timeout_s (else 408 and close); idle connections close
-//    after keep_alive_timeout_s. The bodies held at once, all connections together, are limited to
-//    max_upload_memory_mb (beyond: 503).
-//    Before any body is read, the framing is checked (one plain Content-Length, or chunked alone;
-//    else 400; no length on a POST: 411) and a declared length over the limit gets 413 at once.
+//    hostile clients: at most max_connections open connections are served (a thread each, apart
+//    from the queue; beyond, 503 and close); the TLS handshake and the request head must each
+//    arrive within header_timeout_s, the body within body_timeout_s (else 408 and close); idle
+//    connections close after keep_alive_timeout_s. The bodies held at once, all connections
+//    together, are limited to max_upload_memory_mb (beyond: 503). Before any body is read, the
+//    framing is checked (one plain Content-Length, or chunked alone; else 400; no length on a POST:
+//    411) and a declared length over the limit gets 413 at once.
 //  - With a token (ServerOptions::token; demo_server sets one beyond loopback), every request but
 //    GET /healthz needs it: ?token=, the cookie segml_token (set when the query's token is right)
 //    or Authorization: Bearer; else 401. Compared in constant time.
