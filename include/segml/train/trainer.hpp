@@ -271,6 +271,7 @@ inline std::optional<CheckpointRef> latest_checkpoint(const std::filesystem::pat
 struct ResumePoint {
   std::filesystem::path state_dir, run_dir;
   int64_t step = 0;
+  std::vector<std::string> passed_over;  // why newer checkpoint folders of run_dir were not taken
 };
 
 inline ResumePoint resolve_resume(const std::filesystem::path& path) {
@@ -278,7 +279,7 @@ inline ResumePoint resolve_resume(const std::filesystem::path& path) {
   SEGML_CHECK(fs::is_directory(path), "resume: '", path.string(), "' is not a folder (expected a run folder or one of its checkpoint-<step> folders)");
   if (fs::exists(path / "trainer_state.json")) {
     const int64_t step = verify_state(path);
-    return {path, file::parent_of(path), step};
+    return {path, file::parent_of(path), step, {}};
   }
   std::vector<std::string> skipped;
   const std::optional<CheckpointRef> latest = latest_checkpoint(path, &skipped);
@@ -288,7 +289,7 @@ inline ResumePoint resolve_resume(const std::filesystem::path& path) {
     fail("resume: '", path.string(), "' holds no complete training state (no checkpoint-<step>/ folder with ",
          "trainer_state.json, model.safetensors and optimizer.safetensors of one step)", why);
   }
-  return {latest->dir, path, latest->step};
+  return {latest->dir, path, latest->step, skipped};
 }
 
 // Removes what interrupted saves left in a run folder: ".checkpoint-<step>.tmp-<pid>" and
