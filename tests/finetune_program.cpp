@@ -7,8 +7,15 @@
 //
 // The images already have the crop size, so --no-augment's resize is the identity (the resize itself
 // is checked against PIL in test_image_processor); the dataset is exactly one batch, so the
-// program's shuffle cannot change the loss or the gradients. Built only with the examples
-// (tests/CMakeLists.txt passes the program's path as SEGML_FINETUNE_PROGRAM).
+// program's shuffle cannot change the loss or the gradients.
+//
+// Then resuming, driven as a user would: SIGKILL at 24 random instants (most inside saves, widened by
+// the program's test-only SEGML_TEST_SAVE_PAUSE_MS), resumed each time, must end bit-identical to an
+// uninterrupted run (every tensor of the final model and of the last optimizer state; the logged
+// losses, steps 1..N once each); --resume of a checkpoint-N folder into another --output; a finished
+// run not retrained and extended with --steps; arithmetic flags refused; --save-total-limit; mixed
+// states refused; every numeric flag range-checked. Built only with the examples (tests/CMakeLists.txt
+// passes the program's path as SEGML_FINETUNE_PROGRAM).
 #include <doctest/doctest.h>
 
 #include <chrono>
@@ -193,7 +200,7 @@ fs::path reference_run(const test::TempDir& tmp, int64_t steps, int64_t save_eve
 
 }  // namespace
 
-TEST_CASE("finetune_sidewalk: SIGKILL at 24 random instants (most inside saves), resumed each time == uninterrupted run") {
+TEST_CASE("finetune_sidewalk: SIGKILL at 24 random instants (most inside saves) and resumed each time == uninterrupted run") {
   test::TempDir tmp("resume_kills");
   const int64_t steps = 80;  // enough that 24 kills cannot outrun the training
   const fs::path ref = reference_run(tmp, steps, 2);
@@ -209,7 +216,7 @@ TEST_CASE("finetune_sidewalk: SIGKILL at 24 random instants (most inside saves),
                   : tiny_run(out.string(), steps) + std::vector<std::string>{"--save-every", "2"};
     resumed += has_state;
     const std::string log = tmp.file("attempt" + std::to_string(attempt) + ".txt");
-    const pid_t pid = start(args, log, /*pause_ms=*/3);
+    const pid_t pid = start(args, log, /*pause_ms=*/10);  // >= 50 ms per save: 24 kills cannot outrun 40 saves
     if (kills < 24) {
       std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms(rng)));
       ::kill(pid, SIGKILL);
@@ -261,7 +268,7 @@ TEST_CASE("finetune_sidewalk: --resume RUN/checkpoint-N --output NEW continues b
   CHECK_FALSE(fs::exists(other / "checkpoint-4"));  // not copied: the source keeps it
 }
 
-TEST_CASE("finetune_sidewalk: a finished run is not retrained; --steps extends it in place") {
+TEST_CASE("finetune_sidewalk: a finished run is not retrained and --steps extends it in place") {
   test::TempDir tmp("resume_extend");
   const fs::path run_dir = reference_run(tmp, 6, 3);
   const std::map<std::string, std::string> finished = snapshot(run_dir);
@@ -292,7 +299,7 @@ TEST_CASE("finetune_sidewalk: a finished run is not retrained; --steps extends i
   CHECK(n == 6);
 }
 
-TEST_CASE("finetune_sidewalk: --resume refuses flags that change the finished steps, and prints the ones it takes") {
+TEST_CASE("finetune_sidewalk: --resume refuses flags that change the finished steps and prints the ones it takes") {
   test::TempDir tmp("resume_refuse");
   const fs::path run_dir = reference_run(tmp, 4, 2);
   const std::map<std::string, std::string> before = snapshot(run_dir);
@@ -312,7 +319,7 @@ TEST_CASE("finetune_sidewalk: --resume refuses flags that change the finished st
   CHECK(same.output.find("--threads 2: warning") != std::string::npos);
 }
 
-TEST_CASE("finetune_sidewalk: --save-total-limit keeps the newest checkpoints, the last step always has one") {
+TEST_CASE("finetune_sidewalk: --save-total-limit keeps the newest checkpoints and the last step always has one") {
   test::TempDir tmp("resume_limit");
   const fs::path out = tmp.path / "run";
   const Outcome r = run(tiny_run(out.string(), 7) + std::vector<std::string>{"--save-every", "2", "--save-total-limit", "2"},
@@ -354,7 +361,7 @@ TEST_CASE("finetune_sidewalk: a checkpoint mixing files of two saves is refused 
   check_log(run_dir / "train_log.jsonl", 4);
 }
 
-TEST_CASE("finetune_sidewalk: numeric flags out of range are refused with the flag, the value and the range") {
+TEST_CASE("finetune_sidewalk: numeric flags out of range are refused naming the flag and the value and the range") {
   test::TempDir tmp("flags");
   const std::string out = tmp.file("run");
   for (const std::vector<std::string>& flags : std::vector<std::vector<std::string>>{

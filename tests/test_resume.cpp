@@ -87,7 +87,7 @@ long dead_pid() {
 
 }  // namespace
 
-TEST_CASE("trainer: a run whose parameters become NaN/Inf stops, naming step and tensor, before saving them") {
+TEST_CASE("trainer: a run whose parameters become NaN/Inf stops (naming step and tensor) before saving them") {
   const SegmentationDataset train_ds = SegmentationDataset::open(scenes(), "train");
   struct Case {
     const char* what;
@@ -129,7 +129,7 @@ TEST_CASE("trainer: a run whose parameters become NaN/Inf stops, naming step and
   CHECK(list_checkpoints(out.path).size() == 1);  // checkpoint-1 (finite); no checkpoint-2
 }
 
-TEST_CASE("trainer: run() removes the temporaries dead processes left, and nothing else") {
+TEST_CASE("trainer: run() removes the temporaries dead processes left and nothing else") {
   TempDir out("temporaries");
   const long dead = dead_pid();
   const std::string d = std::to_string(dead), live = std::to_string(::getpid());
@@ -156,7 +156,7 @@ TEST_CASE("trainer: run() removes the temporaries dead processes left, and nothi
   CHECK(fs::exists(out.path / "checkpoint-4" / "trainer_state.json"));
 }
 
-TEST_CASE("trainer: resumed from an earlier checkpoint of its run, the log and checkpoints continue from that step") {
+TEST_CASE("trainer: resumed from an earlier checkpoint of its run the log and checkpoints continue from that step") {
   const SegmentationDataset train_ds = SegmentationDataset::open(scenes(), "train");
   TempDir out("rewind");
   const TrainOptions o = tiny_options(out.path);

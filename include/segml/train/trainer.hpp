@@ -286,6 +286,9 @@ inline ResumePoint resolve_resume(const std::filesystem::path& path) {
   if (!latest) {
     std::string why;
     for (const std::string& s : skipped) why += "\n  " + s;
+    if (fs::exists(path / "resume" / "trainer_state.json"))
+      why += "\n  '" + (path / "resume").string() + "' is a state of an older segml, which recorded no step in its " +
+             "files and cannot be checked; start a new run from its weights with --model " + (path / "resume").string();
     fail("resume: '", path.string(), "' holds no complete training state (no checkpoint-<step>/ folder with ",
          "trainer_state.json, model.safetensors and optimizer.safetensors of one step)", why);
   }
