@@ -27,6 +27,8 @@
 //   processes left in the run folder.
 // - Resumed at step S, run() rewrites train_log.jsonl (atomically) to exactly the records up to S,
 //   rebuilt from the state, then appends: no duplicate or out-of-order step, whatever the folder held.
+//   Checkpoints in output_dir after the step run() starts from belong to an abandoned continuation
+//   and are removed first (starting at step 0, that is all of them).
 // - Non-finite parameters are never saved nor trained on: after every optimizer step the
 //   parameters and buffers are scanned and a NaN/Inf stops training with an error naming the step
 //   and the first bad tensor.
@@ -34,6 +36,7 @@
 // processes training into it at once.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
