@@ -281,7 +281,7 @@ TEST_CASE("trainer: stop after k steps + resume == uninterrupted run (losses and
   }
   SegformerForSemanticSegmentation<float> resumed(cfg, 999);  // weights come from the resume state
   Trainer tc(resumed, processor_for(ob), train_ds, std::nullopt, ob);
-  tc.load_resume((b.path / "resume").string());
+  tc.load_state((b.path / "checkpoint-3").string());
   CHECK(tc.step() == 3);
   REQUIRE(tc.run());
   REQUIRE(tc.history().size() == ta.history().size());

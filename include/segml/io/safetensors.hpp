@@ -33,6 +33,7 @@
 
 #include <unistd.h>
 
+#include "segml/core/file.hpp"
 #include "segml/core/tensor.hpp"
 
 namespace segml::safetensors {
@@ -349,7 +350,8 @@ inline std::vector<char> serialize(const std::map<std::string, Entry>& tensors,
   return out;
 }
 
-// Writes bytes to path atomically: a temp file in the same folder, flushed, then renamed over path.
+// Writes bytes to path atomically and durably: a temp file "<path>.tmp<pid>" in the same folder,
+// flushed and fsynced, renamed over path, then the folder fsynced.
 inline void write_file_atomic(const std::string& path, const std::vector<char>& bytes) {
   const std::string tmp = path + ".tmp" + std::to_string(::getpid());
   {
@@ -363,12 +365,19 @@ inline void write_file_atomic(const std::string& path, const std::vector<char>& 
       fail("writing '", tmp, "' failed (disk full?)");
     }
   }
+  try {
+    file::fsync_path(tmp);
+  } catch (const Error&) {
+    std::remove(tmp.c_str());
+    throw;
+  }
   std::error_code ec;
   std::filesystem::rename(tmp, path, ec);
   if (ec) {
     std::remove(tmp.c_str());
     fail("cannot rename '", tmp, "' to '", path, "': ", ec.message());
   }
+  file::fsync_path(file::parent_of(path));
 }
 
 inline void save(const std::string& path, const std::map<std::string, Entry>& tensors,

@@ -7,19 +7,36 @@
 // shuffle (the last batch of an epoch may be smaller); every example is augmented with its own
 // stream sample_seed(seed, epoch, index), built on background threads (Prefetcher).
 //
-// Files under output_dir: train_log.jsonl (one record per step {"step", "epoch", "loss", "lr",
-// "images_per_s"}, and {"step", "eval": {...}} after each evaluation), training_curves.svg,
-// checkpoint-<step>/ every save_every steps and the final model in output_dir itself (HF layout:
-// config.json, model.safetensors, preprocessor_config.json), and resume/ (the same plus
-// optimizer.safetensors and trainer_state.json: step, RNG state, options, history).
+// Files under output_dir (a "run folder"): train_log.jsonl (one record per step {"step", "epoch",
+// "loss", "lr", "images_per_s"}, and {"step", "eval": {...}} after each evaluation),
+// training_curves.svg, the final model in output_dir itself (HF layout: config.json,
+// model.safetensors, preprocessor_config.json) and checkpoint-<step>/ folders, each one complete
+// training state: the HF files plus optimizer.safetensors and trainer_state.json (step, RNG state,
+// options, history, evaluations, thread count). A checkpoint is written every save_every steps,
+// when run() is stopped, and at the last step; save_total_limit keeps only the newest ones.
 //
-// Guarantees: given the seed, the sequence of batches, dropout masks and so the losses do not
-// depend on timing or the number of data workers; run() stopped through its flag saves resume/
-// after the current step, and a Trainer restored with load_resume() continues with exactly the
-// losses the uninterrupted run would have had (same thread count). Does not: mixed precision,
-// distributed training, early stopping.
+// Guarantees:
+// - Given the seed, the batches, dropout masks and so the losses do not depend on timing or the
+//   number of data workers; a Trainer restored with load_state() continues with exactly the losses
+//   and parameters the uninterrupted run would have had (same thread count).
+// - A state is one atomic unit: written into ".checkpoint-<step>.tmp-<pid>/", fsynced, published
+//   with one rename, parent fsynced (segml/core/file.hpp). A kill -9 at any instant leaves the
+//   previous complete state or the new one. trainer_state.json, model.safetensors and
+//   optimizer.safetensors each record the step, and load_state() refuses a folder whose files
+//   disagree (or whose name names another step). run() removes the temporaries that dead
+//   processes left in the run folder.
+// - Resumed at step S, run() rewrites train_log.jsonl (atomically) to exactly the records up to S,
+//   rebuilt from the state, then appends: no duplicate or out-of-order step, whatever the folder held.
+//   Checkpoints in output_dir after the step run() starts from belong to an abandoned continuation
+//   and are removed first (starting at step 0, that is all of them).
+// - Non-finite parameters are never saved nor trained on: after every optimizer step the
+//   parameters and buffers are scanned and a NaN/Inf stops training with an error naming the step
+//   and the first bad tensor.
+// Does not: mixed precision, distributed training, early stopping, lock a run folder against two
+// processes training into it at once.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -28,6 +45,7 @@
 #include <fstream>
 #include <functional>
 #include <iostream>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -38,6 +56,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "segml/core/file.hpp"
 #include "segml/data/dataset.hpp"
 #include "segml/io/checkpoint.hpp"
 #include "segml/io/image_processor.hpp"
@@ -69,6 +88,7 @@ struct TrainOptions {
   bool augment = true;
   int64_t eval_every = 0;  // 0 = only at the end
   int64_t save_every = 0;  // 0 = only at the end
+  int64_t save_total_limit = 0;  // keep the newest K checkpoint-<step> folders; 0 = all
   uint64_t seed = 0;
   bool reduce_labels = false;
   int workers = 2;  // data threads
@@ -81,7 +101,7 @@ struct TrainOptions {
             {"no_decay_norm_bias", no_decay_norm_bias}, {"head_lr_mult", head_lr_mult}, {"schedule", schedule},
             {"warmup_steps", warmup_steps}, {"grad_accum", grad_accum}, {"clip_grad_norm", clip_grad_norm},
             {"crop_height", crop_height}, {"crop_width", crop_width}, {"augment", augment},
-            {"eval_every", eval_every}, {"save_every", save_every}, {"seed", seed},
+            {"eval_every", eval_every}, {"save_every", save_every}, {"save_total_limit", save_total_limit}, {"seed", seed},
             {"reduce_labels", reduce_labels}, {"workers", workers}, {"extra", extra}};
   }
   static TrainOptions from_json(const nlohmann::json& j) {
@@ -94,7 +114,8 @@ struct TrainOptions {
     get("no_decay_norm_bias", o.no_decay_norm_bias), get("head_lr_mult", o.head_lr_mult), get("schedule", o.schedule);
     get("warmup_steps", o.warmup_steps), get("grad_accum", o.grad_accum), get("clip_grad_norm", o.clip_grad_norm);
     get("crop_height", o.crop_height), get("crop_width", o.crop_width), get("augment", o.augment);
-    get("eval_every", o.eval_every), get("save_every", o.save_every), get("seed", o.seed);
+    get("eval_every", o.eval_every), get("save_every", o.save_every), get("save_total_limit", o.save_total_limit);
+    get("seed", o.seed);
     get("reduce_labels", o.reduce_labels), get("workers", o.workers), get("extra", o.extra);
     return o;
   }
@@ -140,6 +161,206 @@ inline double clip_grad_norm(const std::vector<Var<float>*>& params, double max_
   return norm;
 }
 
+// ---- Training states on disk ------------------------------------------------------------------
+// A run folder holds checkpoint-<step>/ state folders. These functions find, check, clean and
+// rotate them; Trainer uses them, and so can a program that drives a Trainer itself.
+
+inline constexpr const char* kTrainerStateFormat = "segml-trainer-state";
+inline constexpr int kTrainerStateVersion = 2;
+
+// The step N of a folder named "checkpoint-N", or -1 for any other name.
+inline int64_t checkpoint_step(const std::string& name) {
+  const std::string prefix = "checkpoint-";
+  if (name.size() <= prefix.size() || name.compare(0, prefix.size(), prefix) != 0 || name.size() > prefix.size() + 18)
+    return -1;
+  int64_t step = 0;
+  for (size_t i = prefix.size(); i < name.size(); ++i) {
+    if (name[i] < '0' || name[i] > '9') return -1;
+    step = step * 10 + (name[i] - '0');
+  }
+  return step;
+}
+
+// The __metadata__ of a safetensors file, from its header alone (the tensors are not read).
+inline std::map<std::string, std::string> safetensors_metadata(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail("cannot open '", path.string(), "'");
+  uint64_t n = 0;
+  in.read(reinterpret_cast<char*>(&n), 8);
+  const uint64_t size = std::filesystem::file_size(path);
+  if (!in || n > size - 8 || n > (uint64_t{100} << 20))
+    fail("'", path.string(), "' is not a safetensors file (header length ", n, " in a file of ", size, " bytes)");
+  std::string header(static_cast<size_t>(n), '\0');
+  in.read(header.data(), static_cast<std::streamsize>(n));
+  if (!in) fail("'", path.string(), "': truncated safetensors header");
+  const nlohmann::json h = nlohmann::json::parse(header, nullptr, false);
+  if (h.is_discarded() || !h.is_object()) fail("'", path.string(), "': the safetensors header is not a JSON object");
+  std::map<std::string, std::string> meta;
+  if (h.contains("__metadata__") && h["__metadata__"].is_object())
+    for (const auto& [k, v] : h["__metadata__"].items())
+      if (v.is_string()) meta[k] = v.get<std::string>();
+  return meta;
+}
+
+// Checks that `dir` holds one complete training state and returns its step. Throws an error naming
+// the folder and what is wrong: a missing file, a trainer_state.json that is not ours, a step that
+// differs between trainer_state.json, model.safetensors, optimizer.safetensors and the folder's name
+// (files of two saves mixed).
+inline int64_t verify_state(const std::filesystem::path& dir) {
+  namespace fs = std::filesystem;
+  for (const char* f : {"trainer_state.json", "model.safetensors", "optimizer.safetensors", "config.json",
+                        "preprocessor_config.json"})
+    SEGML_CHECK(fs::is_regular_file(dir / f), "training state '", dir.string(), "' is incomplete: no ", f);
+  const nlohmann::json state = segml::detail::read_json_file(dir / "trainer_state.json", "trainer state");
+  SEGML_CHECK(state.is_object() && state.value("format", "") == kTrainerStateFormat &&
+                  state.contains("step") && state["step"].is_number_integer(),
+              "'", (dir / "trainer_state.json").string(), "' is not a segml trainer state (expected \"format\": \"",
+              kTrainerStateFormat, "\" and an integer \"step\")");
+  SEGML_CHECK(state.value("version", 0) == kTrainerStateVersion, "'", (dir / "trainer_state.json").string(),
+              "' has format version ", state.value("version", 0), ", this build reads version ", kTrainerStateVersion);
+  const int64_t step = state["step"].get<int64_t>();
+  const int64_t named = checkpoint_step(dir.filename().string());
+  SEGML_CHECK(named < 0 || named == step, "training state '", dir.string(), "' is inconsistent: the folder is named for step ",
+              named, " but its trainer_state.json is at step ", step);
+  for (const char* f : {"model.safetensors", "optimizer.safetensors"}) {
+    const std::map<std::string, std::string> meta = safetensors_metadata(dir / f);
+    const auto it = meta.find("step");
+    SEGML_CHECK(it != meta.end(), "training state '", dir.string(), "' is inconsistent: ", f,
+                " records no step (not written with its trainer_state.json)");
+    SEGML_CHECK(it->second == std::to_string(step), "training state '", dir.string(),
+                "' is inconsistent: trainer_state.json is at step ", step, " but ", f, " was saved at step ",
+                it->second, " (files of two saves are mixed)");
+  }
+  return step;
+}
+
+struct CheckpointRef {
+  std::filesystem::path dir;
+  int64_t step = 0;
+};
+
+// The checkpoint-<step> folders of a run folder, by increasing step (by name; not verified).
+inline std::vector<CheckpointRef> list_checkpoints(const std::filesystem::path& run_dir) {
+  namespace fs = std::filesystem;
+  std::vector<CheckpointRef> out;
+  std::error_code ec;
+  if (!fs::is_directory(run_dir, ec)) return out;
+  for (const fs::directory_entry& e : fs::directory_iterator(run_dir, ec)) {
+    const int64_t step = checkpoint_step(e.path().filename().string());
+    if (step >= 0 && e.is_directory(ec)) out.push_back({e.path(), step});
+  }
+  std::sort(out.begin(), out.end(), [](const CheckpointRef& a, const CheckpointRef& b) { return a.step < b.step; });
+  return out;
+}
+
+// The complete state with the highest step in a run folder (verify_state passes), if any. The
+// reasons other folders were passed over are appended to `skipped`.
+inline std::optional<CheckpointRef> latest_checkpoint(const std::filesystem::path& run_dir,
+                                                      std::vector<std::string>* skipped = nullptr) {
+  const std::vector<CheckpointRef> all = list_checkpoints(run_dir);
+  for (auto it = all.rbegin(); it != all.rend(); ++it) {
+    try {
+      verify_state(it->dir);
+      return *it;
+    } catch (const Error& e) {
+      if (skipped) skipped->push_back(e.what());
+    }
+  }
+  return std::nullopt;
+}
+
+// Where to resume from: `path` is a state folder (checkpoint-<step>/) or a run folder, which
+// resumes from its latest complete state. run_dir is the run folder holding the state.
+struct ResumePoint {
+  std::filesystem::path state_dir, run_dir;
+  int64_t step = 0;
+  std::vector<std::string> passed_over;  // why newer checkpoint folders of run_dir were not taken
+};
+
+inline ResumePoint resolve_resume(const std::filesystem::path& path) {
+  namespace fs = std::filesystem;
+  SEGML_CHECK(fs::is_directory(path), "resume: '", path.string(), "' is not a folder (expected a run folder or one of its checkpoint-<step> folders)");
+  if (fs::exists(path / "trainer_state.json")) {
+    const int64_t step = verify_state(path);
+    return {path, file::parent_of(path), step, {}};
+  }
+  std::vector<std::string> skipped;
+  const std::optional<CheckpointRef> latest = latest_checkpoint(path, &skipped);
+  if (!latest) {
+    std::string why;
+    for (const std::string& s : skipped) why += "\n  " + s;
+    if (fs::exists(path / "resume" / "trainer_state.json"))
+      why += "\n  '" + (path / "resume").string() + "' is a state of an older segml, which recorded no step in its " +
+             "files and cannot be checked; start a new run from its weights with --model " + (path / "resume").string();
+    fail("resume: '", path.string(), "' holds no complete training state (no checkpoint-<step>/ folder with ",
+         "trainer_state.json, model.safetensors and optimizer.safetensors of one step)", why);
+  }
+  return {latest->dir, path, latest->step, skipped};
+}
+
+// Removes what interrupted saves left in a run folder: ".checkpoint-<step>.tmp-<pid>" and
+// ".checkpoint-<step>.old-<pid>" folders and "<file>.tmp<pid>" files of segml's own file names,
+// when process <pid> no longer runs. Returns what it removed.
+inline std::vector<std::filesystem::path> clean_temporaries(const std::filesystem::path& run_dir) {
+  namespace fs = std::filesystem;
+  std::vector<fs::path> removed;
+  std::error_code ec;
+  if (!fs::is_directory(run_dir, ec)) return removed;
+  auto pid_of = [](const std::string& digits) -> long {
+    if (digits.empty() || digits.size() > 9) return -1;
+    for (char c : digits)
+      if (c < '0' || c > '9') return -1;
+    return std::stol(digits);
+  };
+  static const char* const kOurFiles[] = {"train_log.jsonl", "training_curves.svg", "model.safetensors",
+                                          "config.json", "preprocessor_config.json", "optimizer.safetensors",
+                                          "trainer_state.json"};
+  for (const fs::directory_entry& e : fs::directory_iterator(run_dir, ec)) {
+    const std::string name = e.path().filename().string();
+    long pid = -1;
+    if (e.is_directory(ec) && name.rfind(".checkpoint-", 0) == 0) {
+      for (const char* tag : {".tmp-", ".old-"}) {
+        const size_t at = name.rfind(tag);
+        if (at != std::string::npos && checkpoint_step(name.substr(1, at - 1)) >= 0) pid = pid_of(name.substr(at + 5));
+      }
+    } else if (e.is_regular_file(ec)) {
+      for (const char* f : kOurFiles) {
+        const std::string prefix = std::string(f) + ".tmp";
+        if (name.rfind(prefix, 0) == 0) pid = pid_of(name.substr(prefix.size()));
+      }
+    }
+    if (pid < 0 || file::process_alive(pid)) continue;
+    // Killed while replacing checkpoint-<step>: the old one was moved aside and the new one not yet
+    // in place, so put the old one back.
+    const size_t old_at = name.rfind(".old-");
+    if (e.is_directory(ec) && old_at != std::string::npos) {
+      const fs::path original = run_dir / name.substr(1, old_at - 1);
+      if (!fs::exists(original, ec)) {
+        fs::rename(e.path(), original, ec);
+        if (!ec) continue;
+      }
+    }
+    fs::remove_all(e.path(), ec);
+    if (!ec) removed.push_back(e.path());
+  }
+  return removed;
+}
+
+// Deletes the oldest checkpoint-<step> folders of a run folder until at most `keep` remain, never
+// the one at `protect_step`. Returns what it deleted.
+inline std::vector<std::filesystem::path> rotate_checkpoints(const std::filesystem::path& run_dir, int64_t keep,
+                                                             int64_t protect_step) {
+  std::vector<std::filesystem::path> removed;
+  if (keep <= 0) return removed;
+  std::vector<CheckpointRef> all = list_checkpoints(run_dir);
+  for (size_t i = 0; i < all.size() && static_cast<int64_t>(all.size() - removed.size()) > keep; ++i) {
+    if (all[i].step == protect_step) continue;
+    file::remove_folder(all[i].dir);
+    removed.push_back(all[i].dir);
+  }
+  return removed;
+}
+
 class Trainer {
  public:
   using Model = SegformerForSemanticSegmentation<float>;
@@ -178,13 +399,42 @@ class Trainer {
 
   // Called after every step (e.g. to request a stop in tests).
   std::function<void(const StepRecord&)> on_step;
+  // Called after each file of a state is written, before the state is published (tests use it to
+  // widen the window in which a kill lands inside a save).
+  std::function<void(const std::string& file)> on_state_file;
+
+  bool finished() const { return step_ >= total_steps_; }
 
   // Trains until total_steps() or until *stop becomes true (checked after each step). Returns true
-  // when finished (final evaluation, model saved), false when stopped (resume/ saved).
+  // when finished (final evaluation, checkpoint-<last step>, final model in output_dir), false when
+  // stopped (checkpoint-<step> saved). A Trainer that load_state() left at its last step trains
+  // nothing: it only makes sure output_dir holds that step's final model.
   bool run(const std::atomic<bool>* stop = nullptr) {
     namespace fs = std::filesystem;
-    fs::create_directories(opt_.output_dir);
-    std::ofstream log(fs::path(opt_.output_dir) / "train_log.jsonl", step_ == 0 ? std::ios::trunc : std::ios::app);
+    const fs::path out(opt_.output_dir);
+    fs::create_directories(out);
+    for (const fs::path& p : clean_temporaries(out))
+      if (opt_.verbose) std::printf("Removed %s (left by an interrupted save)\n", p.string().c_str());
+    // Checkpoints after the step we start from belong to an abandoned continuation: the run goes on
+    // from step_, so they would be mixed with the new ones (and the log is rewritten up to step_).
+    for (const CheckpointRef& c : list_checkpoints(out))
+      if (c.step > step_) {
+        if (opt_.verbose)
+          std::printf("Removing %s: it is after step %lld, where this run continues\n", c.dir.string().c_str(),
+                      static_cast<long long>(step_));
+        file::remove_folder(c.dir);
+      }
+    write_log_up_to_now();
+    std::ofstream log(out / "train_log.jsonl", std::ios::app);
+    if (!log) fail("cannot open '", (out / "train_log.jsonl").string(), "' for appending");
+    if (finished()) {
+      if (!fs::exists(out / "model.safetensors") || safetensors_metadata(out / "model.safetensors").count("step") == 0 ||
+          safetensors_metadata(out / "model.safetensors").at("step") != std::to_string(step_))
+        save_checkpoint(opt_.output_dir);
+      write_curves();
+      return true;
+    }
+    if (step_ > 0) write_curves();
     const bool tty = isatty(fileno(stdout));
     Prefetcher<Batch> data([this](int64_t m) { return make_batch(m); }, step_ * opt_.grad_accum, opt_.workers,
                            std::max<int64_t>(4, 2 * opt_.grad_accum));
@@ -198,26 +448,27 @@ class Trainer {
       for (int64_t a = 0; a < opt_.grad_accum; ++a) {
         const Batch b = data.next();
         epoch = b.epoch;
-        const SegformerOutput<float> out = model_.forward(Var<float>(b.pixel_values), &b.labels);
-        const double loss = out.loss.data().data()[0];
+        const SegformerOutput<float> out_ = model_.forward(Var<float>(b.pixel_values), &b.labels);
+        const double loss = out_.loss.data().data()[0];
         SEGML_CHECK(std::isfinite(loss), "Trainer: the loss is ", loss, " at step ", step_ + 1,
-                    " (diverged: lower --lr or enable --clip-grad-norm)");
-        out.loss.backward(Tensor<float>::full(out.loss.shape(), 1.0f / static_cast<float>(opt_.grad_accum)));
+                    " (diverged: lower --lr or enable --clip-grad-norm); nothing of this step was saved");
+        out_.loss.backward(Tensor<float>::full(out_.loss.shape(), 1.0f / static_cast<float>(opt_.grad_accum)));
         loss_sum += loss;
         images += b.pixel_values.size(0);
       }
       if (opt_.clip_grad_norm > 0) clip_grad_norm(params_, opt_.clip_grad_norm);
       optimizer_->step(lr);
       optimizer_->zero_grad();
+      check_finite(step_ + 1);
       ++step_;
       const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       step_seconds = step_ == 1 ? seconds : 0.9 * step_seconds + 0.1 * seconds;
+      const double ips = seconds > 0 ? double(images) / seconds : 0.0;
       StepRecord rec{step_, double(step_ * opt_.grad_accum) / double(batches_per_epoch_),
-                     loss_sum / double(opt_.grad_accum), lr, double(images) / seconds};
+                     loss_sum / double(opt_.grad_accum), lr, std::isfinite(ips) ? ips : 0.0};
       smoothed_loss_ = history_.empty() ? rec.loss : 0.95 * smoothed_loss_ + 0.05 * rec.loss;
       history_.push_back(rec);
-      log << nlohmann::json{{"step", rec.step}, {"epoch", rec.epoch}, {"loss", rec.loss}, {"lr", rec.lr},
-                            {"images_per_s", rec.images_per_s}}.dump() << "\n";
+      log << step_json(rec).dump() << "\n";
       log.flush();
       if (opt_.verbose) progress(rec, epoch, step_seconds, tty);
       if (on_step) on_step(rec);
@@ -227,13 +478,10 @@ class Trainer {
         evaluate_now(log, tty);
         model_.train();
       }
-      if (opt_.save_every > 0 && step_ % opt_.save_every == 0 && !last) {
-        save_checkpoint((fs::path(opt_.output_dir) / ("checkpoint-" + std::to_string(step_))).string());
-        save_resume((fs::path(opt_.output_dir) / "resume").string());
-      }
-      if (!last && stop && stop->load()) {
+      const bool stopping = !last && stop && stop->load();
+      if (last || stopping || (opt_.save_every > 0 && step_ % opt_.save_every == 0)) save_checkpoint_state();
+      if (stopping) {
         if (opt_.verbose && tty) std::printf("\n");
-        save_resume((fs::path(opt_.output_dir) / "resume").string());
         write_curves();
         return false;
       }
@@ -244,63 +492,95 @@ class Trainer {
     return true;
   }
 
-  // Writes an HF checkpoint folder (config.json with the dataset's labels, model.safetensors,
-  // preprocessor_config.json).
+  // Writes an HF checkpoint folder (config.json with the dataset's labels, model.safetensors with
+  // the step in its metadata, preprocessor_config.json); each file atomically.
   void save_checkpoint(const std::string& dir) {
-    const nlohmann::json proc = saved_processor().to_json();
-    save_pretrained(model_, dir, &proc);
+    namespace fs = std::filesystem;
+    check_finite(step_);
+    fs::create_directories(dir);
+    write_model_files(dir, /*durable_each=*/true);
   }
 
-  // Everything needed to continue: the checkpoint plus optimizer state and trainer_state.json.
-  void save_resume(const std::string& dir) {
+  // Saves the complete training state as the folder `dir` (normally output_dir/checkpoint-<step>):
+  // written into a temporary sibling ".<name>.tmp-<pid>", fsynced, published with one rename. An
+  // existing `dir` is replaced. Refuses (throws) when a parameter or buffer is not finite.
+  void save_state(const std::string& dir) {
     namespace fs = std::filesystem;
-    save_checkpoint(dir);
+    check_finite(step_);
+    const fs::path final_dir(dir);
+    fs::create_directories(file::parent_of(final_dir));
+    const fs::path tmp = file::parent_of(final_dir) / ("." + final_dir.filename().string() + ".tmp-" + std::to_string(::getpid()));
+    fs::remove_all(tmp);
+    fs::create_directories(tmp);
+    write_model_files(tmp.string(), /*durable_each=*/false);
     std::map<std::string, safetensors::Entry> entries;
     for (const auto& [name, t] : optimizer_->state()) entries[name] = safetensors::make_entry(t);
-    safetensors::save((fs::path(dir) / "optimizer.safetensors").string(), entries);
+    write_plain(tmp / "optimizer.safetensors", safetensors::serialize(entries, {{"step", std::to_string(step_)}}));
     nlohmann::json hist = nlohmann::json::array(), ev = nlohmann::json::array();
     for (const StepRecord& r : history_) hist.push_back({r.step, r.epoch, r.loss, r.lr, r.images_per_s});
     for (const EvalRecord& e : evals_) ev.push_back({{"step", e.step}, {"eval", metrics_json(e.metrics)}});
     const GeneratorState g = model_.generator().get_state();
-    nlohmann::json state = {{"step", step_},
-                            {"optimizer_steps", optimizer_->steps()},
-                            {"micro_batch", step_ * opt_.grad_accum},
-                            {"generator", {{"seed", g.seed}, {"offset", g.offset}}},
-                            {"smoothed_loss", smoothed_loss_},
-                            {"total_steps", total_steps_},
-                            {"options", opt_.to_json()},
-                            {"history", hist},
-                            {"evals", ev}};
+    const nlohmann::json state = {{"format", kTrainerStateFormat},
+                                  {"version", kTrainerStateVersion},
+                                  {"step", step_},
+                                  {"optimizer_steps", optimizer_->steps()},
+                                  {"micro_batch", step_ * opt_.grad_accum},
+                                  {"generator", {{"seed", g.seed}, {"offset", g.offset}}},
+                                  {"smoothed_loss", smoothed_loss_},
+                                  {"total_steps", total_steps_},
+                                  {"threads", num_threads()},
+                                  {"options", opt_.to_json()},
+                                  {"history", hist},
+                                  {"evals", ev}};
     const std::string text = state.dump(1) + "\n";
-    safetensors::write_file_atomic((fs::path(dir) / "trainer_state.json").string(),
-                                   std::vector<char>(text.begin(), text.end()));
+    write_plain(tmp / "trainer_state.json", std::vector<char>(text.begin(), text.end()));
+    file::publish_folder(tmp, final_dir);
   }
 
-  // Restores a state written by save_resume() (weights, optimizer, RNG, step, history).
-  void load_resume(const std::string& dir) {
+  // Restores a state written by save_state() (weights, optimizer, RNG, step, history, evaluations)
+  // after verify_state(); remembers where it came from. The options that decide the arithmetic of
+  // the finished steps (batch size, lr, optimizer, schedule, seed, crop, ...) must equal the saved
+  // ones; the number of steps may grow (the schedule then spans the new total).
+  void load_state(const std::string& dir) {
     namespace fs = std::filesystem;
+    const int64_t step = verify_state(dir);
     const nlohmann::json state = segml::detail::read_json_file(fs::path(dir) / "trainer_state.json", "trainer state");
+    check_same_arithmetic(TrainOptions::from_json(state.at("options")), dir);
+    SEGML_CHECK(step <= total_steps_, "Trainer::load_state: '", dir, "' is at step ", step,
+                " but these options train only ", total_steps_, " steps in total");
     const LoadReport r = load_state_dict(model_, {(fs::path(dir) / "model.safetensors").string()});
-    SEGML_CHECK(r.clean(), "Trainer::load_resume: the saved model does not match\n", r.str(dir));
+    SEGML_CHECK(r.clean(), "Trainer::load_state: the saved model does not match\n", r.str(dir));
     const safetensors::File opt_file((fs::path(dir) / "optimizer.safetensors").string());
     optimizer_->state().clear();
     for (const std::string& name : opt_file.names()) optimizer_->state()[name] = opt_file.get<float>(name);
-    optimizer_->set_steps(state["optimizer_steps"].get<int64_t>());
-    model_.generator().set_state({state["generator"]["seed"].get<uint64_t>(), state["generator"]["offset"].get<uint64_t>()});
-    step_ = state["step"].get<int64_t>();
-    smoothed_loss_ = state["smoothed_loss"].get<double>();
-    SEGML_CHECK(state["total_steps"].get<int64_t>() == total_steps_, "Trainer::load_resume: the saved run has ",
-                state["total_steps"].get<int64_t>(), " steps in total but these options give ", total_steps_);
+    optimizer_->set_steps(state.at("optimizer_steps").get<int64_t>());
+    model_.generator().set_state({state.at("generator").at("seed").get<uint64_t>(), state.at("generator").at("offset").get<uint64_t>()});
+    step_ = step;
+    smoothed_loss_ = state.at("smoothed_loss").get<double>();
     history_.clear();
-    for (const auto& h : state["history"])
+    for (const auto& h : state.at("history"))
       history_.push_back({h[0].get<int64_t>(), h[1].get<double>(), h[2].get<double>(), h[3].get<double>(), h[4].get<double>()});
     evals_.clear();
-    for (const auto& e : state["evals"]) {
-      EvalRecord rec;
-      rec.step = e["step"].get<int64_t>();
-      rec.metrics.mean_iou = e["eval"]["mean_iou"].is_null() ? NAN : e["eval"]["mean_iou"].get<double>();
-      evals_.push_back(rec);
+    for (const auto& e : state.at("evals")) evals_.push_back({e.at("step").get<int64_t>(), metrics_from_json(e.at("eval"))});
+    std::erase_if(history_, [&](const StepRecord& h) { return h.step > step_; });
+    std::erase_if(evals_, [&](const EvalRecord& e) { return e.step > step_; });
+    saved_threads_ = state.value("threads", 0);
+  }
+
+  // The thread count the loaded state was trained with (0 when unknown or nothing was loaded).
+  int saved_threads() const { return saved_threads_; }
+
+  // train_log.jsonl as it stands after step(): every step record, each evaluation after its step.
+  std::string log_text() const {
+    std::string text;
+    size_t e = 0;
+    for (const StepRecord& h : history_) {
+      for (; e < evals_.size() && evals_[e].step < h.step; ++e) text += eval_json(evals_[e]).dump() + "\n";
+      text += step_json(h).dump() + "\n";
+      for (; e < evals_.size() && evals_[e].step == h.step; ++e) text += eval_json(evals_[e]).dump() + "\n";
     }
+    for (; e < evals_.size(); ++e) text += eval_json(evals_[e]).dump() + "\n";
+    return text;
   }
 
   // The micro-batch at global position m (a pure function of m and the options).
@@ -341,7 +621,7 @@ class Trainer {
     const EvalResult r = evaluate_dataset(model_, *val_, processor_, eo);
     EvalRecord rec{step_, r.metrics};
     evals_.push_back(rec);
-    log << nlohmann::json{{"step", step_}, {"eval", metrics_json(r.metrics)}}.dump() << "\n";
+    log << eval_json(rec).dump() << "\n";
     log.flush();
     if (opt_.verbose)
       std::printf("%seval @ step %lld: mean IoU %.4f  mean accuracy %.4f  overall accuracy %.4f  (%lld images, %.1f s)\n",
@@ -370,6 +650,105 @@ class Trainer {
   }
 
  private:
+  static nlohmann::json step_json(const StepRecord& r) {
+    return {{"step", r.step}, {"epoch", r.epoch}, {"loss", r.loss}, {"lr", r.lr}, {"images_per_s", r.images_per_s}};
+  }
+  static nlohmann::json eval_json(const EvalRecord& e) { return {{"step", e.step}, {"eval", metrics_json(e.metrics)}}; }
+  static MeanIoU metrics_from_json(const nlohmann::json& j) {
+    auto num = [](const nlohmann::json& v) { return v.is_null() ? double(NAN) : v.get<double>(); };
+    MeanIoU m;
+    m.mean_iou = num(j.at("mean_iou"));
+    m.mean_accuracy = num(j.value("mean_accuracy", nlohmann::json()));
+    m.overall_accuracy = num(j.value("overall_accuracy", nlohmann::json()));
+    for (const auto& v : j.value("per_category_iou", nlohmann::json::array())) m.per_category_iou.push_back(num(v));
+    for (const auto& v : j.value("per_category_accuracy", nlohmann::json::array()))
+      m.per_category_accuracy.push_back(num(v));
+    return m;
+  }
+
+  // train_log.jsonl rewritten (atomically) to what the state holds: exactly the steps up to step_.
+  void write_log_up_to_now() const {
+    const std::string text = log_text();
+    safetensors::write_file_atomic((std::filesystem::path(opt_.output_dir) / "train_log.jsonl").string(),
+                                   std::vector<char>(text.begin(), text.end()));
+  }
+
+  // checkpoint-<step> in output_dir, then the save_total_limit rotation (after it is published).
+  void save_checkpoint_state() {
+    namespace fs = std::filesystem;
+    const fs::path out(opt_.output_dir);
+    save_state((out / ("checkpoint-" + std::to_string(step_))).string());
+    for (const fs::path& p : rotate_checkpoints(out, opt_.save_total_limit, step_))
+      if (opt_.verbose) std::printf("%sRemoved %s (--save-total-limit %lld)\n", isatty(fileno(stdout)) ? "\r\033[K" : "",
+                                    p.string().c_str(), static_cast<long long>(opt_.save_total_limit));
+  }
+
+  // A file of a state being assembled in its private temporary folder (made durable when published).
+  void write_plain(const std::filesystem::path& path, const std::vector<char>& bytes) const {
+    {
+      std::ofstream f(path, std::ios::binary | std::ios::trunc);
+      if (!f) fail("cannot open '", path.string(), "' for writing");
+      f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+      f.flush();
+      if (!f) fail("writing '", path.string(), "' failed (disk full?)");
+    }
+    if (on_state_file) on_state_file(path.filename().string());
+  }
+
+  // config.json, model.safetensors (metadata: format pt, step), preprocessor_config.json.
+  void write_model_files(const std::string& dir, bool durable_each) const {
+    namespace fs = std::filesystem;
+    auto write = [&](const char* name, const std::vector<char>& bytes) {
+      if (durable_each)
+        safetensors::write_file_atomic((fs::path(dir) / name).string(), bytes);
+      else
+        write_plain(fs::path(dir) / name, bytes);
+    };
+    write("model.safetensors",
+          safetensors::serialize(state_dict_entries(model_), {{"format", "pt"}, {"step", std::to_string(step_)}}));
+    SegformerConfig config = model_.config;
+    config.extra["architectures"] = {"SegformerForSemanticSegmentation"};
+    config.validate((fs::path(dir) / "config.json").string());
+    const std::string cfg = config.to_json().dump(2) + "\n";
+    write("config.json", std::vector<char>(cfg.begin(), cfg.end()));
+    const std::string proc = saved_processor().to_json().dump(2) + "\n";
+    write("preprocessor_config.json", std::vector<char>(proc.begin(), proc.end()));
+  }
+
+  // Throws when a parameter or buffer holds NaN or Inf: names the step, the first such tensor and
+  // how many of its elements, so a diverged run stops before anything non-finite is saved.
+  void check_finite(int64_t step) const {
+    std::string first;
+    int64_t first_bad = 0, first_numel = 0, tensors = 0;
+    auto scan = [&](const std::string& name, const Tensor<float>& t) {
+      const Tensor<float> c = t.contiguous();
+      const float* d = c.data();
+      int64_t bad = 0;
+      for (int64_t i = 0; i < c.numel(); ++i) bad += !std::isfinite(d[i]);
+      if (bad == 0) return;
+      if (tensors++ == 0) first = name, first_bad = bad, first_numel = c.numel();
+    };
+    nn::Visitor<float> v;
+    v.parameter = [&](const std::string& name, Var<float>& p) { scan(name, p.data()); };
+    v.buffer = [&](const std::string& name, Tensor<float>& b) { scan(name, b); };
+    model_.visit(v);
+    if (tensors == 0) return;
+    fail("Trainer: the parameters are not finite after step ", step, ": '", first, "' has ", first_bad, " NaN/Inf of ",
+         first_numel, " elements", tensors > 1 ? " (and " + std::to_string(tensors - 1) + " more tensors)" : std::string(),
+         ". Training stopped and this step was not saved (lower --lr, check --momentum, or enable --clip-grad-norm)");
+  }
+
+  // Refuses to continue a state whose arithmetic options differ from ours.
+  void check_same_arithmetic(const TrainOptions& saved, const std::string& dir) const {
+    const nlohmann::json a = saved.to_json(), b = opt_.to_json();
+    for (const char* k : {"batch_size", "lr", "optimizer", "momentum", "weight_decay", "no_decay_norm_bias",
+                          "head_lr_mult", "schedule", "warmup_steps", "grad_accum", "clip_grad_norm", "crop_height",
+                          "crop_width", "augment", "seed", "reduce_labels"})
+      SEGML_CHECK(a.at(k) == b.at(k), "Trainer::load_state: option '", k, "' is ", b.at(k).dump(), " here but ",
+                  a.at(k).dump(), " in the saved run '", dir,
+                  "'; it changes the arithmetic of the finished steps, so a resumed run must keep it");
+  }
+
   SegformerImageProcessor saved_processor() const {
     SegformerImageProcessor p = processor_;
     p.do_reduce_labels = opt_.reduce_labels;
@@ -439,6 +818,7 @@ class Trainer {
   std::unique_ptr<Optimizer<float>> optimizer_;
   std::vector<Var<float>*> params_;
   int64_t batches_per_epoch_ = 1, total_steps_ = 1, step_ = 0;
+  int saved_threads_ = 0;
   double smoothed_loss_ = 0;
   std::vector<StepRecord> history_;
   std::vector<EvalRecord> evals_;
