@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include <segml/data/dataset.hpp>
 #include <segml/io/checkpoint.hpp>
 #include <segml/io/image.hpp>
 #include <segml/io/image_processor.hpp>
@@ -183,6 +184,22 @@ TEST_CASE("limits: an image above the pixel limit is refused from its header, be
   CHECK_ERROR(set_max_image_pixels(0), "must be >= 1");
 }
 
+TEST_CASE("limits: the dataset loader refuses an image above the pixel limit when it opens the split") {
+  TempDir dir("limits_dataset");
+  std::filesystem::create_directories(dir.path / "train" / "images");
+  std::filesystem::create_directories(dir.path / "train" / "labels");
+  write_text(dir.file("id2label.json"), R"({"0": "road", "1": "sky"})");
+  const std::string image = (dir.path / "train" / "images" / "huge.png").string();
+  write_text(image, png_header(20000, 20000, 0));
+  write_text((dir.path / "train" / "labels" / "huge.png").string(), png_header(20000, 20000, 0));
+  CHECK_ERROR(SegmentationDataset::open(dir.file(), "train"),
+              "SegmentationDataset '" + image + "': image is 20000x20000 (400000000 pixels), above the limit");
+  DatasetOptions lazy;
+  lazy.check_sizes = false;  // then load() refuses it, still before decoding
+  const SegmentationDataset ds = SegmentationDataset::open(dir.file(), "train", lazy);
+  CHECK_ERROR(ds.load(0), "load_image '" + image + "': image is 20000x20000");
+}
+
 TEST_CASE("limits: streamed upsample + argmax is bit-identical to upsampling the whole tensor") {
   struct Case {
     int64_t C, h, w, H, W;
@@ -217,6 +234,8 @@ TEST_CASE("limits: streamed upsample + argmax is bit-identical to upsampling the
         const Image blended = overlay(rgb, t, 0.3);
         overlay_in_place(rgb, map, 0.3);
         CHECK(rgb.data == blended.data);
+        colorize_in_place(rgb, map);
+        CHECK(rgb.data == colorize(t).data);
       }
     }
   set_num_threads(2);

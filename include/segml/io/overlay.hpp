@@ -6,7 +6,8 @@
 //    deterministic hashed colour (the same on every run and platform).
 //  - colorize() maps a (H, W) label map to an RGB image; overlay() blends it over the image
 //    (out = (1 - alpha) * image + alpha * colour, rounded), both at the label map's size.
-//    overlay_in_place() blends into the RGB image itself (the same bytes as overlay(), no copy).
+//    overlay_in_place() blends into the RGB image itself (the same bytes as overlay(), no copy), and
+//    colorize_in_place() overwrites it with the colours.
 //    Each takes the labels as a Tensor<int64_t> or as a compact LabelMap (io/image.hpp).
 //  - class_histogram() counts the pixels of each class present; add_legend() appends a white panel
 //    to the right of an image listing those classes (colour swatch, id, name, share of pixels),
@@ -137,6 +138,17 @@ inline std::vector<std::pair<int64_t, int64_t>> histogram_impl(const Labels& lab
 // labels (H, W) -> RGB image of palette colours.
 inline Image colorize(const Tensor<int64_t>& labels) { return detail::colorize_impl(labels); }
 inline Image colorize(const LabelMap& labels) { return detail::colorize_impl(labels); }
+// colorize() into an existing RGB image of the labels' size, overwriting it (no new image).
+inline void colorize_in_place(Image& rgb, const LabelMap& labels) {
+  detail::check_label_map(labels, "colorize_in_place");
+  SEGML_CHECK(rgb.channels == 3 && rgb.height == labels.height && rgb.width == labels.width,
+              "colorize_in_place: the image is ", rgb.height, "x", rgb.width, "x", rgb.channels, ", expected ",
+              labels.height, "x", labels.width, "x3");
+  detail::for_each_label(labels, [&](int64_t p, int64_t id) {
+    const Rgb c = palette_color(id);
+    std::copy(c.begin(), c.end(), rgb.data.begin() + 3 * p);
+  });
+}
 
 // The image (any channel count, same size as labels) blended with the class colours.
 inline Image overlay(const Image& image, const Tensor<int64_t>& labels, double alpha = 0.5) {
