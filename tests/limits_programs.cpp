@@ -5,7 +5,9 @@
 // SEGML_EVALUATE_PROGRAM).
 #include <doctest/doctest.h>
 
+#include <sys/resource.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <cstdlib>
@@ -14,6 +16,7 @@
 #include <string>
 
 #include <segml/io/checkpoint.hpp>
+#include <segml/io/image.hpp>
 #include <segml/io/image_processor.hpp>
 
 #include "support.hpp"
@@ -58,6 +61,38 @@ std::string tiny_checkpoint(const test::TempDir& dir, const std::string& name, i
   const nlohmann::json pre = p.to_json();
   save_pretrained(model, dir.file(name), &pre);
   return dir.file(name);
+}
+
+// Runs `program args` in `dir` (the shell execs the program) and returns its peak RSS in MB, from
+// wait4. A forked child starts with its parent's high-water mark, so the test process itself must
+// stay small: big inputs are made in a child process (write_in_child).
+double peak_rss_of_run(const std::string& program, const std::string& args, const test::TempDir& dir, int& status) {
+  const std::string cmd = "cd " + quote(dir.file()) + " && exec " + quote(program) + " " + args + " > run.txt 2>&1";
+  const pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  int raw = 0;
+  rusage ru{};
+  REQUIRE(wait4(pid, &raw, 0, &ru) == pid);
+  status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
+  return double(ru.ru_maxrss) / 1024.0;
+}
+
+// Runs `write` in a child process (so that its memory never counts in this process's peak).
+template <class F>
+void write_in_child(F&& write) {
+  const pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    write();
+    _exit(0);
+  }
+  int raw = 0;
+  REQUIRE(waitpid(pid, &raw, 0) == pid);
+  REQUIRE((WIFEXITED(raw) && WEXITSTATUS(raw) == 0));
 }
 
 void check_refused(const Run& r, const std::string& message) {
@@ -109,4 +144,36 @@ TEST_CASE("evaluate: numeric flags are validated, and --max-pixels and NaN check
   CHECK_MESSAGE(ok.status == 0, ok.output);
   const Run inspect = run(SEGML_EVALUATE_PROGRAM, base + "--model " + quote(poisoned) + " --allow-non-finite", dir);
   CHECK_MESSAGE(inspect.status == 0, inspect.output);
+}
+
+TEST_CASE("segment: a 7000x7000 image peaks at most 400 MB above the model's own footprint") {
+  // A B0 with 8 street classes at HF's default input (512x512): the model's own footprint is its
+  // peak with a small image.
+  test::TempDir dir("segment_memory");
+  write_in_child([&] {
+    SegformerConfig c = SegformerConfig::b0();
+    c.set_labels({"road", "sidewalk", "building", "sky", "car", "person", "pole", "vegetation"});
+    SegformerForSemanticSegmentation<float> b0(c, 1);
+    save_pretrained(b0, dir.file("b0"));
+  });
+  const std::string model = dir.file("b0");
+  write_in_child([&] {
+    Image stripes(7000, 7000, 3);  // 147 MB, in the child; the PNG is small
+    for (int64_t y = 0; y < stripes.height; ++y)
+      for (int64_t x = 0; x < stripes.width * 3; ++x) stripes.data[static_cast<size_t>(y * stripes.width * 3 + x)] = (y / 700) % 2 ? 200 : 30;
+    save_png(dir.file("big.png"), stripes);
+  });
+  int status = 0;
+  const double footprint = peak_rss_of_run(SEGML_SEGMENT_PROGRAM, "--model " + quote(model) + " --image " +
+                                                                      quote(kDataDir + "rgb_37x53.png") + " --output small.png --mask small_mask.png",
+                                           dir, status);
+  REQUIRE(status == 0);
+  const double peak =
+      peak_rss_of_run(SEGML_SEGMENT_PROGRAM, "--model " + quote(model) + " --image big.png --output big_overlay.png --mask big_mask.png", dir, status);
+  REQUIRE(status == 0);
+  MESSAGE("segment peak RSS: " << footprint << " MB with a 37x53 image, " << peak << " MB with 7000x7000: +" << peak - footprint << " MB");
+  CHECK(peak - footprint <= 400);
+  const Image mask = load_label_map(dir.file("big_mask.png"));
+  CHECK(mask.height == 7000);
+  CHECK(mask.width == 7000);
 }
