@@ -546,3 +546,20 @@ TEST_CASE("demo: load_model refuses a checkpoint with a NaN weight, naming the t
   CHECK_THROWS_WITH_AS(demo::load_model(dir.file()),
                        doctest::Contains("decode_head.linear_fuse.weight: 1 NaN, 0 Inf"), segml::Error);
 }
+
+TEST_CASE("demo: running out of memory while segmenting gives 503 with a message, and the server carries on") {
+  std::atomic<bool> fail_once{true};
+  ServerOptions opt;
+  opt.on_inference = [&] {
+    if (fail_once.exchange(false)) throw std::bad_alloc();
+  };
+  TestServer ts(opt);
+  auto cli = ts.client();
+  const std::string png = read_bytes(kDataDir + "rgb_37x53.png");
+  const auto r = cli.Post("/api/segment", png, "image/png");
+  check_error(r, 503, "out of memory while segmenting this image");
+  CHECK(r->get_header_value("Retry-After") == "1");
+  const auto ok = cli.Post("/api/segment", png, "image/png");
+  REQUIRE(ok);
+  CHECK(ok->status == 200);
+}

@@ -13,7 +13,8 @@
 //  - POST /api/overlay  the same input -> the overlay PNG itself (for curl).
 //  - Every error is JSON {"error": "...", "status": N}: 400 for an empty, non-image or corrupt
 //    upload, 413 for an upload larger than max_image_mb (or with more than max_pixels pixels),
-//    503 when queue_size segmentation requests are already admitted, 404 for unknown paths, and 500
+//    503 when queue_size segmentation requests are already admitted (or the memory ran out while
+//    segmenting, with a message saying so), 404 for unknown paths, and 500
 //    (the server keeps running) if anything else throws.
 //  - At most queue_size segmentation requests are in flight; they take turns on the model (one
 //    inference at a time, each using all the kernel threads). Beyond that, 503 with Retry-After.
@@ -30,6 +31,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <optional>
 #include <string>
 #include <utility>
@@ -381,6 +383,9 @@ class DemoServer {
     } catch (const detail::HttpError& e) {
       if (e.status == 503) res.set_header("Retry-After", "1");
       detail::send_error(res, e.status, e.what());
+    } catch (const std::bad_alloc&) {  // not a bare "std::bad_alloc": say what, and that it may pass
+      res.set_header("Retry-After", "1");
+      detail::send_error(res, 503, "out of memory while segmenting this image; retry shortly, or send a smaller image");
     } catch (const std::exception& e) {
       detail::send_error(res, 500, std::string("internal error: ") + e.what());
     }
