@@ -20,6 +20,8 @@
 // come from a safetensors file; otherwise they are random with a fixed seed.
 // What it does not do: check the logits against a reference (bench/peers does that across engines).
 #include <CLI/CLI.hpp>
+
+#include "../examples/cli_checks.hpp"
 #include <nlohmann/json.hpp>
 
 #include <sys/resource.h>
@@ -406,9 +408,11 @@ int main(int argc, char** argv) {
   std::string cases_csv;
   app.add_option("--cases", cases_csv, "comma-separated subset of: b0_512,b1_512,b2_512,b0_1024,train_b0_512 (default all)");
   app.add_option("--case", opt.one_case, "run one case in this process (no child processes, no peak measurement)");
-  app.add_option("--threads", opt.threads, "thread counts (driver default: 1 2; --case: one value)")->delimiter(',');
-  app.add_option("--repeats", opt.repeats, "timed runs per case")->check(CLI::PositiveNumber);
-  app.add_option("--warmup", opt.warmup, "untimed runs before timing")->check(CLI::NonNegativeNumber);
+  app.add_option("--threads", opt.threads, "thread counts (driver default: 1 2; --case: one value)")
+      ->delimiter(',')
+      ->check(segml::cli::whole(1, 1024));
+  app.add_option("--repeats", opt.repeats, "timed runs per case")->check(segml::cli::whole(1, 100000));
+  app.add_option("--warmup", opt.warmup, "untimed runs before timing")->check(segml::cli::whole(0, 100000));
   app.add_option("--model", opt.model_dir, "HF checkpoint folder (config.json + model.safetensors) instead of random weights")
       ->check(CLI::ExistingDirectory);
   app.add_option("--input", opt.input, "safetensors with pixel_values (B,3,H,W) and, for training, labels (B,H,W)")

@@ -3,7 +3,9 @@
 // Each image is resized to the model's preprocessor size, the logits are upsampled bilinearly to
 // the label's size and argmax'ed. Prints a per-class table and the throughput; optionally writes
 // the metrics as JSON / Markdown, a row-normalised confusion-matrix heatmap (SVG) and colour
-// overlays of the predictions (PNG).
+// overlays of the predictions (PNG). Images larger than --max-pixels are refused from their header,
+// before decoding; a checkpoint with NaN / Inf weights is refused unless --allow-non-finite; any
+// failure while evaluating names the image(s) it was for. Every numeric flag is checked.
 #include <CLI/CLI.hpp>
 
 #include <array>
@@ -16,6 +18,8 @@
 #include <segml/segformer.hpp>
 #include <segml/train/evaluation.hpp>
 #include <segml/train/plot.hpp>
+
+#include "cli_checks.hpp"
 
 namespace fs = std::filesystem;
 using namespace segml;
@@ -34,7 +38,8 @@ int main(int argc, char** argv) {
   std::string model_path, data_dir, split = "test", json_out, md_out, confusion_out, pred_dir, class_map;
   int64_t batch_size = 4;
   int threads = 0;
-  bool reduce = false;
+  int64_t max_pixels = kDefaultMaxPixels;
+  bool reduce = false, allow_non_finite = false;
   app.add_option("--model", model_path, "HF checkpoint folder (config.json, model.safetensors, preprocessor_config.json)")
       ->required();
   app.add_option("--data", data_dir, "Dataset folder (see docs/datasets.md)")->required();
@@ -43,16 +48,22 @@ int main(int argc, char** argv) {
   app.add_option("--markdown", md_out, "Write the per-class table as Markdown");
   app.add_option("--confusion", confusion_out, "Write a row-normalised confusion-matrix heatmap (SVG)");
   app.add_option("--predictions", pred_dir, "Write a colour overlay of each prediction (PNG) into this folder");
-  app.add_option("--batch-size", batch_size, "Images per forward pass")->capture_default_str();
-  app.add_option("--threads", threads, "Compute threads (default: all cores / OMP_NUM_THREADS)");
+  app.add_option("--batch-size", batch_size, "Images per forward pass")->capture_default_str()->check(cli::whole(1, 1024));
+  app.add_option("--threads", threads, "Compute threads (default: all cores / OMP_NUM_THREADS)")->check(cli::whole(1, 1024));
+  app.add_option("--max-pixels", max_pixels, "Refuse images with more pixels than this (read from the header, before decoding)")
+      ->capture_default_str()
+      ->check(cli::positive_whole());
+  app.add_flag("--allow-non-finite", allow_non_finite, "Load a checkpoint with NaN / Inf weights anyway (to inspect it)");
   app.add_option("--class-map", class_map, "JSON remapping the dataset's class ids (as used in training)");
   app.add_flag("--reduce-labels", reduce, "HF's reduce_labels on the stored labels (0 -> ignore, k -> k-1)");
   CLI11_PARSE(app, argc, argv);
 
   try {
     if (threads > 0) set_num_threads(threads);
+    set_max_image_pixels(max_pixels);
     LoadOptions lo;
     lo.strict = true;
+    lo.allow_non_finite = allow_non_finite;
     auto model = from_pretrained(model_path, lo);
     const fs::path folder = fs::is_directory(model_path) ? fs::path(model_path) : fs::path(model_path).parent_path();
     SegformerImageProcessor processor;
@@ -125,6 +136,9 @@ int main(int argc, char** argv) {
                                                    names, "true class", "predicted class"));
     }
     return 0;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "evaluate: error: out of memory (loading the model or opening the dataset)\n");
+    return 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "evaluate: error: %s\n", e.what());
     return 1;

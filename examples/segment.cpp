@@ -3,6 +3,7 @@
 //   segment --model weights/segformer-b0-finetuned-ade-512-512 --image street.jpg
 //           [--output overlay.png] [--mask mask.png] [--logits logits.safetensors]
 //           [--pixel-values pixel_values.safetensors] [--threads N] [--repeat R] [--alpha A]
+//           [--max-pixels P] [--allow-non-finite]
 //
 // The pipeline is HF's: SegformerImageProcessor (from the model folder's preprocessor_config.json
 // when present, else HF's defaults), the model in eval mode without autograd, then
@@ -16,6 +17,14 @@
 // and --pixel-values name folders; each output file is named after its input (<stem>.png / .safetensors).
 // Prints the latency of preprocessing (decode + resize + normalise), the model and postprocessing
 // (upsample + argmax); with --repeat R the model runs R times and the median is reported.
+//
+// Memory: an image's size is read from its header and an image of more than --max-pixels pixels
+// (default 100 million) is refused before decoding. The full-size prediction is streamed (never
+// num_labels x H x W floats) into a 1-byte-per-pixel map (4 with more than 256 labels), and the
+// overlay is blended into the decoded image itself: a 7000x7000 image peaks about 300 MB above the
+// model's own footprint. Any failure for an image names the image.
+// A checkpoint with NaN or Inf weights is refused (--allow-non-finite loads it, to inspect it).
+// Every numeric flag is checked (examples/cli_checks.hpp).
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
@@ -30,6 +39,8 @@
 #include <segml/io/image.hpp>
 #include <segml/io/image_processor.hpp>
 #include <segml/io/overlay.hpp>
+
+#include "cli_checks.hpp"
 
 namespace fs = std::filesystem;
 using namespace segml;
@@ -62,10 +73,11 @@ struct Timing {
 };
 
 Timing segment_one(SegformerForSemanticSegmentation<float>& model, const SegformerImageProcessor& processor,
-                   const std::string& image_path, const Outputs& out, int repeat, double alpha) {
+                   const std::string& image_path, const Outputs& out, int repeat, double alpha, int64_t max_pixels) {
   Timing t;
   auto t0 = Clock::now();
-  const Image image = load_image(image_path);
+  Image image = load_image(image_path, max_pixels);
+  const int64_t height = image.height, width = image.width;
   const Tensor<float> pixel_values = processor.preprocess(image);
   t.preprocess = ms_since(t0);
 
@@ -80,31 +92,52 @@ Timing segment_one(SegformerForSemanticSegmentation<float>& model, const Segform
     }
   }
   t.model = median(runs);
+  // The full-size steps below need the memory more than the next inference needs its recycled
+  // buffers (re-allocating them costs a few ms).
+  release_tensor_cache();
 
   t0 = Clock::now();
-  const Tensor<int64_t> labels = processor.post_process_semantic_segmentation(logits, {{image.height, image.width}})[0];
+  LabelMap labels = processor.post_process_label_map(logits, 0, height, width);
   t.postprocess = ms_since(t0);
+  const auto histogram = class_histogram(labels);
 
-  if (!out.overlay.empty())
-    save_png(out.overlay, add_legend(overlay(image, labels, alpha), class_histogram(labels), model.config.id2label));
   if (!out.mask.empty()) {
-    SEGML_CHECK(model.config.num_labels <= 256, "segment: --mask writes 8-bit class ids, but the model has ",
+    SEGML_CHECK(labels.is_narrow(), "segment: --mask writes 8-bit class ids, but the model has ",
                 model.config.num_labels, " labels");
-    Image mask(labels.size(0), labels.size(1), 1);
-    for (int64_t p = 0; p < labels.numel(); ++p) mask.data[static_cast<size_t>(p)] = static_cast<uint8_t>(labels.data()[p]);
-    save_png(out.mask, mask);
+    save_png(out.mask, labels.narrow);
+  }
+  if (!out.overlay.empty()) {
+    overlay_in_place(image, labels, alpha);  // the original is not needed any more
+    labels = LabelMap();
+    const Image with_legend = add_legend(image, histogram, model.config.id2label);
+    image = Image();
+    save_png(out.overlay, with_legend);
   }
   if (!out.logits.empty()) safetensors::save(out.logits, {{"logits", safetensors::make_entry(logits)}}, {{"format", "pt"}});
   if (!out.pixel_values.empty())
     safetensors::save(out.pixel_values, {{"pixel_values", safetensors::make_entry(pixel_values)}}, {{"format", "pt"}});
 
   std::printf("%s: %lldx%lld -> logits [%lld, %lld, %lld, %lld]; %zu classes present\n", image_path.c_str(),
-              static_cast<long long>(image.width), static_cast<long long>(image.height),
-              static_cast<long long>(logits.size(0)), static_cast<long long>(logits.size(1)),
-              static_cast<long long>(logits.size(2)), static_cast<long long>(logits.size(3)), class_histogram(labels).size());
+              static_cast<long long>(width), static_cast<long long>(height), static_cast<long long>(logits.size(0)),
+              static_cast<long long>(logits.size(1)), static_cast<long long>(logits.size(2)),
+              static_cast<long long>(logits.size(3)), histogram.size());
   std::printf("  latency: preprocess %.1f ms | model %.1f ms%s | postprocess %.1f ms\n", t.preprocess, t.model,
               repeat > 1 ? (" (median of " + std::to_string(repeat) + ")").c_str() : "", t.postprocess);
   return t;
+}
+
+// segment_one, with any failure (including running out of memory) reported for that image.
+Timing segment_file(SegformerForSemanticSegmentation<float>& model, const SegformerImageProcessor& processor,
+                    const std::string& image_path, const Outputs& out, int repeat, double alpha, int64_t max_pixels) {
+  try {
+    return segment_one(model, processor, image_path, out, repeat, alpha, max_pixels);
+  } catch (const std::bad_alloc&) {
+    fail("'", image_path, "': out of memory while segmenting it (a smaller image or --max-pixels helps)");
+  } catch (const std::exception& e) {
+    const std::string what = e.what();
+    if (what.find(image_path) != std::string::npos) throw;  // already names the image
+    fail("'", image_path, "': ", what);
+  }
 }
 
 }  // namespace
@@ -116,21 +149,29 @@ int main(int argc, char** argv) {
   out.overlay = "overlay.png";
   int threads = 0, repeat = 1;
   double alpha = 0.5;
+  int64_t max_pixels = kDefaultMaxPixels;
+  bool allow_non_finite = false;
   app.add_option("--model", model_path, "checkpoint folder (or its model.safetensors)")->required();
   app.add_option("--image", image_arg, "an image, or a folder of images")->required()->check(CLI::ExistingPath);
   app.add_option("--output", out.overlay, "overlay PNG (with a folder as --image: a folder, default segment-output)")->capture_default_str();
   app.add_option("--mask", out.mask, "label map PNG of class ids");
   app.add_option("--logits", out.logits, "raw logits as safetensors (tensor `logits`)");
   app.add_option("--pixel-values", out.pixel_values, "preprocessed input as safetensors (tensor `pixel_values`)");
-  app.add_option("--threads", threads, "threads for the kernels (default: all cores)")->check(CLI::PositiveNumber);
-  app.add_option("--repeat", repeat, "run the model this many times and report the median latency")->check(CLI::PositiveNumber);
-  app.add_option("--alpha", alpha, "opacity of the class colours in the overlay")->capture_default_str()->check(CLI::Range(0.0, 1.0));
+  app.add_option("--threads", threads, "threads for the kernels (default: all cores)")->check(cli::whole(1, 1024));
+  app.add_option("--repeat", repeat, "run the model this many times and report the median latency")
+      ->check(cli::whole(1, 1000000));
+  app.add_option("--alpha", alpha, "opacity of the class colours in the overlay")->capture_default_str()->check(cli::real(0.0, 1.0));
+  app.add_option("--max-pixels", max_pixels, "refuse images with more pixels than this (read from the header, before decoding)")
+      ->capture_default_str()
+      ->check(cli::positive_whole());
+  app.add_flag("--allow-non-finite", allow_non_finite, "load a checkpoint with NaN / Inf weights anyway (to inspect it)");
   CLI11_PARSE(app, argc, argv);
 
   try {
     if (threads > 0) set_num_threads(threads);
     LoadOptions opt;
     opt.strict = false;  // report, but run, e.g. an encoder-only checkpoint with a fresh head
+    opt.allow_non_finite = allow_non_finite;
     auto t0 = Clock::now();
     SegformerForSemanticSegmentation<float> model = from_pretrained<float>(model_path, opt);
     model.eval();
@@ -144,7 +185,7 @@ int main(int argc, char** argv) {
                 static_cast<long long>(processor.width), num_threads());
 
     if (!fs::is_directory(image_arg)) {
-      segment_one(model, processor, image_arg, out, repeat, alpha);
+      segment_file(model, processor, image_arg, out, repeat, alpha, max_pixels);
       return 0;
     }
     if (app.count("--output") == 0) out.overlay = "segment-output";
@@ -161,7 +202,7 @@ int main(int argc, char** argv) {
       auto name = [&](const std::string& dir, const char* ext) { return dir.empty() ? dir : (fs::path(dir) / (stem + ext)).string(); };
       const Outputs one{name(out.overlay, ".png"), name(out.mask, ".png"), name(out.logits, ".safetensors"),
                         name(out.pixel_values, ".safetensors")};
-      const Timing t = segment_one(model, processor, path.string(), one, repeat, alpha);
+      const Timing t = segment_file(model, processor, path.string(), one, repeat, alpha, max_pixels);
       sum.preprocess += t.preprocess;
       sum.model += t.model;
       sum.postprocess += t.postprocess;
@@ -169,6 +210,9 @@ int main(int argc, char** argv) {
     const double n = static_cast<double>(images.size());
     std::printf("%zu images; mean latency: preprocess %.1f ms | model %.1f ms | postprocess %.1f ms\n", images.size(),
                 sum.preprocess / n, sum.model / n, sum.postprocess / n);
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "segment: out of memory while loading the model '%s'\n", model_path.c_str());
+    return 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "segment: %s\n", e.what());
     return 1;

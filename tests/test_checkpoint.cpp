@@ -554,3 +554,45 @@ TEST_CASE("checkpoint: real weights nvidia/segformer-b0-finetuned-ade-512-512 ma
       }
   test::compare("logits[0, :3, :3, :3] (" + image_path.filename().string() + ")", got, want, atol);
 }
+
+TEST_CASE("checkpoint: a single NaN weight is refused by name; allow_non_finite loads it with a warning") {
+  TempDir dir("non_finite");
+  SegformerForSemanticSegmentation<float> source = nontrivial_model(tiny_config(), 4);
+  save_pretrained(source, dir.file());
+  CHECK(find_non_finite(source).empty());
+  CHECK_NOTHROW(from_pretrained<float>(dir.file(), quiet()));
+
+  auto entries = state_dict_entries(source);
+  auto poison = [&](const std::string& name, size_t index, float value) {
+    safetensors::Entry& e = entries.at(name);
+    std::memcpy(e.bytes.data() + index * sizeof(float), &value, sizeof(float));
+  };
+  poison("decode_head.classifier.weight", 3, NAN);
+  write_checkpoint(dir, source.config, entries);
+  const int64_t n = source.decode_head.classifier.weight.data().numel();
+  const std::string err = error_of([&] { from_pretrained<float>(dir.file(), quiet()); });
+  CHECK_MESSAGE(err.find("is refused: 1 tensor holds NaN or Inf values:\n  decode_head.classifier.weight: 1 NaN, 0 Inf (of " +
+                         std::to_string(n) + " values)") != std::string::npos,
+                err);
+  CHECK(err.find("--allow-non-finite") != std::string::npos);
+
+  // Several tensors, NaN and Inf: every one is listed; a running statistic (a buffer) counts too.
+  poison("segformer.encoder.block.0.0.attention.self.query.weight", 0, INFINITY);
+  poison("segformer.encoder.block.0.0.attention.self.query.weight", 1, -INFINITY);
+  poison("decode_head.batch_norm.running_var", 0, NAN);
+  write_checkpoint(dir, source.config, entries);
+  const std::string err3 = error_of([&] { from_pretrained<float>(dir.file(), quiet()); });
+  CHECK(err3.find("3 tensors hold NaN or Inf values") != std::string::npos);
+  CHECK(err3.find("segformer.encoder.block.0.0.attention.self.query.weight: 0 NaN, 2 Inf") != std::string::npos);
+  CHECK(err3.find("decode_head.batch_norm.running_var: 1 NaN, 0 Inf") != std::string::npos);
+
+  // The opt-out loads the values as stored, for inspection.
+  LoadOptions inspect = quiet();
+  inspect.allow_non_finite = true;
+  SegformerForSemanticSegmentation<float> loaded = from_pretrained<float>(dir.file(), inspect);
+  CHECK(std::isnan(loaded.decode_head.classifier.weight.data().data()[3]));
+  const std::vector<NonFiniteTensor> bad = find_non_finite(loaded);
+  REQUIRE(bad.size() == 3);
+  CHECK(bad[0].name == "segformer.encoder.block.0.0.attention.self.query.weight");
+  CHECK(bad[0].inf == 2);
+}

@@ -967,3 +967,108 @@ TEST_CASE("demo: the model is found in weights/, or the error says how to get on
   // A checkpoint directly in weights/ is used as is.
   CHECK(demo::find_model("", weights.file("street-tiny")) == weights.file("street-tiny"));
 }
+
+// ---- bounded memory and refused models (the image path) ---------------------------------------
+
+namespace {
+
+// Resident set of this process now, in MB (/proc/self/statm).
+double current_rss_mb() {
+  std::ifstream statm("/proc/self/statm");
+  long pages = 0, resident = 0;
+  statm >> pages >> resident;
+  return double(resident) * double(sysconf(_SC_PAGESIZE)) / (1024.0 * 1024.0);
+}
+
+// Samples the resident set every millisecond while alive; peak() is the largest seen.
+struct RssSampler {
+  std::atomic<bool> stop{false};
+  std::atomic<double> max{0};
+  std::thread thread{[this] {
+    while (!stop) {
+      const double now = current_rss_mb();
+      if (now > max) max = now;
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  }};
+  double peak() {
+    stop = true;
+    if (thread.joinable()) thread.join();
+    return std::max(max.load(), current_rss_mb());
+  }
+  ~RssSampler() { peak(); }
+};
+
+// A w x h PNG of horizontal stripes (compresses to a few tens of KB).
+std::string striped_png(int64_t w, int64_t h) {
+  Image img(h, w, 3);
+  for (int64_t y = 0; y < h; ++y)
+    for (int64_t x = 0; x < w; ++x)
+      for (int64_t c = 0; c < 3; ++c) img.at(y, x, c) = static_cast<uint8_t>((y / 500) % 2 ? 40 + 60 * c : 220 - 50 * c);
+  return demo::detail::encode_png(img);
+}
+
+}  // namespace
+
+TEST_CASE("demo: a 7000x7000 upload stays within 400 MB above the model's footprint, with the pipeline's result") {
+  ServerOptions opt;
+  TestServer ts(opt);
+  auto cli = ts.client();
+  cli.set_read_timeout(120);
+  const std::string png = striped_png(7000, 7000);
+  MESSAGE("upload: 7000x7000 PNG of " << png.size() << " bytes");
+  REQUIRE(png.size() < 10u * 1024 * 1024);
+  // Warm: the model's own footprint (inference buffers, thread pools) with a tiny image.
+  auto warm = cli.Post("/api/segment", read_bytes(kDataDir + "rgb_37x53.png"), "image/png");
+  REQUIRE(warm);
+  REQUIRE(warm->status == 200);
+
+  const double before = current_rss_mb();
+  json body;
+  double peak = 0;
+  {
+    RssSampler sampler;
+    auto r = cli.Post("/api/segment?mask=1", png, "image/png");
+    peak = sampler.peak();
+    REQUIRE(r);
+    REQUIRE(r->status == 200);
+    body = json::parse(r->body);
+  }
+  MESSAGE("resident " << before << " MB before the request, peak " << peak << " MB during it: +" << peak - before << " MB");
+  CHECK(peak - before <= 400);
+  CHECK(body["width"] == 7000);
+  CHECK(body["height"] == 7000);
+  // The answer is the pipeline's, computed on the decoded image directly.
+  const Image image = load_image_from_memory(png, "stripes");
+  CHECK(histogram_of(body) == reference_histogram(image));
+  const std::string overlay_png = base64_decode(body["overlay_png"].get<std::string>());
+  const Image blended = load_image_from_memory(overlay_png, "overlay", 100'000'000);
+  CHECK(blended.height == 7000);
+  CHECK(blended.width == 7000);
+}
+
+TEST_CASE("demo: load_model refuses a checkpoint with a NaN weight, naming the tensor") {
+  TempDir dir("demo_nan");
+  demo::LoadedModel m = demo::random_model("tiny", 5);
+  m.model.decode_head.linear_fuse.weight.data().data()[7] = NAN;
+  save_pretrained(m.model, dir.file());
+  CHECK_THROWS_WITH_AS(demo::load_model(dir.file()),
+                       doctest::Contains("decode_head.linear_fuse.weight: 1 NaN, 0 Inf"), segml::Error);
+}
+
+TEST_CASE("demo: running out of memory while segmenting gives 503 with a message, and the server carries on") {
+  std::atomic<bool> fail_once{true};
+  ServerOptions opt;
+  opt.on_inference = [&] {
+    if (fail_once.exchange(false)) throw std::bad_alloc();
+  };
+  TestServer ts(opt);
+  auto cli = ts.client();
+  const std::string png = read_bytes(kDataDir + "rgb_37x53.png");
+  const auto r = cli.Post("/api/segment", png, "image/png");
+  check_error(r, 503, "out of memory while segmenting this image");
+  CHECK(r->get_header_value("Retry-After") == "1");
+  const auto ok = cli.Post("/api/segment", png, "image/png");
+  REQUIRE(ok);
+  CHECK(ok->status == 200);
+}

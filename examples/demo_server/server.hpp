@@ -13,7 +13,8 @@
 //  - POST /api/overlay  the same input -> the overlay PNG itself (for curl).
 //  - Every error is JSON {"error": "...", "status": N}: 400 for an empty, non-image or corrupt
 //    upload, 413 for an upload larger than max_image_mb (or with more than max_pixels pixels),
-//    503 when queue_size segmentation requests are already admitted, 404 for unknown paths, and 500
+//    503 when queue_size segmentation requests are already admitted (or the memory ran out while
+//    segmenting, with a message saying so), 404 for unknown paths, and 500
 //    (the server keeps running) if anything else throws.
 //  - At most queue_size segmentation requests are in flight; they take turns on the model (one
 //    inference at a time, each using all the kernel threads). Beyond that, 503 with Retry-After.
@@ -42,6 +43,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <optional>
 #include <string>
 #include <utility>
@@ -131,10 +133,13 @@ inline std::string find_model(const std::string& path, const std::string& weight
   return found.front().string();
 }
 
+// Loads a checkpoint to serve: strict (every tensor must match), and a checkpoint with NaN or Inf
+// weights is refused (from_pretrained's default), since it would answer one class everywhere.
 inline LoadedModel load_model(const std::string& path) {
   namespace fs = std::filesystem;
   LoadOptions opt;
   opt.strict = true;
+  opt.allow_non_finite = false;
   SegformerForSemanticSegmentation<float> model = from_pretrained<float>(path, opt);
   model.eval();
   const fs::path folder = fs::is_directory(path) ? fs::path(path) : fs::path(path).parent_path();
@@ -508,6 +513,9 @@ class DemoServer {
     } catch (const detail::HttpError& e) {
       if (e.status == 503) res.set_header("Retry-After", "1");
       detail::send_error(res, e.status, e.what());
+    } catch (const std::bad_alloc&) {  // not a bare "std::bad_alloc": say what, and that it may pass
+      res.set_header("Retry-After", "1");
+      detail::send_error(res, 503, "out of memory while segmenting this image; retry shortly, or send a smaller image");
     } catch (const std::exception& e) {
       detail::send_error(res, 500, std::string("internal error: ") + e.what());
     }
@@ -572,7 +580,7 @@ class DemoServer {
                                        " requests are already queued; retry shortly");
     Image image;
     try {
-      image = load_image_from_memory(bytes, "upload");
+      image = load_image_from_memory(bytes, "upload", opt_.max_pixels);
     } catch (const Error& e) {
       throw detail::HttpError(400, std::string("corrupt ") + format + ": " + e.what());
     }
@@ -588,14 +596,17 @@ class DemoServer {
       logits = engine_.run(pixel_values);
     }
     const auto t_model = Clock::now();
-    const Tensor<int64_t> labels =
-        processor_.post_process_semantic_segmentation(logits, {{image.height, image.width}})[0];
+    // Streamed to the image size, 1 byte per pixel (never classes x H x W floats, nor int64 ids).
+    LabelMap labels = processor_.post_process_label_map(logits, 0, image.height, image.width);
     const auto histogram = class_histogram(labels);
     const auto t_post = Clock::now();
     ticket.reset();
 
+    // The overlay is blended into the decoded image itself (the original is not needed after it).
     if (png_res) {
-      png_res->set_content(detail::encode_png(overlay(image, labels, alpha)), "image/png");
+      overlay_in_place(image, labels, alpha);
+      labels = LabelMap();
+      png_res->set_content(detail::encode_png(image), "image/png");
       return {};
     }
     nlohmann::json classes = nlohmann::json::array();
@@ -609,14 +620,23 @@ class DemoServer {
                          {"pixels", count},
                          {"share", double(count) / total_px}});
     }
-    nlohmann::json out = {{"width", labels.size(1)},
-                          {"height", labels.size(0)},
+    nlohmann::json out = {{"width", labels.width},
+                          {"height", labels.height},
                           {"model_input", {pixel_values.size(2), pixel_values.size(3)}},
                           {"logits_size", {logits.size(2), logits.size(3)}},
                           {"format", format},
                           {"classes", classes}};
-    if (want_overlay) out["overlay_png"] = detail::base64(detail::encode_png(overlay(image, labels, alpha)));
-    if (want_mask) out["mask_png"] = detail::base64(detail::encode_png(colorize(labels)));
+    // The decoded image's buffer holds the overlay, then the mask: no other full-size image.
+    if (want_overlay) {
+      overlay_in_place(image, labels, alpha);
+      out["overlay_png"] = detail::base64(detail::encode_png(image));
+    }
+    if (want_mask) {
+      colorize_in_place(image, labels);
+      out["mask_png"] = detail::base64(detail::encode_png(image));
+    }
+    image = Image();
+    labels = LabelMap();
     const auto t_end = Clock::now();
     out["timings_ms"] = {{"decode", ms(t0, t_decoded)},      {"preprocess", ms(t_decoded, t_pre)},
                          {"queue", ms(t_pre, t_start)},      {"model", ms(t_start, t_model)},

@@ -7,36 +7,50 @@
 //    contiguous() copies only when the layout is not row-major dense.
 //  - Fresh storage is 64-byte aligned, so kernels may use aligned SIMD loads at offset 0.
 //  - Every shape error throws segml::Error naming the op and the shapes, in release builds too.
+//  - Allocation never ends in a bare std::bad_alloc: a shape whose product overflows, a size beyond
+//    the address space and an allocation the system refuses all throw segml::Error naming the
+//    dtype, the shape and the bytes.
 //  - It knows nothing about autograd; see autograd/variable.hpp for the graph layer.
 #pragma once
 
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <initializer_list>
+#include <limits>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <new>
 #include <numeric>
+#include <sstream>
+#include <string>
 #include <type_traits>
 #include <vector>
 
 #include "segml/core/error.hpp"
 #include "segml/core/parallel.hpp"
 
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
 namespace segml {
 
 inline constexpr std::size_t kTensorAlignment = 64;
 
-// Number of elements of a shape; throws on negative extents.
+// Number of elements of a shape; throws on negative extents and on a product that overflows int64.
 inline int64_t shape_numel(const Shape& shape) {
   int64_t n = 1;
-  for (int64_t d : shape) {
-    SEGML_CHECK(d >= 0, "shape ", shape, " has a negative extent");
-    n *= d;
-  }
+  for (int64_t d : shape) SEGML_CHECK(d >= 0, "shape ", shape, " has a negative extent");
+  for (int64_t d : shape)
+    if (__builtin_mul_overflow(n, d, &n)) {
+      for (int64_t z : shape)
+        if (z == 0) return 0;  // a zero extent makes any product 0
+      fail("shape ", shape, " has more elements than an int64 can count");
+    }
   return n;
 }
 
@@ -115,6 +129,10 @@ class BufferCache {
     limit_ = bytes;
     trim(limit_);
   }
+  void release() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    trim(0);
+  }
   std::size_t cached_bytes() {
     std::lock_guard<std::mutex> lock(mutex_);
     return cached_;
@@ -149,14 +167,63 @@ class BufferCache {
 inline void set_tensor_cache_limit(std::size_t bytes) { detail::BufferCache::instance().set_limit(bytes); }
 // Bytes of freed tensor storage currently kept for reuse.
 inline std::size_t tensor_cache_bytes() { return detail::BufferCache::instance().cached_bytes(); }
+// Returns the freed tensor storage kept for reuse to the system, keeping the limit (e.g. after an
+// inference, before work on a large image that needs the memory more). With glibc, the freed
+// blocks are also handed back to the kernel (malloc_trim), not only to the allocator.
+inline void release_tensor_cache() {
+  detail::BufferCache::instance().release();
+#if defined(__GLIBC__)
+  malloc_trim(0);
+#endif
+}
+
+// The name of a tensor element type in messages: float32, int64, ...
+template <class T>
+constexpr const char* dtype_name() {
+  if constexpr (std::is_same_v<T, float>) return "float32";
+  else if constexpr (std::is_same_v<T, double>) return "float64";
+  else if constexpr (std::is_same_v<T, int64_t>) return "int64";
+  else if constexpr (std::is_same_v<T, int32_t>) return "int32";
+  else if constexpr (std::is_same_v<T, uint8_t>) return "uint8";
+  else if constexpr (std::is_same_v<T, bool>) return "bool";
+  else return "element";
+}
+
+namespace detail {
+// "1.5 GB" / "12.0 MB" / "512 bytes"
+inline std::string bytes_text(double bytes) {
+  char buf[64];
+  if (bytes >= 1e9) std::snprintf(buf, sizeof buf, "%.1f GB", bytes / 1e9);
+  else if (bytes >= 1e6) std::snprintf(buf, sizeof buf, "%.1f MB", bytes / 1e6);
+  else std::snprintf(buf, sizeof buf, "%.0f bytes", bytes);
+  return buf;
+}
+}  // namespace detail
 
 // Owning, aligned buffer of n elements of T. Uninitialised for trivial T. Large buffers are
-// recycled (detail::BufferCache).
+// recycled (detail::BufferCache). A size that cannot be represented or allocated throws
+// segml::Error saying what was asked for (dtype, `shape` when given, bytes), never std::bad_alloc.
 template <class T>
-std::shared_ptr<T[]> allocate_aligned(int64_t n) {
+std::shared_ptr<T[]> allocate_aligned(int64_t n, const Shape* shape = nullptr) {
   static_assert(std::is_trivially_copyable_v<T>, "Tensor elements must be trivially copyable");
-  std::size_t bytes = std::max<std::size_t>(static_cast<std::size_t>(n) * sizeof(T), kTensorAlignment);
-  void* p = detail::BufferCache::instance().get(bytes);
+  const auto what = [&] {
+    std::ostringstream os;
+    os << "cannot allocate a " << dtype_name<T>() << " tensor";
+    if (shape) os << " of shape " << shape_str(*shape);
+    os << " (" << n << " elements, " << detail::bytes_text(double(n) * double(sizeof(T))) << ")";
+    return os.str();
+  };
+  std::size_t bytes = 0;
+  if (n < 0 || __builtin_mul_overflow(static_cast<std::size_t>(n), sizeof(T), &bytes) ||
+      bytes > static_cast<std::size_t>(std::numeric_limits<std::ptrdiff_t>::max()))
+    fail(what(), ": more bytes than the address space holds");
+  bytes = std::max<std::size_t>(bytes, kTensorAlignment);
+  void* p = nullptr;
+  try {
+    p = detail::BufferCache::instance().get(bytes);
+  } catch (const std::bad_alloc&) {
+    fail(what(), ": out of memory");
+  }
   return std::shared_ptr<T[]>(static_cast<T*>(p), [bytes](T* q) { detail::BufferCache::instance().put(q, bytes); });
 }
 
@@ -174,7 +241,7 @@ class Tensor {
     t.numel_ = shape_numel(shape);
     t.strides_ = contiguous_strides(shape);
     t.shape_ = std::move(shape);
-    t.storage_ = allocate_aligned<T>(t.numel_);
+    t.storage_ = allocate_aligned<T>(t.numel_, &t.shape_);
     return t;
   }
   static Tensor zeros(Shape shape) { return full(std::move(shape), T(0)); }

@@ -11,6 +11,8 @@
 // and DatasetOptions::seed. open() checks that every image has a label and (check_sizes) that the
 // headers of both are readable and agree on the size, so a bad dataset fails before training;
 // load() re-checks and also reports corrupt pixel data and (validate_labels) out-of-range ids.
+// Images above the pixel limit (max_image_pixels(), io/image.hpp) are refused from their header, by
+// open() (check_sizes) and by load(), before anything is decoded.
 // Every error is a segml::Error naming the file. An optional class map (JSON, see ClassMap) remaps
 // ids on load. Does not: cache decoded images, augment, resize or normalise (train/ does that).
 #pragma once
@@ -199,6 +201,7 @@ class SegmentationDataset {
       for (const Item& it : ds.items_) {
         const auto [iw, ih] = detail::image_size(it.image);
         const auto [lw, lh] = detail::image_size(it.label);
+        detail::check_pixels("SegmentationDataset", it.image.string(), iw, ih, 0);  // before any decoding
         check_same_size(it, iw, ih, lw, lh);
       }
     return ds;

@@ -14,6 +14,11 @@
 // weights may be stored as F32, F16, BF16 or F64 (converted to T); any other dtype is an error
 // naming the tensor.
 //
+// Every float tensor loaded is checked for NaN and Inf: a checkpoint holding any is refused with an
+// error listing each such tensor (name, how many NaN / Inf, of how many values), because such a
+// model silently predicts one class everywhere. LoadOptions::allow_non_finite loads it anyway, for
+// inspection, with the same list printed as a warning.
+//
 // save_pretrained(model, dir) writes config.json, model.safetensors (F32, HF names, metadata
 // {"format": "pt"}) and, when given, preprocessor_config.json — each atomically (temp + rename),
 // so an interrupted save never leaves a partial file behind.
@@ -21,6 +26,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -63,7 +69,49 @@ struct LoadOptions {
   bool verbose = true;                   // print the report (to stderr) when it is not clean
   std::optional<std::vector<std::string>> labels;  // override id2label (e.g. fine-tuning mit-b0)
   uint64_t seed = 0;                     // initialisation of the weights the checkpoint lacks
+  bool allow_non_finite = false;         // load NaN / Inf weights (for inspection) with a warning
 };
+
+// A tensor holding NaN or Inf values.
+struct NonFiniteTensor {
+  std::string name;
+  int64_t nan = 0, inf = 0, numel = 0;
+  std::string str() const {
+    return name + ": " + std::to_string(nan) + " NaN, " + std::to_string(inf) + " Inf (of " + std::to_string(numel) +
+           " values)";
+  }
+};
+
+// Every parameter and buffer of `model` that holds NaN or Inf, in the model's order (HF names).
+template <class T>
+std::vector<NonFiniteTensor> find_non_finite(SegformerForSemanticSegmentation<T>& model) {
+  std::vector<NonFiniteTensor> out;
+  auto check = [&](const std::string& name, const Tensor<T>& t) {
+    const Tensor<T> c = t.contiguous();
+    NonFiniteTensor r{name, 0, 0, c.numel()};
+    for (int64_t i = 0; i < c.numel(); ++i) {
+      const T v = c.data()[i];
+      if (std::isnan(v)) ++r.nan;
+      else if (std::isinf(v)) ++r.inf;
+    }
+    if (r.nan || r.inf) out.push_back(r);
+  };
+  nn::Visitor<T> v;
+  v.parameter = [&](const std::string& name, Var<T>& p) { check(name, p.data()); };
+  v.buffer = [&](const std::string& name, Tensor<T>& b) { check(name, b); };
+  model.visit(v);
+  return out;
+}
+
+namespace detail {
+// "N tensors hold non-finite values:\n  name: ...", at most 20 listed.
+inline std::string non_finite_text(const std::vector<NonFiniteTensor>& bad) {
+  std::string s = std::to_string(bad.size()) + (bad.size() == 1 ? " tensor holds" : " tensors hold") + " NaN or Inf values:";
+  for (size_t i = 0; i < bad.size() && i < 20; ++i) s += "\n  " + bad[i].str();
+  if (bad.size() > 20) s += "\n  ... and " + std::to_string(bad.size() - 20) + " more";
+  return s;
+}
+}  // namespace detail
 
 namespace detail {
 // The safetensors files of a checkpoint path: folder (single or sharded) or a file.
@@ -186,6 +234,11 @@ SegformerForSemanticSegmentation<T> from_pretrained(const std::string& path, con
   LoadReport r = load_state_dict(model, files, opt.ignore_mismatched_sizes);
   if (opt.strict && !r.clean()) throw Error("from_pretrained (strict): checkpoint does not match the model\n" + r.str(path));
   if (opt.verbose && !r.clean()) std::cerr << "segml: from_pretrained: " << r.str(path);
+  const std::vector<NonFiniteTensor> bad = find_non_finite(model);
+  if (!bad.empty() && !opt.allow_non_finite)
+    throw Error("from_pretrained: '" + path + "' is refused: " + detail::non_finite_text(bad) +
+                "\n(such a model predicts garbage; allow_non_finite / --allow-non-finite loads it for inspection)");
+  if (!bad.empty()) std::cerr << "segml: from_pretrained: warning: '" << path << "': " << detail::non_finite_text(bad) << "\n";
   if (report) *report = r;
   return model;
 }

@@ -8,6 +8,13 @@
 //  - load_label_map() returns the class ids as a 1-channel image. A 3-channel PNG whose channels
 //    are all equal is accepted as grey; a colour PNG, a palette (indexed) PNG and a 16-bit PNG are
 //    errors, because stb_image would silently turn them into something other than the class ids.
+//  - Every decoder reads the image's size from its header first and refuses an image of more than
+//    max_pixels pixels before decoding anything (an argument; 0 = max_image_pixels(), a process-wide
+//    default of kDefaultMaxPixels = 100 megapixels, settable with set_max_image_pixels()). A 388 KB
+//    PNG can declare 20000x20000 pixels (1.2 GB decoded); the error names the file, the size and the
+//    limit, and how to raise it.
+//  - LabelMap is a (H, W) map of class ids in the narrowest type that holds them (uint8 for up to 256
+//    classes, else int32), for full-size predictions (a 7000x7000 map is 49 MB, not 392 MB of int64).
 //  - save_png() writes atomically (temp file + rename).
 //  - Every error names the file and says what is wrong (missing, corrupt + stb's reason, channels).
 // Does not: decode JPEG bit-identically to PIL (stb's decoder differs from libjpeg-turbo by a few
@@ -18,8 +25,10 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <limits>
@@ -55,6 +64,25 @@ struct Image {
   bool empty() const { return data.empty(); }
 };
 
+// A (H, W) map of class ids: `narrow` (a 1-channel Image, so it saves as a PNG of ids as is) when
+// every id is below 256, else `wide` (int32, row-major). Exactly one of them holds the pixels.
+struct LabelMap {
+  int64_t height = 0, width = 0;
+  Image narrow;               // ids < 256
+  std::vector<int32_t> wide;  // otherwise
+
+  LabelMap() = default;
+  // An uninitialised map for ids 0..num_classes-1.
+  LabelMap(int64_t h, int64_t w, int64_t num_classes) : height(h), width(w) {
+    SEGML_CHECK(h > 0 && w > 0 && num_classes >= 1, "LabelMap: invalid size ", h, "x", w, " for ", num_classes, " classes");
+    if (num_classes <= 256) narrow = Image(h, w, 1);
+    else wide.resize(static_cast<size_t>(h * w));
+  }
+  bool is_narrow() const { return wide.empty(); }
+  int64_t numel() const { return height * width; }
+  int64_t operator[](int64_t p) const { return is_narrow() ? narrow.data[static_cast<size_t>(p)] : wide[static_cast<size_t>(p)]; }
+};
+
 // RGB copy of an image: grey replicated, alpha dropped.
 inline Image to_rgb(const Image& in) {
   if (in.channels == 3) return in;
@@ -65,6 +93,46 @@ inline Image to_rgb(const Image& in) {
       out.data[static_cast<size_t>(p * 3 + c)] = in.data[static_cast<size_t>(p * in.channels + (in.channels == 1 ? 0 : c))];
   return out;
 }
+
+// The pixel limit the image decoders apply when not given one (see the file comment): 100
+// megapixels. Every camera photo up to 100 MP passes (a 7000x7000 image is 49 MP; phones save 12 to
+// 50 MP by default); a 20000x20000 image (400 MP, 1.2 GB decoded) is refused. Decoding a PNG needs
+// about twice its RGB bytes at the peak, so 100 MP costs up to 600 MB; the error says how to raise it.
+inline constexpr int64_t kDefaultMaxPixels = 100'000'000;
+
+namespace detail {
+inline std::atomic<int64_t>& max_pixels_slot() {
+  static std::atomic<int64_t> limit{kDefaultMaxPixels};
+  return limit;
+}
+}  // namespace detail
+
+inline int64_t max_image_pixels() { return detail::max_pixels_slot().load(); }
+inline void set_max_image_pixels(int64_t pixels) {
+  SEGML_CHECK(pixels >= 1, "set_max_image_pixels: the limit must be >= 1 pixel, got ", pixels);
+  detail::max_pixels_slot().store(pixels);
+}
+
+namespace detail {
+// Throws when w x h is above the limit (0: max_image_pixels()), naming the file and how to raise it.
+inline void check_pixels(const char* what, const std::string& name, int64_t w, int64_t h, int64_t max_pixels) {
+  const int64_t limit = max_pixels > 0 ? max_pixels : max_image_pixels();
+  if (w * h > limit)
+    fail(what, " '", name, "': image is ", w, "x", h, " (", w * h, " pixels), above the limit of ", limit,
+         " pixels; raise it with --max-pixels (segment, evaluate; set_max_image_pixels() in code) if you mean it");
+}
+
+// The size a PNG's IHDR declares, from the file's first 24 bytes; false if they are not a PNG's.
+// (stb_image's own header reader refuses sizes above 2^30 bytes as "too large" without saying them.)
+inline bool png_declared_size(const unsigned char* b, size_t n, int64_t& w, int64_t& h) {
+  static const unsigned char sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+  if (n < 24 || !std::equal(sig, sig + 8, b) || std::memcmp(b + 12, "IHDR", 4) != 0) return false;
+  auto be32 = [&](size_t at) { return int64_t(b[at]) << 24 | int64_t(b[at + 1]) << 16 | int64_t(b[at + 2]) << 8 | int64_t(b[at + 3]); };
+  w = be32(16);
+  h = be32(20);
+  return true;
+}
+}  // namespace detail
 
 #ifdef SEGML_HAVE_STB
 namespace detail {
@@ -78,9 +146,15 @@ inline void require_readable(const std::string& path, const char* what) {
 }
 
 // Decodes with stb into `channels` channels (0 = as stored); errors carry stb's reason.
-inline Image stb_decode(const std::string& path, int channels, const char* what) {
+inline Image stb_decode(const std::string& path, int channels, const char* what, int64_t max_pixels) {
   require_readable(path, what);
   int w = 0, h = 0, n = 0;
+  // The size from the header, before anything is decoded (an unreadable header: stbi_load says why).
+  unsigned char head[24] = {};
+  std::ifstream(path, std::ios::binary).read(reinterpret_cast<char*>(head), sizeof head);
+  int64_t pw = 0, ph = 0;
+  if (png_declared_size(head, sizeof head, pw, ph)) check_pixels(what, path, pw, ph, max_pixels);
+  if (stbi_info(path.c_str(), &w, &h, &n)) check_pixels(what, path, w, h, max_pixels);
   unsigned char* px = stbi_load(path.c_str(), &w, &h, &n, channels);
   if (!px) fail(what, " '", path, "': cannot decode (corrupt or unsupported format): ", stbi_failure_reason());
   const int c = channels ? channels : n;
@@ -105,16 +179,24 @@ inline int png_color_type(const std::string& path) {
 
 }  // namespace detail
 
-// Any format stb_image reads (PNG, JPEG, BMP, TGA, GIF first frame, PPM, ...), as RGB.
-inline Image load_image(const std::string& path) { return detail::stb_decode(path, 3, "load_image"); }
+// Any format stb_image reads (PNG, JPEG, BMP, TGA, GIF first frame, PPM, ...), as RGB. Images of
+// more than max_pixels pixels (0: max_image_pixels()) are refused before decoding.
+inline Image load_image(const std::string& path, int64_t max_pixels = 0) {
+  return detail::stb_decode(path, 3, "load_image", max_pixels);
+}
 
 // An encoded image held in memory (e.g. an HTTP upload), as RGB; `name` only labels the errors.
-// Same formats and conversion as load_image().
-inline Image load_image_from_memory(const std::string& bytes, const std::string& name = "<memory>") {
+// Same formats, conversion and pixel limit as load_image().
+inline Image load_image_from_memory(const std::string& bytes, const std::string& name = "<memory>", int64_t max_pixels = 0) {
   SEGML_CHECK(!bytes.empty(), "load_image_from_memory '", name, "': no bytes (empty upload?)");
   SEGML_CHECK(bytes.size() <= static_cast<size_t>(std::numeric_limits<int>::max()), "load_image_from_memory '", name,
               "': ", bytes.size(), " bytes is more than stb_image can read");
   int w = 0, h = 0, n = 0;
+  int64_t pw = 0, ph = 0;
+  const auto* head = reinterpret_cast<const unsigned char*>(bytes.data());
+  if (detail::png_declared_size(head, bytes.size(), pw, ph)) detail::check_pixels("load_image_from_memory", name, pw, ph, max_pixels);
+  if (stbi_info_from_memory(head, static_cast<int>(bytes.size()), &w, &h, &n))
+    detail::check_pixels("load_image_from_memory", name, w, h, max_pixels);
   unsigned char* px = stbi_load_from_memory(reinterpret_cast<const unsigned char*>(bytes.data()),
                                             static_cast<int>(bytes.size()), &w, &h, &n, 3);
   if (!px) fail("load_image_from_memory '", name, "': cannot decode (corrupt or unsupported format): ", stbi_failure_reason());
@@ -127,8 +209,8 @@ inline Image load_image_from_memory(const std::string& bytes, const std::string&
   return img;
 }
 
-// A label map: one class id per pixel, as a 1-channel image.
-inline Image load_label_map(const std::string& path) {
+// A label map: one class id per pixel, as a 1-channel image. Same pixel limit as load_image().
+inline Image load_label_map(const std::string& path, int64_t max_pixels = 0) {
   detail::require_readable(path, "load_label_map");
   if (stbi_is_16_bit(path.c_str()))
     fail("load_label_map '", path, "': 16-bit images are not supported; save the label map as 8-bit greyscale");
@@ -136,7 +218,7 @@ inline Image load_label_map(const std::string& path) {
     fail("load_label_map '", path,
          "': is a palette (indexed) PNG; stb_image expands palettes to colours, so the class ids are lost. "
          "Convert it to a single-channel greyscale PNG whose values are the class ids");
-  Image img = detail::stb_decode(path, 0, "load_label_map");
+  Image img = detail::stb_decode(path, 0, "load_label_map", max_pixels);
   if (img.channels == 1) return img;
   if (img.channels != 3)
     fail("load_label_map '", path, "': has ", img.channels, " channels; expected 1 (greyscale) or 3 equal channels");
@@ -197,17 +279,17 @@ template <class T>
 inline constexpr bool needs_stb = false;
 }  // namespace detail
 template <class T = void>
-Image load_image(const std::string&) {
+Image load_image(const std::string&, int64_t = 0) {
   static_assert(detail::needs_stb<T>, "segml::load_image needs stb: install libstb-dev and reconfigure");
   return {};
 }
 template <class T = void>
-Image load_image_from_memory(const std::string&, const std::string& = "<memory>") {
+Image load_image_from_memory(const std::string&, const std::string& = "<memory>", int64_t = 0) {
   static_assert(detail::needs_stb<T>, "segml::load_image_from_memory needs stb: install libstb-dev and reconfigure");
   return {};
 }
 template <class T = void>
-Image load_label_map(const std::string&) {
+Image load_label_map(const std::string&, int64_t = 0) {
   static_assert(detail::needs_stb<T>, "segml::load_label_map needs stb: install libstb-dev and reconfigure");
   return {};
 }

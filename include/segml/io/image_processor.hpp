@@ -11,8 +11,12 @@
 //  - preprocess_labels() = HF's segmentation-map pipeline: reduce_labels if enabled (before resizing),
 //    then PIL NEAREST to the same size; labels (B, H, W) int64.
 //  - post_process_semantic_segmentation(): per image, bilinear upsampling (align_corners=False, PyTorch's
-//    rule) to the target size, then argmax over classes (first maximal index).
+//    rule) to the target size, then argmax over classes (first maximal index). Streamed by row bands
+//    (upsample_argmax): memory is O(classes x W) besides the output, never classes x H x W floats,
+//    and the ids are bit-identical to upsampling the whole tensor first. post_process_label_map()
+//    gives the same ids as a compact LabelMap (uint8 / int32) instead of int64.
 //  - preprocessor_config.json round-trips: every HF field is read and written; unknown fields are kept.
+//    size is bounded (kMaxSize per side) before anything is allocated.
 // Does not: decode images (see io/image.hpp), crop, pad, or augment.
 #pragma once
 
@@ -242,6 +246,9 @@ inline Image reduce_labels(Image map) {
 
 class SegformerImageProcessor {
  public:
+  // The largest model input side preprocessor_config.json may ask for: 8192 (pixel_values of
+  // 3 x 8192 x 8192 float32 = 805 MB); released SegFormers use 512 to 1024.
+  static constexpr int64_t kMaxSize = 8192;
   bool do_resize = true;
   int64_t height = 512, width = 512;  // HF: size {"height", "width"}
   Resample resample = Resample::BILINEAR;
@@ -256,17 +263,24 @@ class SegformerImageProcessor {
 
   // The image as the model sees it before normalisation: RGB, resized if do_resize (uint8).
   Image resize(const Image& image) const {
+    if (image.channels == 3) return do_resize ? pil_resize(image, height, width, resample) : image;  // no RGB copy
     const Image rgb = to_rgb(image);
     return do_resize ? pil_resize(rgb, height, width, resample) : rgb;
   }
 
   // pixel_values (B, 3, H, W). Without do_resize all images must have the same size.
   Tensor<float> preprocess(const std::vector<Image>& images) const {
+    std::vector<const Image*> refs;
+    for (const Image& i : images) refs.push_back(&i);
+    return preprocess(refs);
+  }
+  Tensor<float> preprocess(const Image& image) const { return preprocess(std::vector<const Image*>{&image}); }  // no copy
+  Tensor<float> preprocess(const std::vector<const Image*>& images) const {
     SEGML_CHECK(!images.empty(), "SegformerImageProcessor::preprocess: no images given");
     const auto lut = value_table();
     Tensor<float> out;
     for (size_t b = 0; b < images.size(); ++b) {
-      const Image img = resize(images[b]);
+      const Image img = resize(*images[b]);
       if (b == 0) out = Tensor<float>::empty({static_cast<int64_t>(images.size()), 3, img.height, img.width});
       SEGML_CHECK(img.height == out.size(2) && img.width == out.size(3), "SegformerImageProcessor::preprocess: image ",
                   b, " is ", img.height, "x", img.width, " but image 0 is ", out.size(2), "x", out.size(3),
@@ -278,7 +292,6 @@ class SegformerImageProcessor {
     }
     return out;
   }
-  Tensor<float> preprocess(const Image& image) const { return preprocess(std::vector<Image>{image}); }
 
   // labels (B, H, W) int64 from 1-channel label maps: reduce_labels if enabled, then NEAREST resize.
   Tensor<int64_t> preprocess_labels(const std::vector<Image>& maps) const {
@@ -299,39 +312,86 @@ class SegformerImageProcessor {
   Tensor<int64_t> preprocess_labels(const Image& map) const { return preprocess_labels(std::vector<Image>{map}); }
 
   // logits (B, C, h, w) -> B label maps (H_b, W_b) int64: bilinear (align_corners=False) to
-  // target_sizes[b] = {H_b, W_b}, then argmax over C. No target sizes: argmax at (h, w).
+  // target_sizes[b] = {H_b, W_b}, then argmax over C. No target sizes: argmax at (h, w). Streamed
+  // (upsample_argmax): never holds the C x H_b x W_b upsampled logits.
   std::vector<Tensor<int64_t>> post_process_semantic_segmentation(
       const Tensor<float>& logits, const std::vector<std::pair<int64_t, int64_t>>& target_sizes = {}) const {
-    SEGML_CHECK(logits.dim() == 4, "post_process_semantic_segmentation: logits must be (B, C, h, w), got ", logits.shape());
-    const int64_t B = logits.size(0), C = logits.size(1), h = logits.size(2), w = logits.size(3);
-    SEGML_CHECK(target_sizes.empty() || static_cast<int64_t>(target_sizes.size()) == B,
-                "post_process_semantic_segmentation: ", target_sizes.size(), " target sizes for a batch of ", B,
-                " (logits ", logits.shape(), ")");
-    SEGML_CHECK(C >= 1, "post_process_semantic_segmentation: logits ", logits.shape(), " have no classes");
+    const int64_t B = check_logits(logits, target_sizes.size());
     const Tensor<float> x = logits.contiguous();
     std::vector<Tensor<int64_t>> out;
     for (int64_t b = 0; b < B; ++b) {
-      const float* src = x.data() + b * C * h * w;
-      int64_t H = h, W = w;
-      Tensor<float> up;
-      if (!target_sizes.empty()) {
-        std::tie(H, W) = target_sizes[static_cast<size_t>(b)];
-        SEGML_CHECK(H > 0 && W > 0, "post_process_semantic_segmentation: target size ", H, "x", W, " must be positive");
-        up = Tensor<float>::empty({C, H, W});
-        kernels::resize_bilinear_forward<float>(up.data(), src, C, h, w, H, W);
-        src = up.data();
-      }
+      const auto [H, W] = target_size(x, target_sizes, b);
       Tensor<int64_t> labels = Tensor<int64_t>::empty({H, W});
-      const int64_t hw = H * W;
-      for (int64_t p = 0; p < hw; ++p) {
-        int64_t best = 0;
-        for (int64_t c = 1; c < C; ++c)
-          if (src[c * hw + p] > src[best * hw + p]) best = c;
-        labels.data()[p] = best;
-      }
+      if (target_sizes.empty()) argmax(labels.data(), x, b);
+      else upsample_argmax(labels.data(), x, b, H, W);
       out.push_back(labels);
     }
     return out;
+  }
+
+  // Image b of logits (B, C, h, w) -> its label map at (H, W) as post_process_semantic_segmentation
+  // computes it (the same ids), stored compactly (LabelMap: uint8 for up to 256 classes, else
+  // int32). Memory: the map, plus 2 x C x W floats per thread.
+  LabelMap post_process_label_map(const Tensor<float>& logits, int64_t b, int64_t H, int64_t W) const {
+    const int64_t B = check_logits(logits, 0);
+    SEGML_CHECK(b >= 0 && b < B, "post_process_label_map: image ", b, " of a batch of ", B);
+    SEGML_CHECK(H > 0 && W > 0, "post_process_label_map: target size ", H, "x", W, " must be positive");
+    const Tensor<float> x = logits.contiguous();
+    LabelMap map(H, W, x.size(1));
+    if (map.is_narrow()) upsample_argmax(map.narrow.data.data(), x, b, H, W);
+    else upsample_argmax(map.wide.data(), x, b, H, W);
+    return map;
+  }
+
+  // out (H, W) = argmax over C of image b of x (B, C, h, w) resized bilinearly (align_corners=False)
+  // to (H, W); the first maximal class wins. Bit-identical to kernels::resize_bilinear_forward to
+  // (C, H, W) followed by that argmax: the same taps and the same expressions, in the same order
+  // (each input row resized horizontally, then two rows blended vertically). Streamed by output
+  // rows, one band per thread: a thread keeps the horizontally resized rows i and i + 1 of every
+  // class (2 x C x W floats) and the running maximum of one output row (W floats).
+  template <class L>
+  static void upsample_argmax(L* out, const Tensor<float>& x, int64_t b, int64_t H, int64_t W) {
+    const int64_t C = x.size(1), h = x.size(2), w = x.size(3);
+    const float* src = x.data() + b * C * h * w;
+    const kernels::detail::ResizeAxis<float> ry(h, H), rx(w, W);
+    parallel_for(H, std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, C * W)), [&](int64_t y0, int64_t y1) {
+      std::vector<float> rows(static_cast<size_t>(2 * C * W)), best(static_cast<size_t>(W));
+      int64_t tag[2] = {-1, -1};
+      // Input row i of every class, resized horizontally: (C, W) in slot i % 2.
+      auto row = [&](int64_t i) {
+        float* r = rows.data() + (i & 1) * C * W;
+        if (tag[i & 1] != i) {
+          for (int64_t c = 0; c < C; ++c) {
+            const float* xr = src + (c * h + i) * w;
+            float* rc = r + c * W;
+            for (int64_t ox = 0; ox < W; ++ox) rc[ox] = rx.w0[ox] * xr[rx.i0[ox]] + rx.w1[ox] * xr[rx.i1[ox]];
+          }
+          tag[i & 1] = i;
+        }
+        return static_cast<const float*>(r);
+      };
+      for (int64_t oy = y0; oy < y1; ++oy) {
+        const float* r0 = row(ry.i0[oy]);  // i1 is i0 or i0 + 1: the other slot, so r0 stays valid
+        const float* r1 = row(ry.i1[oy]);
+        const float w0 = ry.w0[oy], w1 = ry.w1[oy];
+        L* o = out + oy * W;
+        for (int64_t ox = 0; ox < W; ++ox) {
+          best[static_cast<size_t>(ox)] = w0 * r0[ox] + w1 * r1[ox];
+          o[ox] = 0;
+        }
+        for (int64_t c = 1; c < C; ++c) {
+          const float* a = r0 + c * W;
+          const float* z = r1 + c * W;
+          for (int64_t ox = 0; ox < W; ++ox) {
+            const float v = w0 * a[ox] + w1 * z[ox];
+            if (v > best[static_cast<size_t>(ox)]) {
+              best[static_cast<size_t>(ox)] = v;
+              o[ox] = static_cast<L>(c);
+            }
+          }
+        }
+      }
+    });
   }
 
   // ---- preprocessor_config.json ----------------------------------------------------------
@@ -374,6 +434,9 @@ class SegformerImageProcessor {
         wrong("size", "{\"height\": H, \"width\": W} or an integer");
       }
       if (p.height < 1 || p.width < 1) wrong("size", "positive");
+      if (p.height > kMaxSize || p.width > kMaxSize)
+        fail("preprocessor config '", source, "': field 'size' is ", p.height, "x", p.width, ", above the bound of ",
+             kMaxSize, " per side (the model input; SegFormers use 512 to 1024)");
     }
     if (j.contains("resample")) {
       if (!j["resample"].is_number_integer() || j["resample"].get<int64_t>() < 0 || j["resample"].get<int64_t>() > 5)
@@ -430,6 +493,35 @@ class SegformerImageProcessor {
   }
 
  private:
+  // Checks logits (B, C, h, w) against `sizes` target sizes (0: none); returns B.
+  static int64_t check_logits(const Tensor<float>& logits, size_t sizes) {
+    SEGML_CHECK(logits.dim() == 4, "post_process_semantic_segmentation: logits must be (B, C, h, w), got ", logits.shape());
+    const int64_t B = logits.size(0), C = logits.size(1);
+    SEGML_CHECK(sizes == 0 || static_cast<int64_t>(sizes) == B, "post_process_semantic_segmentation: ", sizes,
+                " target sizes for a batch of ", B, " (logits ", logits.shape(), ")");
+    SEGML_CHECK(C >= 1, "post_process_semantic_segmentation: logits ", logits.shape(), " have no classes");
+    return B;
+  }
+  static std::pair<int64_t, int64_t> target_size(const Tensor<float>& x, const std::vector<std::pair<int64_t, int64_t>>& sizes,
+                                                 int64_t b) {
+    if (sizes.empty()) return {x.size(2), x.size(3)};
+    const auto [H, W] = sizes[static_cast<size_t>(b)];
+    SEGML_CHECK(H > 0 && W > 0, "post_process_semantic_segmentation: target size ", H, "x", W, " must be positive");
+    return {H, W};
+  }
+
+  // out (h, w) = argmax over C of image b of x (B, C, h, w), first maximal class.
+  static void argmax(int64_t* out, const Tensor<float>& x, int64_t b) {
+    const int64_t C = x.size(1), hw = x.size(2) * x.size(3);
+    const float* src = x.data() + b * C * hw;
+    for (int64_t p = 0; p < hw; ++p) {
+      int64_t best = 0;
+      for (int64_t c = 1; c < C; ++c)
+        if (src[c * hw + p] > src[best * hw + p]) best = c;
+      out[p] = best;
+    }
+  }
+
   // The float each uint8 value of each channel becomes: float32(float64(v) * factor), then
   // (x - mean) / std in float32, exactly as HF's numpy code.
   std::array<std::array<float, 256>, 3> value_table() const {

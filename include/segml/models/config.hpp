@@ -11,6 +11,10 @@
 //  - validate() (run by from_json and save) rejects inconsistent configs with an error naming the
 //    source file and the field: list lengths vs num_encoder_blocks, hidden sizes not divisible by
 //    the head count, unknown hidden_act, wrong JSON types, non-positive sizes.
+//  - Every size field is bounded (SegformerConfig::Bounds: generous, B5 and any plausible model
+//    pass), and so is the parameter count the fields describe together; from_json checks them
+//    before anything is allocated, so a config with depths 1e6 or hidden_sizes 1e9 fails at once
+//    with the file, the field, the value and the bound, instead of allocating gigabytes.
 //  - save() is atomic (temp file + rename).
 // Does not: build a model, or check that the weights of a checkpoint match the config.
 // Note: layer_norm_eps is stored and written, but HF's PyTorch model ignores it (LayerNorms use 1e-5).
@@ -22,6 +26,7 @@
 #include <cstdint>
 #include <fstream>
 #include <map>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -76,7 +81,8 @@ struct SegformerConfig {
   }
   // n labels named LABEL_0 ... LABEL_{n-1}, as HF does.
   void set_num_labels(int64_t n) {
-    SEGML_CHECK(n >= 1, "SegformerConfig::set_num_labels: need at least 1 label, got ", n);
+    SEGML_CHECK(n >= 1 && n <= Bounds::num_labels, "SegformerConfig::set_num_labels: need 1 to ", Bounds::num_labels,
+                " labels, got ", n);
     std::vector<std::string> names;
     for (int64_t i = 0; i < n; ++i) names.push_back("LABEL_" + std::to_string(i));
     set_labels(names);
@@ -108,6 +114,7 @@ struct SegformerConfig {
     r.integer("semantic_loss_ignore_index", c.semantic_loss_ignore_index);
     r.boolean("reshape_last_stage", c.reshape_last_stage);
     r.integer("num_labels", c.num_labels);
+    c.check_bounds(source);  // before set_num_labels or anything else allocates by these sizes
     if (j.contains("id2label")) c.read_id2label(j["id2label"], source);
     else if (j.contains("num_labels")) {
       if (c.num_labels < 1) fail("config '", source, "': field 'num_labels' must be >= 1, got ", c.num_labels);
@@ -175,9 +182,83 @@ struct SegformerConfig {
     safetensors::write_file_atomic(path, std::vector<char>(text.begin(), text.end()));
   }
 
+  // The largest value each size field may take. Generous: the released B0..B5 use at most depths
+  // 40, hidden sizes 512, 8 heads, sr_ratio 8, patch 7, stride 4, mlp_ratio 4, decoder 768 and
+  // 150 labels (ADE20K); the bounds leave one to two orders of magnitude above that, and only
+  // refuse what no real model uses and what would allocate gigabytes for nothing.
+  struct Bounds {
+    static constexpr int64_t num_channels = 1024;
+    static constexpr int64_t num_encoder_blocks = 16;
+    static constexpr int64_t depths = 128;
+    static constexpr int64_t hidden_sizes = 8192;
+    static constexpr int64_t num_attention_heads = 1024;
+    static constexpr int64_t sr_ratios = 64;
+    static constexpr int64_t patch_sizes = 64;
+    static constexpr int64_t strides = 64;
+    static constexpr int64_t mlp_ratios = 64;
+    static constexpr int64_t decoder_hidden_size = 8192;
+    static constexpr int64_t num_labels = 65536;
+    // Parameters the fields describe together (2e9 float32 = 8 GB; B5 has 85 M).
+    static constexpr double parameters = 2e9;
+  };
+
+  // The number of parameters the fields describe (encoder, decode head), in double so that absurd
+  // values cannot overflow. Counts the weights, not the biases or norms (a lower bound).
+  double parameter_estimate() const {
+    double n = 0;
+    for (size_t i = 0; i < hidden_sizes.size(); ++i) {
+      const double c = double(hidden_sizes[i]), in = i == 0 ? double(num_channels) : double(hidden_sizes[i - 1]);
+      const double k = i < patch_sizes.size() ? double(patch_sizes[i]) : 1, d = i < depths.size() ? double(depths[i]) : 1;
+      const double sr = i < sr_ratios.size() ? double(sr_ratios[i]) : 1, m = i < mlp_ratios.size() ? double(mlp_ratios[i]) : 1;
+      n += k * k * in * c;                                                         // patch embedding
+      n += d * (4 * c * c + (sr > 1 ? sr * sr * c * c : 0) + 2 * m * c * c + 9 * m * c);  // blocks
+      n += c * double(decoder_hidden_size);                                        // linear_c
+    }
+    const double dec = double(decoder_hidden_size);
+    return n + dec * dec * double(hidden_sizes.size()) + dec * double(num_labels);
+  }
+
+  // Throws segml::Error naming `source`, the field, its value and its bound (see Bounds).
+  void check_bounds(const std::string& source = "<config>") const {
+    auto over = [&](const char* field, int64_t value, int64_t bound, int64_t index = -1) {
+      std::ostringstream where;  // "[i]" for a list entry
+      if (index >= 0) where << '[' << index << ']';
+      fail("config '", source, "': field '", field, "'", where.str(), " is ", value, ", above the bound of ", bound,
+           " (no SegFormer is that large; is the file damaged?)");
+    };
+    const std::pair<const char*, std::pair<int64_t, int64_t>> scalars[] = {
+        {"num_channels", {num_channels, Bounds::num_channels}},
+        {"num_encoder_blocks", {num_encoder_blocks, Bounds::num_encoder_blocks}},
+        {"decoder_hidden_size", {decoder_hidden_size, Bounds::decoder_hidden_size}},
+        {"num_labels", {num_labels, Bounds::num_labels}}};
+    for (const auto& [name, vb] : scalars)
+      if (vb.first > vb.second) over(name, vb.first, vb.second);
+    const std::pair<const char*, std::pair<const std::vector<int64_t>*, int64_t>> lists[] = {
+        {"depths", {&depths, Bounds::depths}},
+        {"sr_ratios", {&sr_ratios, Bounds::sr_ratios}},
+        {"hidden_sizes", {&hidden_sizes, Bounds::hidden_sizes}},
+        {"patch_sizes", {&patch_sizes, Bounds::patch_sizes}},
+        {"strides", {&strides, Bounds::strides}},
+        {"num_attention_heads", {&num_attention_heads, Bounds::num_attention_heads}},
+        {"mlp_ratios", {&mlp_ratios, Bounds::mlp_ratios}}};
+    for (const auto& [name, vb] : lists) {
+      if (static_cast<int64_t>(vb.first->size()) > Bounds::num_encoder_blocks)
+        fail("config '", source, "': field '", name, "' has ", vb.first->size(), " entries, above the bound of ",
+             Bounds::num_encoder_blocks, " (num_encoder_blocks)");
+      for (size_t i = 0; i < vb.first->size(); ++i)
+        if ((*vb.first)[i] > vb.second) over(name, (*vb.first)[i], vb.second, static_cast<int64_t>(i));
+    }
+    const double params = parameter_estimate();
+    if (params > Bounds::parameters)
+      fail("config '", source, "': depths, hidden_sizes, mlp_ratios, sr_ratios, decoder_hidden_size and num_labels "
+           "together describe a model of at least ", params / 1e9, " billion parameters, above the bound of ",
+           Bounds::parameters / 1e9, " billion (", Bounds::parameters * 4 / 1e9, " GB of float32)");
+  }
+
   // Throws segml::Error naming `source` and the offending field.
   void validate(const std::string& source = "<config>") const {
     auto bad = [&](const std::string& field, const auto&... what) { fail("config '", source, "': field '", field, "' ", what...); };
+    check_bounds(source);
     if (num_channels < 1) bad("num_channels", "must be >= 1, got ", num_channels);
     if (num_encoder_blocks < 1) bad("num_encoder_blocks", "must be >= 1, got ", num_encoder_blocks);
     const std::pair<const char*, const std::vector<int64_t>*> lists[] = {

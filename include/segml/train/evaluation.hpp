@@ -4,7 +4,8 @@
 // eval mode under NoGradGuard in batches, the logits are upsampled bilinearly (align_corners=False)
 // to the label's own size and argmax'ed (post_process_semantic_segmentation), and the prediction is
 // accumulated against the stored label in a MeanIoUAccumulator (HF evaluate's mean_iou semantics,
-// ignore_index 255, reduce_labels on the labels when asked). The model is left in eval mode.
+// ignore_index 255, reduce_labels on the labels when asked). The model is left in eval mode. Any
+// failure (out of memory included) is a segml::Error naming the images of the batch it was for.
 // metrics_table() formats the per-class IoU / accuracy table both programs print.
 // Does not: sliding-window or multi-scale inference.
 #pragma once
@@ -13,6 +14,7 @@
 #include <cmath>
 #include <cstdio>
 #include <functional>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -52,19 +54,26 @@ inline EvalResult evaluate_dataset(SegformerForSemanticSegmentation<float>& mode
   MeanIoUAccumulator acc(model.config.num_labels, opt.ignore_index, opt.reduce_labels);
   for (size_t first = 0; first < ds.size(); first += static_cast<size_t>(opt.batch_size)) {
     const size_t last = std::min(ds.size(), first + static_cast<size_t>(opt.batch_size));
-    std::vector<Sample> samples;
-    std::vector<Image> images;
-    std::vector<std::pair<int64_t, int64_t>> sizes;
-    for (size_t i = first; i < last; ++i) {
-      samples.push_back(ds.load(i));
-      images.push_back(samples.back().rgb);
-      sizes.emplace_back(samples.back().label.height, samples.back().label.width);
-    }
-    const SegformerOutput<float> out = model.forward(Var<float>(processor.preprocess(images)));
-    const std::vector<Tensor<int64_t>> preds = processor.post_process_semantic_segmentation(out.logits.data(), sizes);
-    for (size_t k = 0; k < samples.size(); ++k) {
-      acc.add(preds[k].data(), samples[k].label.data.data(), preds[k].numel());
-      if (on_prediction) on_prediction(first + k, samples[k], preds[k]);
+    try {
+      std::vector<Sample> samples;
+      std::vector<Image> images;
+      std::vector<std::pair<int64_t, int64_t>> sizes;
+      for (size_t i = first; i < last; ++i) {
+        samples.push_back(ds.load(i));
+        images.push_back(samples.back().rgb);
+        sizes.emplace_back(samples.back().label.height, samples.back().label.width);
+      }
+      const SegformerOutput<float> out = model.forward(Var<float>(processor.preprocess(images)));
+      const std::vector<Tensor<int64_t>> preds = processor.post_process_semantic_segmentation(out.logits.data(), sizes);
+      for (size_t k = 0; k < samples.size(); ++k) {
+        acc.add(preds[k].data(), samples[k].label.data.data(), preds[k].numel());
+        if (on_prediction) on_prediction(first + k, samples[k], preds[k]);
+      }
+    } catch (const std::exception& e) {  // name the images (and turn a bare bad_alloc into a message)
+      std::string files;
+      for (size_t i = first; i < last; ++i) files += (files.empty() ? "" : ", ") + ds.path_of(i).string();
+      fail("evaluate_dataset: while processing ", files, ": ",
+           dynamic_cast<const std::bad_alloc*>(&e) ? "out of memory" : e.what());
     }
   }
   EvalResult r;
