@@ -16,10 +16,23 @@
 
 #include <segml/autograd/gradcheck.hpp>
 #include <segml/io/safetensors.hpp>
+#include <segml/models/config.hpp>
 
 namespace segml::test {
 
 inline constexpr const char* kFixtureVersion = "1";
+
+// The model_tiny fixture's architecture (tools/fixtures/model_tiny.py): four stages of 8 to 32
+// channels, a 16-channel decode head; the caller sets the labels.
+inline SegformerConfig tiny_segformer_config() {
+  SegformerConfig c;
+  c.hidden_sizes = {8, 16, 24, 32};
+  c.depths = {1, 2, 1, 1};
+  c.num_attention_heads = {1, 2, 3, 4};
+  c.sr_ratios = {8, 4, 2, 1};
+  c.decoder_hidden_size = 16;
+  return c;
+}
 
 inline std::string fixture_path(const std::string& group) {
   return std::string(SEGML_FIXTURE_DIR) + "/" + group + ".safetensors";

@@ -27,11 +27,7 @@ namespace {
 
 // The model_tiny fixture's architecture (tools/fixtures/model_tiny.py).
 SegformerConfig tiny_config(int64_t labels = 5) {
-  SegformerConfig c;
-  c.hidden_sizes = {8, 16, 24, 32};
-  c.depths = {1, 2, 1, 1};
-  c.num_attention_heads = {1, 2, 3, 4};
-  c.decoder_hidden_size = 16;
+  SegformerConfig c = segml::test::tiny_segformer_config();
   c.set_num_labels(labels);
   return c;
 }

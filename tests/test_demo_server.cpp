@@ -1047,6 +1047,38 @@ TEST_CASE("demo: a 7000x7000 upload stays within 400 MB above the model's footpr
   CHECK(blended.width == 7000);
 }
 
+TEST_CASE("demo: four concurrent 7000x7000 uploads take turns on the pixel budget: the peak stays that of one") {
+  ServerOptions opt;
+  TestServer ts(opt);
+  const std::string png = striped_png(7000, 7000);
+  {
+    auto cli = ts.client();
+    auto warm = cli.Post("/api/segment", read_bytes(kDataDir + "rgb_37x53.png"), "image/png");
+    REQUIRE(warm);
+    REQUIRE(warm->status == 200);
+  }
+  const double before = current_rss_mb();
+  double peak = 0;
+  std::vector<int> status(4, 0);
+  {
+    RssSampler sampler;
+    std::vector<std::thread> clients;
+    for (size_t i = 0; i < status.size(); ++i)
+      clients.emplace_back([&, i] {
+        auto cli = ts.client();
+        cli.set_read_timeout(300);
+        const auto r = cli.Post("/api/segment", png, "image/png");
+        status[i] = r ? r->status : -1;
+      });
+    for (std::thread& t : clients) t.join();
+    peak = sampler.peak();
+  }
+  MESSAGE("4 concurrent 7000x7000 uploads: resident " << before << " MB before, peak " << peak << " MB: +" << peak - before
+                                                      << " MB");
+  for (int s : status) CHECK(s == 200);
+  CHECK(peak - before <= 400);
+}
+
 TEST_CASE("demo: load_model refuses a checkpoint with a NaN weight, naming the tensor") {
   TempDir dir("demo_nan");
   demo::LoadedModel m = demo::random_model("tiny", 5);

@@ -27,12 +27,7 @@ using segml::test::TempDir;
 
 // The tiny SegFormer of the model fixtures (hidden 8..32), without dropout / drop-path.
 SegformerConfig tiny_config(const std::vector<std::string>& labels) {
-  SegformerConfig c;
-  c.hidden_sizes = {8, 16, 24, 32};
-  c.depths = {1, 2, 1, 1};
-  c.num_attention_heads = {1, 2, 3, 4};
-  c.sr_ratios = {8, 4, 2, 1};
-  c.decoder_hidden_size = 16;
+  SegformerConfig c = segml::test::tiny_segformer_config();
   c.classifier_dropout_prob = 0.0;
   c.drop_path_rate = 0.0;
   c.set_labels(labels);

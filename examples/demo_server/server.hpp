@@ -37,6 +37,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
@@ -257,6 +258,54 @@ class Admission {
  private:
   const int capacity_;
   std::atomic<int> pending_{0};
+};
+
+// The decoded pixels held at once by the admitted requests, all together, bounded by `budget`: a
+// request waits (it is already admitted, so the wait is bounded by the queue) until its image fits
+// next to the others, so N concurrent large uploads cost what one does, while small ones run side
+// by side. An image larger than the whole budget (it passed max_pixels) waits to run alone.
+class PixelBudget {
+ public:
+  explicit PixelBudget(int64_t budget) : budget_(std::max<int64_t>(1, budget)) {}
+  class Lease {
+   public:
+    Lease(PixelBudget* b, int64_t n) : b_(b), n_(n) {}
+    Lease(Lease&& o) noexcept : b_(std::exchange(o.b_, nullptr)), n_(o.n_) {}
+    Lease(const Lease&) = delete;
+    Lease& operator=(const Lease&) = delete;
+    Lease& operator=(Lease&&) = delete;
+    ~Lease() {
+      if (b_) b_->release(n_);
+    }
+
+   private:
+    PixelBudget* b_;
+    int64_t n_;
+  };
+  Lease acquire(int64_t pixels) {
+    const int64_t n = std::clamp<int64_t>(pixels, 1, budget_);
+    std::unique_lock<std::mutex> lock(mutex_);
+    freed_.wait(lock, [&] { return used_ + n <= budget_; });
+    used_ += n;
+    return Lease(this, n);
+  }
+  int64_t used() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return used_;
+  }
+
+ private:
+  void release(int64_t n) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      used_ -= n;
+    }
+    freed_.notify_all();
+  }
+  const int64_t budget_;
+  mutable std::mutex mutex_;
+  std::condition_variable freed_;
+  int64_t used_ = 0;
 };
 
 }  // namespace detail
@@ -558,14 +607,9 @@ class DemoServer {
         throw detail::HttpError(413, "image too large: " + std::to_string(w) + "x" + std::to_string(h) +
                                          " pixels; the limit is " + std::to_string(opt_.max_pixels) + " pixels");
     };
-    if (std::string_view(format) == "png" && bytes.size() >= 24) {  // IHDR: stb refuses huge sizes as "unknown"
-      const auto be32 = [&](size_t at) {
-        uint32_t v = 0;
-        for (size_t k = 0; k < 4; ++k) v = v << 8 | uint8_t(bytes[at + k]);
-        return int64_t(v);
-      };
-      too_many_pixels(be32(16), be32(20));
-    }
+    int64_t png_w = 0, png_h = 0;  // IHDR: stb refuses huge sizes as "unknown"
+    if (segml::detail::png_declared_size(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size(), png_w, png_h))
+      too_many_pixels(png_w, png_h);
     int w = 0, h = 0, n = 0;
     if (!stbi_info_from_memory(reinterpret_cast<const unsigned char*>(bytes.data()), static_cast<int>(bytes.size()), &w, &h, &n))
       throw detail::HttpError(400, std::string("corrupt ") + format + ": cannot read its header");
@@ -578,6 +622,9 @@ class DemoServer {
     if (!ticket)
       throw detail::HttpError(503, "busy: " + std::to_string(admission_.capacity()) +
                                        " requests are already queued; retry shortly");
+    // Decoding, post-processing and encoding hold image-sized buffers: at most max_pixels of them
+    // at once across all requests (the lease is given back when this function returns).
+    const detail::PixelBudget::Lease pixels = pixel_budget_.acquire(int64_t(w) * h);
     Image image;
     try {
       image = load_image_from_memory(bytes, "upload", opt_.max_pixels);
@@ -652,6 +699,7 @@ class DemoServer {
   ServerOptions opt_;
   std::vector<Asset> assets_;
   detail::Admission admission_;
+  detail::PixelBudget pixel_budget_{opt_.max_pixels};
   std::mutex model_mutex_;
   std::atomic<int64_t> served_{0};
   const Clock::time_point started_ = Clock::now();
