@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <iomanip>
 #include <limits>
 #include <sstream>
 #include <string>
@@ -25,11 +26,13 @@ namespace segml::cli {
 
 namespace detail {
 
-// A bound as people write it: 1e-3, 65535, 1e+06.
+// A bound as people write it: 0.001, 65535, 1000000, 1e+30.
 inline std::string figure(double v) {
   std::ostringstream os;
-  os.precision(6);
-  os << v;
+  if (v == std::floor(v) && std::fabs(v) < 1e15)
+    os << static_cast<int64_t>(v);
+  else
+    os << std::setprecision(6) << v;
   return os.str();
 }
 

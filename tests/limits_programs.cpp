@@ -107,7 +107,7 @@ TEST_CASE("segment: numeric flags are validated, naming the flag, the value and 
   const std::string model = tiny_checkpoint(dir, "model", 3), image = quote(kDataDir + "rgb_37x53.png");
   const std::string base = "--model " + quote(model) + " --image " + image + " ";
   check_refused(run(SEGML_SEGMENT_PROGRAM, base + "--threads 0", dir), "--threads: got '0', expected a whole number in [1, 1024]");
-  check_refused(run(SEGML_SEGMENT_PROGRAM, base + "--repeat -1", dir), "--repeat: got '-1', expected a whole number in [1, 1e+06]");
+  check_refused(run(SEGML_SEGMENT_PROGRAM, base + "--repeat -1", dir), "--repeat: got '-1', expected a whole number in [1, 1000000]");
   check_refused(run(SEGML_SEGMENT_PROGRAM, base + "--alpha nan", dir), "--alpha: got 'nan', expected a finite number in [0, 1]");
   check_refused(run(SEGML_SEGMENT_PROGRAM, base + "--alpha 1.5", dir), "--alpha: got '1.5'");
   check_refused(run(SEGML_SEGMENT_PROGRAM, base + "--max-pixels 0", dir), "--max-pixels: got '0', expected a whole number >= 1");
