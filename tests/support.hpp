@@ -22,6 +22,15 @@ namespace segml::test {
 
 inline constexpr const char* kFixtureVersion = "1";
 
+// Built with AddressSanitizer: its allocator aborts on sizes it cannot serve instead of failing
+// them, and its shadow memory and quarantine make resident-memory figures meaningless; the tests
+// of either skip that part under it (the Release run checks it).
+#if defined(__SANITIZE_ADDRESS__)
+inline constexpr bool kAddressSanitizer = true;
+#else
+inline constexpr bool kAddressSanitizer = false;
+#endif
+
 // The model_tiny fixture's architecture (tools/fixtures/model_tiny.py): four stages of 8 to 32
 // channels, a 16-channel decode head; the caller sets the labels.
 inline SegformerConfig tiny_segformer_config() {
