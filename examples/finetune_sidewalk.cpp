@@ -107,6 +107,7 @@ int main(int argc, char** argv) {
   bool no_augment = false, no_decay_norm_bias = false, reduce = false;
   uint64_t seed = 0;
   int threads = 0, workers = 2;
+  int64_t max_pixels = kDefaultMaxPixels;
 
   app.add_option("--model", model_path,
                  "HF checkpoint folder or .safetensors to start from (e.g. weights/mit-b0; an encoder-only "
@@ -169,6 +170,10 @@ int main(int argc, char** argv) {
   app.add_option("--threads", threads, "Compute threads (default: all cores / OMP_NUM_THREADS; with --resume: the saved run's)")
       ->check(cli::whole(1, 4096));
   app.add_option("--workers", workers, "Data-loading threads")->capture_default_str()->check(cli::whole(1, 1024));
+  app.add_option("--max-pixels", max_pixels,
+                 "Refuse dataset images with more pixels than this (read from the header, before decoding)")
+      ->capture_default_str()
+      ->check(cli::positive_whole());
   app.add_option("--class-map", class_map, "JSON remapping the dataset's class ids (see docs/datasets.md)");
   app.add_flag("--reduce-labels", reduce, "HF's reduce_labels: id 0 (background) becomes ignore, k becomes k-1");
   CLI11_PARSE(app, argc, argv);
@@ -270,6 +275,7 @@ int main(int argc, char** argv) {
            "); continue it with --resume ", output, ", or choose another --output (or delete the folder)");
     }
     if (threads > 0) set_num_threads(threads);
+    set_max_image_pixels(max_pixels);
 
     const bool builtin = data_dir.empty();
     if (builtin) {

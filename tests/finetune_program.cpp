@@ -386,7 +386,7 @@ TEST_CASE("finetune_sidewalk: numeric flags out of range are refused naming the 
            {"--weight-decay", "-0.1"}, {"--clip-grad-norm", "-1"}, {"--warmup-steps", "-3"}, {"--save-every", "-1"},
            {"--save-total-limit", "0"}, {"--subset", "-2"}, {"--eval-every", "-4"}, {"--threads", "0"},
            {"--workers", "0"}, {"--batch-size", "0"}, {"--grad-accum", "0"}, {"--head-lr-mult", "0"},
-           {"--crop-size", "100000"}, {"--crop-size", "8x8"}, {"--seed", "-1"}}) {
+           {"--crop-size", "100000"}, {"--crop-size", "8x8"}, {"--seed", "-1"}, {"--max-pixels", "0"}}) {
     // Otherwise a valid one-step run, so an ignored flag would train and exit 0.
     std::vector<std::string> args = tiny_run(out, 1);
     args.insert(args.end(), flags.begin(), flags.end());
@@ -397,4 +397,16 @@ TEST_CASE("finetune_sidewalk: numeric flags out of range are refused naming the 
     CHECK(r.output.find(flags[1]) != std::string::npos);
     fs::remove_all(out);
   }
+}
+
+TEST_CASE("finetune_sidewalk: a dataset image above --max-pixels is refused from its header, naming the file and the limit") {
+  test::TempDir tmp("max_pixels");
+  std::vector<std::string> args = tiny_run(tmp.file("run"), 1);
+  args.insert(args.end(), {"--max-pixels", "1000"});  // the images are 45x61 = 2745 pixels
+  const Outcome r = run(args, tmp.file("out.txt"));
+  INFO(r.output);
+  CHECK(r.status != 0);
+  CHECK(r.output.find(".png") != std::string::npos);
+  CHECK(r.output.find("above the limit of 1000 pixels") != std::string::npos);
+  CHECK(!fs::exists(tmp.path / "run" / "model.safetensors"));
 }
