@@ -119,7 +119,7 @@ inline void check_pixels(const char* what, const std::string& name, int64_t w, i
   const int64_t limit = max_pixels > 0 ? max_pixels : max_image_pixels();
   if (w * h > limit)
     fail(what, " '", name, "': image is ", w, "x", h, " (", w * h, " pixels), above the limit of ", limit,
-         " pixels; raise it with --max-pixels (segment, evaluate; set_max_image_pixels() in code) if you mean it");
+         " pixels; raise it with --max-pixels (segment, evaluate, finetune_sidewalk; set_max_image_pixels() in code) if you mean it");
 }
 
 // The size a PNG's IHDR declares, from the file's first 24 bytes; false if they are not a PNG's.
