@@ -718,23 +718,11 @@ class Trainer {
   // Throws when a parameter or buffer holds NaN or Inf: names the step, the first such tensor and
   // how many of its elements, so a diverged run stops before anything non-finite is saved.
   void check_finite(int64_t step) const {
-    std::string first;
-    int64_t first_bad = 0, first_numel = 0, tensors = 0;
-    auto scan = [&](const std::string& name, const Tensor<float>& t) {
-      const Tensor<float> c = t.contiguous();
-      const float* d = c.data();
-      int64_t bad = 0;
-      for (int64_t i = 0; i < c.numel(); ++i) bad += !std::isfinite(d[i]);
-      if (bad == 0) return;
-      if (tensors++ == 0) first = name, first_bad = bad, first_numel = c.numel();
-    };
-    nn::Visitor<float> v;
-    v.parameter = [&](const std::string& name, Var<float>& p) { scan(name, p.data()); };
-    v.buffer = [&](const std::string& name, Tensor<float>& b) { scan(name, b); };
-    model_.visit(v);
-    if (tensors == 0) return;
-    fail("Trainer: the parameters are not finite after step ", step, ": '", first, "' has ", first_bad, " NaN/Inf of ",
-         first_numel, " elements", tensors > 1 ? " (and " + std::to_string(tensors - 1) + " more tensors)" : std::string(),
+    const std::vector<NonFiniteTensor> bad = find_non_finite(model_);
+    if (bad.empty()) return;
+    fail("Trainer: the parameters are not finite after step ", step, ": '", bad[0].name, "' has ", bad[0].nan + bad[0].inf,
+         " NaN/Inf of ", bad[0].numel, " elements",
+         bad.size() > 1 ? " (and " + std::to_string(bad.size() - 1) + " more tensors)" : std::string(),
          ". Training stopped and this step was not saved (lower --lr, check --momentum, or enable --clip-grad-norm)");
   }
 
