@@ -1,5 +1,6 @@
 // Translation unit A of the link test: includes everything and uses a few entry points.
 #include <segml/segformer.hpp>
+#include <segml/models/clip/tokenization_clip.hpp>
 
 int tu_b_entry();
 
