@@ -1,8 +1,8 @@
 #!/usr/bin/python3
-"""Converts SegFormer checkpoints to an HF checkpoint folder (config.json + model.safetensors) for segml.
+"""Converts SegFormer and CLIPSeg checkpoints to an HF checkpoint folder (config.json + model.safetensors) for segml.
 
     /usr/bin/python3 tools/convert_weights.py INPUT --output DIR
-        [--variant b0..b5] [--config config.json] [--num-labels N] [--id2label FILE] [--layout auto|hf|nvlabs|mmseg]
+        [--variant b0..b5] [--config config.json] [--num-labels N] [--id2label FILE] [--layout auto|hf|nvlabs|mmseg|clipseg]
 
 INPUT is a PyTorch pickle (torch.load, on the CPU) in one of these layouts, detected from its keys:
   hf      HF transformers' pytorch_model.bin (`segformer.encoder.…`, `decode_head.…`, or the
@@ -20,6 +20,12 @@ INPUT is a PyTorch pickle (torch.load, on the CPU) in one of these layouts, dete
           mmseg's SegformerHead is a different network (a Conv+BN+ReLU per stage, concatenated in the
           order c1..c4), so it cannot be expressed with HF's head: only the backbone is converted, and
           the result is an encoder-only checkpoint whose decode head segml initialises afresh.
+  clipseg HF transformers' CLIPSegForImageSegmentation (`clip.text_model.…`, `clip.vision_model.…`,
+          `decoder.film_mul.…`), e.g. CIDAS/clipseg-rd64-refined's pytorch_model.bin. The names are kept;
+          the config comes from --config or the config.json next to INPUT (required: it is copied as is);
+          the `*.embeddings.position_ids` buffers of older files are dropped; the state dict must match
+          tools/clipseg_ref.py's model exactly (missing, unexpected and misshaped keys are all errors).
+          preprocessor_config.json and the tokenizer files next to INPUT are copied to the output.
 Both NVlabs and HF concatenate the decode-head features in the order [c4, c3, c2, c1], so
 `linear_fuse` is copied as is (checked by tools/test_convert_weights.py against the reference logits).
 
@@ -36,6 +42,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import sys
 
 import torch
@@ -64,6 +71,8 @@ def load_state_dict(path):
 
 def detect_layout(sd):
     keys = list(sd)
+    if any(k.startswith(("clip.text_model.", "clip.vision_model.", "decoder.film_mul.")) for k in keys):
+        return "clipseg"
     if any(k.startswith(("segformer.", "encoder.patch_embeddings", "decode_head.linear_c.")) for k in keys):
         return "hf"
     if any(re.match(r"(backbone\.)?patch_embed\d+\.", k) for k in keys):
@@ -238,9 +247,53 @@ def check_against_reference(sd, config):
     return [k for k in want if k not in sd]
 
 
+CLIPSEG_SIDE_FILES = ("preprocessor_config.json", "vocab.json", "merges.txt", "tokenizer_config.json",
+                      "special_tokens_map.json", "tokenizer.json")
+
+
+def convert_clipseg(sd, input_path, output_dir, args):
+    """HF CLIPSeg .bin -> model.safetensors + the given config.json (copied) + the side files next to INPUT."""
+    from clipseg_ref import CLIPSegConfig, CLIPSegForImageSegmentation
+    src_dir = os.path.dirname(os.path.abspath(input_path))
+    config_path = args.config or os.path.join(src_dir, "config.json")
+    if not os.path.exists(config_path):
+        raise ConversionError(f"{input_path} is a CLIPSeg checkpoint: it needs its config.json (none at "
+                              f"{config_path}; pass --config)")
+    with open(config_path) as f:
+        text = f.read()
+    try:
+        config = CLIPSegConfig.from_json(text)
+    except (ValueError, TypeError) as e:
+        raise ConversionError(f"{config_path}: not a usable CLIPSeg config: {e}")
+    dropped = sorted(k for k in sd if k.endswith("embeddings.position_ids"))
+    out = {k: v for k, v in sd.items() if k not in dropped}
+    want = CLIPSegForImageSegmentation(config).state_dict()
+    problems = [f"missing {k} {tuple(want[k].shape)}" for k in want if k not in out]
+    problems += [f"unexpected {k} {tuple(out[k].shape)}" for k in out if k not in want]
+    problems += [f"{k}: {tuple(out[k].shape)} in the checkpoint, {tuple(want[k].shape)} from {config_path}"
+                 for k in out if k in want and out[k].shape != want[k].shape]
+    if problems:
+        raise ConversionError(f"{input_path} does not fit the CLIPSeg model of {config_path}:\n  " + "\n  ".join(problems))
+    out = {k: v.to(torch.float32).contiguous() for k, v in out.items()}
+    os.makedirs(output_dir, exist_ok=True)
+    st.save(os.path.join(output_dir, "model.safetensors"), out, {"format": "pt"})
+    with open(os.path.join(output_dir, "config.json"), "w") as f:
+        f.write(text)
+    copied = []
+    for name in CLIPSEG_SIDE_FILES:
+        src, dst = os.path.join(src_dir, name), os.path.join(output_dir, name)
+        if os.path.exists(src) and os.path.abspath(src) != os.path.abspath(dst):
+            shutil.copyfile(src, dst)
+            copied.append(name)
+    return dict(layout="clipseg", tensors=len(out), dropped=dropped, missing=[], config=config,
+                encoder_only=False, copied=copied)
+
+
 def convert(input_path, output_dir, args):
     sd = load_state_dict(input_path)
     layout = detect_layout(sd) if args.layout == "auto" else args.layout
+    if layout == "clipseg":
+        return convert_clipseg(sd, input_path, output_dir, args)
     out, dropped = {"hf": from_hf, "nvlabs": from_nvlabs, "mmseg": from_mmseg}[layout](sd)
     if any(k.startswith("encoder.") for k in out):  # a bare SegformerModel
         out = {("segformer." + k if k.startswith("encoder.") else k): v for k, v in out.items()}
@@ -270,10 +323,11 @@ def convert(input_path, output_dir, args):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="Convert SegFormer checkpoints (HF .bin, NVlabs, mmseg 1.x) for segml.")
+    ap = argparse.ArgumentParser(description="Convert SegFormer (HF .bin, NVlabs, mmseg 1.x) and HF CLIPSeg "
+                                             "checkpoints for segml.")
     ap.add_argument("input")
     ap.add_argument("--output", required=True, help="output folder (config.json, model.safetensors)")
-    ap.add_argument("--layout", default="auto", choices=["auto", "hf", "nvlabs", "mmseg"])
+    ap.add_argument("--layout", default="auto", choices=["auto", "hf", "nvlabs", "mmseg", "clipseg"])
     ap.add_argument("--variant", choices=sorted(VARIANTS), help="MiT variant whose heads / decoder size to assume")
     ap.add_argument("--config", help="config.json to start from (for architectures that are not b0..b5)")
     ap.add_argument("--num-labels", type=int, help="number of classes (default: from the head)")
@@ -284,6 +338,14 @@ def main(argv=None):
     except ConversionError as e:
         raise SystemExit(f"convert_weights: {e}")
     c = r["config"]
+    if r["layout"] == "clipseg":
+        print(f"{args.input}: clipseg layout -> {args.output}: {r['tensors']} tensors, vision "
+              f"{c.vision_config.num_hidden_layers}x{c.vision_config.hidden_size}, text "
+              f"{c.text_config.num_hidden_layers}x{c.text_config.hidden_size}, reduce_dim {c.reduce_dim}"
+              + (f"; copied {', '.join(r['copied'])}" if r["copied"] else ""))
+        if r["dropped"]:
+            print(f"  dropped {len(r['dropped'])} keys: " + ", ".join(r["dropped"]))
+        return
     print(f"{args.input}: {r['layout']} layout -> {args.output}: {r['tensors']} tensors, hidden sizes {c.hidden_sizes}, "
           f"depths {c.depths}, {c.num_labels} labels" + (" (encoder only)" if r["encoder_only"] else ""))
     if r["dropped"]:

@@ -8,6 +8,10 @@ a tiny checkpoint is fabricated from one reference model (tools/fixtures/convert
   * the converted model gives the logits / stage outputs of the checkpoint evaluated in its *own*
     layout by an independent forward (NVlabs: fused kv split by reshape, cat [c4, c3, c2, c1];
     mmseg: torch's nn.MultiheadAttention and 1x1 convs), and the source model's logits.
+A tiny HF CLIPSeg pytorch_model.bin folder (tools/make_clipseg_checkpoint.py --format bin, with the
+`position_ids` buffers older files carry) converts to a model.safetensors whose tensors equal the
+source's bit for bit and whose logits equal the source model's; a misshaped or missing tensor, and a
+missing config.json, are refused with the key / file named.
 """
 import json
 import os
@@ -131,6 +135,59 @@ class ConvertWeightsTest(unittest.TestCase):
         diff = max((g - w).abs().max().item() for g, w in zip(got, want_hidden))
         print(f"\n  {name}: {len(sd)} tensors, encoder loads, max |stage outputs - original| = {diff:.3g}", end="")
         self.assertLessEqual(diff, ATOL)
+
+
+class ConvertClipsegTest(unittest.TestCase):
+    def setUp(self):
+        import make_clipseg_checkpoint as mk
+        torch.set_num_threads(1)
+        self.tmp = tempfile.TemporaryDirectory()
+        self.src = os.path.join(self.tmp.name, "src")
+        self.model = mk.build("tiny", 3)
+        mk.write(self.model, self.src, "bin")
+        with open(os.path.join(self.src, "vocab.json"), "w") as f:
+            f.write("{}")
+        self.bin = os.path.join(self.src, "pytorch_model.bin")
+        sd = torch.load(self.bin)  # older Hub files also carry the position_ids buffers
+        sd["clip.text_model.embeddings.position_ids"] = torch.arange(16)[None]
+        sd["clip.vision_model.embeddings.position_ids"] = torch.arange(17)[None]
+        torch.save(sd, self.bin)
+
+    def tearDown(self):
+        self.tmp.cleanup()
+
+    def test_bin_to_safetensors(self):
+        from clipseg_ref import CLIPSegConfig, CLIPSegForImageSegmentation
+        out = os.path.join(self.tmp.name, "out")
+        convert_weights.main([self.bin, "--output", out])
+        sd, meta, doc = load_converted(out)
+        self.assertEqual(meta, {"format": "pt"})
+        want = self.model.state_dict()
+        self.assertEqual(sorted(sd), sorted(want))
+        for k, v in want.items():
+            self.assertTrue(torch.equal(sd[k], v), k)
+        with open(os.path.join(self.src, "config.json")) as f:
+            self.assertEqual(doc, json.load(f))
+        self.assertTrue(os.path.exists(os.path.join(out, "preprocessor_config.json")))
+        self.assertTrue(os.path.exists(os.path.join(out, "vocab.json")))
+        model = CLIPSegForImageSegmentation(CLIPSegConfig.from_dict(doc)).eval()
+        model.load_state_dict(sd, strict=True)
+        px, ids = torch.randn(2, 3, 64, 64), torch.tensor([[98, 5, 99], [98, 6, 99]])
+        with torch.no_grad():
+            self.assertTrue(torch.equal(model.logits(px, ids), self.model.logits(px, ids)))
+
+    def test_refusals(self):
+        sd = torch.load(self.bin)
+        sd["decoder.film_mul.weight"] = sd["decoder.film_mul.weight"][:, :5]
+        del sd["decoder.reduces.2.bias"]
+        torch.save(sd, self.bin)
+        with self.assertRaises(SystemExit) as e:
+            convert_weights.main([self.bin, "--output", os.path.join(self.tmp.name, "bad")])
+        self.assertIn("missing decoder.reduces.2.bias", str(e.exception))
+        self.assertIn("decoder.film_mul.weight: (16, 5) in the checkpoint, (16, 24)", str(e.exception))
+        os.remove(os.path.join(self.src, "config.json"))
+        with self.assertRaisesRegex(SystemExit, "needs its config.json"):
+            convert_weights.main([self.bin, "--output", os.path.join(self.tmp.name, "bad")])
 
 
 if __name__ == "__main__":
