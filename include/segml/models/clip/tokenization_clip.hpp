@@ -387,6 +387,7 @@ class CLIPTokenizer {
     namespace cd = clip_detail;
     if (text.size() > cd::kMaxTextBytes)
       fail("CLIPTokenizer: text of ", text.size(), " bytes, expected at most ", cd::kMaxTextBytes);
+    cd::decode_utf8(text, "CLIPTokenizer: text");  // validate once, with the byte offset
 #if !defined(SEGML_HAVE_UTF8PROC)
     for (std::size_t i = 0; i < text.size(); ++i)
       if (static_cast<unsigned char>(text[i]) >= 0x80)
@@ -394,7 +395,6 @@ class CLIPTokenizer {
              " but this build of segml lacks utf8proc (install libutf8proc-dev and reconfigure): "
              "only ASCII text can be tokenized exactly");
 #endif
-    cd::decode_utf8(text, "CLIPTokenizer: text");  // validate once, with the byte offset
     std::vector<std::pair<std::string, int64_t>> out;
     // Split out the special tokens first (exact, leftmost-longest), like HF's added-token trie.
     std::size_t start = 0, i = 0;
