@@ -180,6 +180,28 @@ TEST_CASE("CLIPTokenizer: tiny vocab: the lowest-rank merge first, applied every
   CHECK(repeated.encode("abc", false) == Ids{0, 7});
 }
 
+TEST_CASE("CLIPTokenizer: the small case of HF's own CLIP tokenizer test gives HF's ids") {
+  // HF's tests/models/clip/test_tokenization_clip.py: this vocabulary and these three merges turn
+  // "lower newer" into lo w er</w> n e w er</w>, ids 10 2 16 9 3 2 16, and <unk> is 20.
+  const auto d = temp_dir("hf_case");
+  const char* tokens[] = {"l", "o", "w", "e", "r", "s", "t", "i", "d", "n", "lo", "l</w>", "w</w>", "r</w>", "t</w>",
+                          "low</w>", "er</w>", "lowest</w>", "newer</w>", "wider", "<unk>", "<|startoftext|>",
+                          "<|endoftext|>"};
+  nlohmann::json vocab = nlohmann::json::object();
+  for (int i = 0; i < 23; ++i) vocab[tokens[i]] = i;
+  write(d / "vocab.json", vocab.dump());
+  write(d / "merges.txt", "#version: 0.2\nl o\nlo w</w>\ne r</w>");
+  write(d / "special_tokens_map.json", R"({"unk_token": "<unk>"})");
+  const auto tok = CLIPTokenizer::from_pretrained(d);
+  std::vector<std::string> strings;
+  for (const auto& [s, id] : tok.tokenize("lower newer")) strings.push_back(s);
+  CHECK(strings == std::vector<std::string>{"lo", "w", "er</w>", "n", "e", "w", "er</w>"});
+  CHECK(tok.encode("lower newer", false) == Ids{10, 2, 16, 9, 3, 2, 16});
+  CHECK(tok.unk_token_id() == 20);
+  CHECK(tok.decode(tok.encode("lower newer", false)) == "lower newer");
+  fs::remove_all(d);
+}
+
 TEST_CASE("CLIPTokenizer: tiny vocab: special tokens, batch padding and truncation, decode") {
   const auto tok = CLIPTokenizer::from_pretrained(tiny_vocab("batch"));
   // Special tokens are split out before anything else, case-sensitively; lower case reaches the
