@@ -6,8 +6,8 @@
 //    model_max_length, clean_up_tokenization_spaces, added_tokens_decoder). A missing file, malformed
 //    JSON, a merge line without two symbols, a merges.txt without merges, a token id out of range or
 //    twice, or a special token absent from the vocabulary throws segml::Error naming the file and
-//    what was wrong. Sizes are bounded for
-//    untrusted input (files of at most 256 MB, at most 4 M vocabulary entries and merges).
+//    what was wrong. Sizes are bounded for untrusted input: files of at most 256 MB, at most 4 M
+//    vocabulary entries; like HF, at most the first 48894 merges are read.
 //  - encode(text) returns the ids of HF's `tokenizer(text)["input_ids"]` for transformers'
 //    CLIPTokenizer when ftfy is not installed: the special tokens are split out first (exact
 //    match), every other piece goes through HF's BasicTokenizer(strip_accents=False,
