@@ -209,20 +209,20 @@ TEST_CASE("CLIPTokenizer: tiny vocab: special tokens, batch padding and truncati
   CHECK(tok.encode("abc<|endoftext|>abc", false) == Ids{8, 11, 8});
   CHECK(tok.encode("<|ENDOFTEXT|>", false) == Ids{11});
 
-  auto enc = tok({"abc", "abc abc abc abc"}, segml::Padding::max_length, 4, true);
+  auto enc = tok({"abc", "abc abc abc abc"}, segml::PaddingStrategy::max_length, 4, true);
   REQUIRE(enc.input_ids.shape() == segml::Shape{2, 4});
   REQUIRE(enc.attention_mask.shape() == segml::Shape{2, 4});
   CHECK(Ids(enc.input_ids.data(), enc.input_ids.data() + 8) == Ids{10, 8, 11, 11, 10, 8, 8, 11});
   CHECK(Ids(enc.attention_mask.data(), enc.attention_mask.data() + 8) == Ids{1, 1, 1, 0, 1, 1, 1, 1});
 
   // padding=True (longest), no truncation: rows of 3 and 6.
-  enc = tok({"abc", "abc abc abc abc"}, segml::Padding::longest, 0, false);
+  enc = tok({"abc", "abc abc abc abc"}, segml::PaddingStrategy::longest, 0, false);
   REQUIRE(enc.input_ids.shape() == segml::Shape{2, 6});
   CHECK(Ids(enc.input_ids.data(), enc.input_ids.data() + 6) == Ids{10, 8, 11, 11, 11, 11});
   CHECK(Ids(enc.attention_mask.data(), enc.attention_mask.data() + 6) == Ids{1, 1, 1, 0, 0, 0});
   // max_length padding with the default model_max_length (77 when the config names none).
   CHECK(tok({"abc"}).input_ids.shape() == segml::Shape{1, 77});
-  CHECK_THROWS_WITH_AS(tok({"abc"}, segml::Padding::max_length, 1), doctest::Contains("max_length 1"), segml::Error);
+  CHECK_THROWS_WITH_AS(tok({"abc"}, segml::PaddingStrategy::max_length, 1), doctest::Contains("max_length 1"), segml::Error);
 
   CHECK(tok.decode({10, 8, 8, 11}) == "<|startoftext|>abc abc <|endoftext|>");
   CHECK(tok.decode({10, 8, 8, 11}, true) == "abc abc");
@@ -310,7 +310,7 @@ TEST_CASE("CLIPTokenizer: real vocabulary: 'a photo of a cat' and the batch HF's
   CHECK(tok.encode("a photo of a cat") == Ids{49406, 320, 1125, 539, 320, 2368, 49407});
   CHECK(tok.decode(tok.encode("a photo of a cat")) == "<|startoftext|>a photo of a cat <|endoftext|>");
   CHECK(tok.decode(tok.encode("A photo of a cat!"), true) == "a photo of a cat !");
-  const auto enc = tok({"a photo of a cat", "road"}, segml::Padding::longest);
+  const auto enc = tok({"a photo of a cat", "road"}, segml::PaddingStrategy::longest);
   REQUIRE(enc.input_ids.shape() == segml::Shape{2, 7});
   CHECK(Ids(enc.input_ids.data() + 7, enc.input_ids.data() + 14) == Ids{49406, 1759, 49407, 49407, 49407, 49407, 49407});
   // truncation keeps <|endoftext|> last

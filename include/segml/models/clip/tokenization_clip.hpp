@@ -301,8 +301,8 @@ inline std::string token_field(const nlohmann::json& j, const char* key, const s
 
 }  // namespace clip_detail
 
-// HF's padding strategies for the batch call: pad to the longest text, or to max_length.
-enum class Padding { longest, max_length };
+// HF's PaddingStrategy for the batch call: pad to the longest text (padding=True), or to max_length.
+enum class PaddingStrategy { longest, max_length };
 
 struct CLIPEncoding {
   Tensor<int64_t> input_ids;       // (B, L)
@@ -421,12 +421,12 @@ class CLIPTokenizer {
   // HF's tokenizer(texts, padding=..., max_length=..., truncation=...): int64 (B, L) ids and mask.
   // max_length 0 means model_max_length. With truncation a text keeps its first max_length-2 ids
   // between <|startoftext|> and <|endoftext|>.
-  CLIPEncoding operator()(const std::vector<std::string>& texts, Padding padding = Padding::max_length,
+  CLIPEncoding operator()(const std::vector<std::string>& texts, PaddingStrategy padding = PaddingStrategy::max_length,
                           int64_t max_length = 0, bool truncation = true) const {
     if (max_length == 0) max_length = model_max_length_;
-    if ((truncation || padding == Padding::max_length) && max_length == 0)
+    if ((truncation || padding == PaddingStrategy::max_length) && max_length == 0)
       fail("CLIPTokenizer: max_length not given and tokenizer_config.json sets no model_max_length");
-    if ((truncation || padding == Padding::max_length) && (max_length < 2 || max_length > 1000000))
+    if ((truncation || padding == PaddingStrategy::max_length) && (max_length < 2 || max_length > 1000000))
       fail("CLIPTokenizer: max_length ", max_length, ", expected 2 .. 1000000 (room for the 2 special tokens)");
     std::vector<std::vector<int64_t>> rows;
     rows.reserve(texts.size());
@@ -440,7 +440,7 @@ class CLIPTokenizer {
       longest = std::max<int64_t>(longest, static_cast<int64_t>(ids.size()));
       rows.push_back(std::move(ids));
     }
-    const int64_t L = padding == Padding::max_length ? std::max(max_length, longest) : longest;
+    const int64_t L = padding == PaddingStrategy::max_length ? std::max(max_length, longest) : longest;
     const int64_t B = static_cast<int64_t>(rows.size());
     CLIPEncoding enc{Tensor<int64_t>::full({B, L}, pad_id_), Tensor<int64_t>::zeros({B, L})};
     for (int64_t b = 0; b < B; ++b) {
