@@ -11,7 +11,8 @@
 // then a col2im adds each column's KH x KW patch into the output (parallel over output channels).
 // With kernel == stride and no padding (CLIPSeg's head) the patches do not overlap, so each output
 // pixel is written exactly once. Backward (dx, dW, db, each optional (null) and overwritten):
-//   dcols = im2col(dy_b) (Cout*KH*KW, H*W),  dx_b = w · dcols,  dW += x_b · dcolsᵀ,  db = Σ dy.
+//   dcols = im2col(dy_b) (Cout*KH*KW, H*W),  dx_b = w · dcols,  dW += x_b · dcolsᵀ,  db = Σ dy
+// (db summed in double).
 // The *_ref twins are the plain loops, the oracle. Sizes are validated by the caller (ops::conv_transpose2d).
 #pragma once
 
@@ -86,12 +87,12 @@ inline void conv_transpose2d_backward(T* dx, T* dw, T* db, const T* dy, const T*
   const int64_t OH = g.OH(), OW = g.OW(), P = g.P(), K = g.K(), s = g.stride, p = g.padding;
   if (db)
     for (int64_t co = 0; co < g.Cout; ++co) {
-      T acc = 0;
+      double acc = 0;  // in double: B * OH * OW terms (thousands in CLIPSeg's head)
       for (int64_t n = 0; n < g.B; ++n) {
         const T* plane = dy + (n * g.Cout + co) * OH * OW;
-        for (int64_t i = 0; i < OH * OW; ++i) acc += plane[i];
+        for (int64_t i = 0; i < OH * OW; ++i) acc += static_cast<double>(plane[i]);
       }
-      db[co] = acc;
+      db[co] = static_cast<T>(acc);
     }
   if (!dx && !dw) return;
   std::shared_ptr<T[]> dcols = allocate_aligned<T>(K * P);
@@ -168,10 +169,12 @@ inline void conv_transpose2d_backward_ref(T* dx, T* dw, T* db, const T* dy, cons
   const int64_t OH = g.OH(), OW = g.OW();
   std::fill(dx, dx + g.B * g.Cin * g.H * g.W, T(0));
   std::fill(dw, dw + g.Cin * g.Cout * g.KH * g.KW, T(0));
-  std::fill(db, db + g.Cout, T(0));
-  for (int64_t n = 0; n < g.B; ++n)
-    for (int64_t co = 0; co < g.Cout; ++co)
-      for (int64_t i = 0; i < OH * OW; ++i) db[co] += dy[(n * g.Cout + co) * OH * OW + i];
+  for (int64_t co = 0; co < g.Cout; ++co) {
+    double acc = 0;
+    for (int64_t n = 0; n < g.B; ++n)
+      for (int64_t i = 0; i < OH * OW; ++i) acc += static_cast<double>(dy[(n * g.Cout + co) * OH * OW + i]);
+    db[co] = static_cast<T>(acc);
+  }
   for (int64_t n = 0; n < g.B; ++n)
     for (int64_t ci = 0; ci < g.Cin; ++ci)
       for (int64_t iy = 0; iy < g.H; ++iy)
