@@ -2,7 +2,8 @@
 //
 // Attention (B = 1, M = 256 reduced keys in every stage): inference forward (no probabilities kept,
 // tiled) and training forward + backward, in GFLOP/s of GEMM work (forward 4NMC, backward 8NMC;
-// the softmax is not counted). Bilinear resize 16x16 and 64x64 -> 128x128 with C = 256 (the decode
+// the softmax is not counted); and causal attention at CLIP's text shape (N = M = 77, C = 512,
+// 8 heads), whose flops are counted as if unmasked, beside the same shape unmasked. Bilinear resize 16x16 and 64x64 -> 128x128 with C = 256 (the decode
 // head), forward and backward, in GB/s of compulsory traffic (input read + output written).
 // Every kernel is checked against its scalar twin once before it is timed.
 #include <benchmark/benchmark.h>
@@ -47,14 +48,15 @@ struct AttnCase {
 };
 
 // Validates the optimised forward and backward of one shape against the twins, once.
-void validate(const AttnCase& a) {
+void validate(const AttnCase& a, bool causal) {
   const size_t nq = size_t(a.N * a.C), nk = size_t(a.M * a.C), np = size_t(a.heads * a.N * a.M);
   std::vector<float> y(nq), y_ref(nq), p(np), p_ref(np), dq(nq), dk(nk), dv(nk), dq_ref(nq), dk_ref(nk), dv_ref(nk);
-  kernels::attention_forward_ref(y_ref.data(), p_ref.data(), a.q.data(), a.k.data(), a.v.data(), 1, a.N, a.M, a.C, a.heads);
+  kernels::attention_forward_ref(y_ref.data(), p_ref.data(), a.q.data(), a.k.data(), a.v.data(), 1, a.N, a.M, a.C, a.heads,
+                                 causal);
   kernels::attention_forward(y.data(), static_cast<float*>(nullptr), a.q.data(), a.k.data(), a.v.data(), 1, a.N, a.M, a.C,
-                             a.heads);
+                             a.heads, causal);
   check_close("attention forward", y, y_ref, 1e-5f);
-  kernels::attention_forward(y.data(), p.data(), a.q.data(), a.k.data(), a.v.data(), 1, a.N, a.M, a.C, a.heads);
+  kernels::attention_forward(y.data(), p.data(), a.q.data(), a.k.data(), a.v.data(), 1, a.N, a.M, a.C, a.heads, causal);
   kernels::attention_backward_ref(dq_ref.data(), dk_ref.data(), dv_ref.data(), a.dy.data(), a.q.data(), a.k.data(),
                                   a.v.data(), p_ref.data(), 1, a.N, a.M, a.C, a.heads);
   kernels::attention_backward(dq.data(), dk.data(), dv.data(), a.dy.data(), a.q.data(), a.k.data(), a.v.data(), p.data(), 1,
@@ -64,18 +66,19 @@ void validate(const AttnCase& a) {
   check_close("attention dv", dv, dv_ref, 1e-3f);
 }
 
-void BM_attention(benchmark::State& state, bool train) {
+void BM_attention(benchmark::State& state, bool train, bool causal = false) {
   static std::vector<int64_t> validated;
   AttnCase a(state.range(0), state.range(1), state.range(2), state.range(3));
-  if (std::find(validated.begin(), validated.end(), a.N) == validated.end()) {
-    validate(a);
-    validated.push_back(a.N);
+  const int64_t key = a.N * 2 + (causal ? 1 : 0);  // each shape and mask validated once
+  if (std::find(validated.begin(), validated.end(), key) == validated.end()) {
+    validate(a, causal);
+    validated.push_back(key);
   }
   const size_t nq = size_t(a.N * a.C), nk = size_t(a.M * a.C);
   std::vector<float> y(nq), p(train ? size_t(a.heads * a.N * a.M) : 0), dq(nq), dk(nk), dv(nk);
   for (auto _ : state) {
     kernels::attention_forward(y.data(), train ? p.data() : nullptr, a.q.data(), a.k.data(), a.v.data(), 1, a.N, a.M, a.C,
-                               a.heads);
+                               a.heads, causal);
     if (train)
       kernels::attention_backward(dq.data(), dk.data(), dv.data(), a.dy.data(), a.q.data(), a.k.data(), a.v.data(),
                                   p.data(), 1, a.N, a.M, a.C, a.heads);
@@ -94,6 +97,13 @@ void attention_shapes(benchmark::internal::Benchmark* b) {
 
 BENCHMARK_CAPTURE(BM_attention, inference, false)->Apply(attention_shapes);
 BENCHMARK_CAPTURE(BM_attention, train_fwd_bwd, true)->Apply(attention_shapes);
+// CLIP's text model: 77 tokens, 512 channels, 8 heads, causal (and unmasked, for comparison).
+BENCHMARK_CAPTURE(BM_attention, unmasked_inference_77, false, false)
+    ->ArgNames({"N", "M", "C", "h"})->Args({77, 77, 512, 8})->Unit(benchmark::kMicrosecond)->UseRealTime();
+BENCHMARK_CAPTURE(BM_attention, causal_inference, false, true)
+    ->ArgNames({"N", "M", "C", "h"})->Args({77, 77, 512, 8})->Unit(benchmark::kMicrosecond)->UseRealTime();
+BENCHMARK_CAPTURE(BM_attention, causal_train_fwd_bwd, true, true)
+    ->ArgNames({"N", "M", "C", "h"})->Args({77, 77, 512, 8})->Unit(benchmark::kMicrosecond)->UseRealTime();
 
 void BM_resize(benchmark::State& state, bool backward) {
   const int64_t C = 256, H = state.range(0), OH = 128;

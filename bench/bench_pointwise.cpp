@@ -1,6 +1,6 @@
 // Benchmarks for the memory-bound kernels: LayerNorm (SegFormer-B0's token shapes at 512x512:
 // rows x C = 16384x32, 4096x64, 1024x160, 256x256), exact GELU (the Mix-FFN hidden sizes 16384x128
-// and 1024x640) and softmax (16384 x 256, the attention probabilities of stage 1), forward and
+// and 1024x640), QuickGELU (CLIP ViT-B/16's MLP at 352x352: 485 tokens x 3072) and softmax (16384 x 256, the attention probabilities of stage 1), forward and
 // backward, in GB/s of compulsory traffic (each tensor read or written once). Every kernel runs on
 // the best ISA of this CPU ("simd") and on the portable path ("scalar", same threads); both are
 // checked against the scalar twin once before timing.
@@ -148,6 +148,51 @@ void gelu_sizes(benchmark::internal::Benchmark* b) {
 }
 BENCHMARK(BM_gelu_forward)->Apply(gelu_sizes)->UseRealTime();
 BENCHMARK(BM_gelu_backward)->Apply(gelu_sizes)->UseRealTime();
+
+// ---- QuickGELU (CLIP) ----------------------------------------------------------------------------
+void validate_quick_gelu(Isa isa, const std::vector<float>& x, const std::vector<float>& dy) {
+  ScopedIsa scope(isa);
+  const int64_t n = static_cast<int64_t>(x.size());
+  std::vector<float> y(x.size()), yr(x.size()), dx(x.size()), dxr(x.size());
+  kernels::quick_gelu_forward(y.data(), x.data(), n);
+  kernels::quick_gelu_forward_ref(yr.data(), x.data(), n);
+  kernels::quick_gelu_backward(dx.data(), x.data(), dy.data(), n);
+  kernels::quick_gelu_backward_ref(dxr.data(), x.data(), dy.data(), n);
+  check_close(std::string("quick_gelu forward ") + isa_name(isa), y, yr, 1e-5f);
+  check_close(std::string("quick_gelu backward ") + isa_name(isa), dx, dxr, 1e-5f);
+}
+void BM_quick_gelu_forward(benchmark::State& st) {
+  const Isa isa = isa_arg(st, 1);
+  const int64_t n = st.range(0);
+  const std::vector<float> x = random_vector(n, 5), dy = random_vector(n, 6);
+  validate_quick_gelu(isa, x, dy);
+  std::vector<float> y(x.size());
+  ScopedIsa scope(isa);
+  for (auto _ : st) {
+    kernels::quick_gelu_forward(y.data(), x.data(), n);
+    benchmark::DoNotOptimize(y.data());
+  }
+  set_rate(st, isa, 2.0 * 4 * double(n));
+}
+void BM_quick_gelu_backward(benchmark::State& st) {
+  const Isa isa = isa_arg(st, 1);
+  const int64_t n = st.range(0);
+  const std::vector<float> x = random_vector(n, 5), dy = random_vector(n, 6);
+  validate_quick_gelu(isa, x, dy);
+  std::vector<float> dx(x.size());
+  ScopedIsa scope(isa);
+  for (auto _ : st) {
+    kernels::quick_gelu_backward(dx.data(), x.data(), dy.data(), n);
+    benchmark::DoNotOptimize(dx.data());
+  }
+  set_rate(st, isa, 3.0 * 4 * double(n));
+}
+void quick_gelu_sizes(benchmark::internal::Benchmark* b) {
+  for (int64_t simd : {1, 0}) b->Args({int64_t{485} * 3072, simd});
+  b->ArgNames({"n", "simd"});
+}
+BENCHMARK(BM_quick_gelu_forward)->Apply(quick_gelu_sizes)->UseRealTime();
+BENCHMARK(BM_quick_gelu_backward)->Apply(quick_gelu_sizes)->UseRealTime();
 
 // ---- softmax -----------------------------------------------------------------------------------------
 void BM_softmax(benchmark::State& st) {

@@ -26,6 +26,7 @@
 #include "segml/ops/conv.hpp"
 #include "segml/ops/dropout.hpp"
 #include "segml/ops/elementwise.hpp"
+#include "segml/ops/embedding.hpp"
 #include "segml/ops/linear.hpp"
 #include "segml/ops/loss.hpp"
 #include "segml/ops/norm.hpp"

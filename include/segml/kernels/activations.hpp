@@ -1,10 +1,15 @@
-// segml/kernels/activations.hpp: exact GELU and ReLU, forward and backward, over contiguous buffers.
+// segml/kernels/activations.hpp: exact GELU, QuickGELU and ReLU, forward and backward, over
+// contiguous buffers.
 //
 // Contract:
 //  - GELU is the exact erf form, torch.nn.functional.gelu(approximate='none'):
 //      gelu(x) = x * Phi(x) = 0.5 x (1 + erf(x / sqrt2)),   gelu'(x) = Phi(x) + x * phi(x),
 //    with Phi computed as erfc(-x/sqrt2)/2 so the lower tail keeps its relative accuracy.
 //    NOT the tanh approximation.
+//  - QuickGELU is HF's QuickGELUActivation (CLIP): quick_gelu(x) = x * sigmoid(1.702 x),
+//      quick_gelu'(x) = s + 1.702 x s (1 - s),   s = sigmoid(1.702 x),
+//    with s and 1 - s both computed from e = exp(-|1.702 x|) <= 1 (s = 1/(1+e) or e/(1+e)), so
+//    neither overflows nor cancels in either tail.
 //  - ReLU follows torch: relu(x) = max(x, 0) with NaN propagated; its backward passes dy where the
 //    OUTPUT is > 0 (torch's threshold_backward on the result), so it takes y, not x.
 //  - Each *_ref is the scalar oracle (float and double); the dispatching versions use AVX2 /
@@ -26,6 +31,13 @@ namespace detail {
 inline constexpr int64_t kPointwiseGrain = 1 << 14;
 inline constexpr double kInvSqrt2Pi = 0.39894228040143267794;  // 1 / sqrt(2 pi)
 inline constexpr double kSqrt1_2 = 0.70710678118654752440;     // 1 / sqrt(2)
+inline constexpr double kQuickGeluAlpha = 1.702;                // HF QuickGELUActivation
+// sigmoid(t) and 1 - sigmoid(t) without overflow or cancellation, in double.
+inline void sigmoid_pair(double t, double& s, double& one_minus_s) {
+  const double e = std::exp(-std::abs(t)), r = 1.0 / (1.0 + e);
+  s = t >= 0 ? r : e * r;
+  one_minus_s = t >= 0 ? e * r : r;
+}
 }  // namespace detail
 
 // ---- scalar reference twins ----------------------------------------------------------------------
@@ -46,6 +58,25 @@ inline void gelu_backward_ref(T* dx, const T* x, const T* dy, int64_t n) {
     const double v = x[i];
     const double cdf = 0.5 * std::erfc(-v * detail::kSqrt1_2), pdf = std::exp(-0.5 * v * v) * detail::kInvSqrt2Pi;
     dx[i] = static_cast<T>(dy[i] * (cdf + v * pdf));
+  }
+}
+// y = x * sigmoid(1.702 x).  x, y (n)
+template <class T>
+inline void quick_gelu_forward_ref(T* y, const T* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    double s, oms;
+    detail::sigmoid_pair(detail::kQuickGeluAlpha * static_cast<double>(x[i]), s, oms);
+    y[i] = static_cast<T>(static_cast<double>(x[i]) * s);
+  }
+}
+// dx = dy * (s + 1.702 x s (1 - s)), s = sigmoid(1.702 x).  x, dy, dx (n)
+template <class T>
+inline void quick_gelu_backward_ref(T* dx, const T* x, const T* dy, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const double v = x[i];
+    double s, oms;
+    detail::sigmoid_pair(detail::kQuickGeluAlpha * v, s, oms);
+    dx[i] = static_cast<T>(static_cast<double>(dy[i]) * (s + detail::kQuickGeluAlpha * v * s * oms));
   }
 }
 // y = max(x, 0), NaN propagated.  x, y (n)
@@ -83,6 +114,44 @@ SEGML_AVX2_FN void gelu_backward_avx2(float* dx, const float* x, const float* dy
   if (i < n) {
     const __m256i m = simd::tail_mask256(n - i);
     _mm256_maskstore_ps(dx + i, m, _mm256_mul_ps(_mm256_maskload_ps(dy + i, m), gelu_grad256_ps(_mm256_maskload_ps(x + i, m))));
+  }
+}
+// QuickGELU: e = exp(-|a x|), r = 1 / (1 + e); s = r or e r and 1 - s = e r or r by the sign of x.
+SEGML_AVX2_FN void quick_gelu_sigmoid256_ps(__m256 x, __m256& s, __m256& oms) {
+  const __m256 t = _mm256_mul_ps(x, _mm256_set1_ps(static_cast<float>(kQuickGeluAlpha)));
+  const __m256 e = simd::exp256_ps(_mm256_or_ps(t, _mm256_set1_ps(-0.0f)));  // exp(-|t|)
+  const __m256 r = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_add_ps(_mm256_set1_ps(1.0f), e)), er = _mm256_mul_ps(e, r);
+  const __m256 neg = _mm256_cmp_ps(t, _mm256_setzero_ps(), _CMP_LT_OQ);
+  s = _mm256_blendv_ps(r, er, neg);
+  oms = _mm256_blendv_ps(er, r, neg);
+}
+SEGML_AVX2_FN __m256 quick_gelu256_ps(__m256 x) {
+  __m256 s, oms;
+  quick_gelu_sigmoid256_ps(x, s, oms);
+  return _mm256_mul_ps(x, s);
+}
+SEGML_AVX2_FN __m256 quick_gelu_grad256_ps(__m256 x) {
+  __m256 s, oms;
+  quick_gelu_sigmoid256_ps(x, s, oms);
+  const __m256 ax = _mm256_mul_ps(x, _mm256_set1_ps(static_cast<float>(kQuickGeluAlpha)));
+  return _mm256_fmadd_ps(_mm256_mul_ps(ax, s), oms, s);
+}
+SEGML_AVX2_FN void quick_gelu_forward_avx2(float* y, const float* x, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, quick_gelu256_ps(_mm256_loadu_ps(x + i)));
+  if (i < n) {
+    const __m256i m = simd::tail_mask256(n - i);
+    _mm256_maskstore_ps(y + i, m, quick_gelu256_ps(_mm256_maskload_ps(x + i, m)));
+  }
+}
+SEGML_AVX2_FN void quick_gelu_backward_avx2(float* dx, const float* x, const float* dy, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(dx + i, _mm256_mul_ps(_mm256_loadu_ps(dy + i), quick_gelu_grad256_ps(_mm256_loadu_ps(x + i))));
+  if (i < n) {
+    const __m256i m = simd::tail_mask256(n - i);
+    _mm256_maskstore_ps(dx + i, m,
+                        _mm256_mul_ps(_mm256_maskload_ps(dy + i, m), quick_gelu_grad256_ps(_mm256_maskload_ps(x + i, m))));
   }
 }
 // max(0, x) returns x when x is NaN (MAXPS returns its second operand on NaN).
@@ -134,6 +203,43 @@ SEGML_AVX512_FN void gelu_backward_avx512(float* dx, const float* x, const float
                           _mm512_mul_ps(_mm512_maskz_loadu_ps(m, dy + i), gelu_grad512_ps(_mm512_maskz_loadu_ps(m, x + i))));
   }
 }
+SEGML_AVX512_FN void quick_gelu_sigmoid512_ps(__m512 x, __m512& s, __m512& oms) {
+  const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(static_cast<float>(kQuickGeluAlpha)));
+  const __m512 e = simd::exp512_ps(_mm512_or_ps(t, _mm512_set1_ps(-0.0f)));  // exp(-|t|)
+  const __m512 r = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_add_ps(_mm512_set1_ps(1.0f), e)), er = _mm512_mul_ps(e, r);
+  const __mmask16 neg = _mm512_cmp_ps_mask(t, _mm512_setzero_ps(), _CMP_LT_OQ);
+  s = _mm512_mask_blend_ps(neg, r, er);
+  oms = _mm512_mask_blend_ps(neg, er, r);
+}
+SEGML_AVX512_FN __m512 quick_gelu512_ps(__m512 x) {
+  __m512 s, oms;
+  quick_gelu_sigmoid512_ps(x, s, oms);
+  return _mm512_mul_ps(x, s);
+}
+SEGML_AVX512_FN __m512 quick_gelu_grad512_ps(__m512 x) {
+  __m512 s, oms;
+  quick_gelu_sigmoid512_ps(x, s, oms);
+  const __m512 ax = _mm512_mul_ps(x, _mm512_set1_ps(static_cast<float>(kQuickGeluAlpha)));
+  return _mm512_fmadd_ps(_mm512_mul_ps(ax, s), oms, s);
+}
+SEGML_AVX512_FN void quick_gelu_forward_avx512(float* y, const float* x, int64_t n) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, quick_gelu512_ps(_mm512_loadu_ps(x + i)));
+  if (i < n) {
+    const __mmask16 m = simd::tail_mask512(n - i);
+    _mm512_mask_storeu_ps(y + i, m, quick_gelu512_ps(_mm512_maskz_loadu_ps(m, x + i)));
+  }
+}
+SEGML_AVX512_FN void quick_gelu_backward_avx512(float* dx, const float* x, const float* dy, int64_t n) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    _mm512_storeu_ps(dx + i, _mm512_mul_ps(_mm512_loadu_ps(dy + i), quick_gelu_grad512_ps(_mm512_loadu_ps(x + i))));
+  if (i < n) {
+    const __mmask16 m = simd::tail_mask512(n - i);
+    _mm512_mask_storeu_ps(dx + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, dy + i),
+                                                   quick_gelu_grad512_ps(_mm512_maskz_loadu_ps(m, x + i))));
+  }
+}
 SEGML_AVX512_FN void relu_forward_avx512(float* y, const float* x, int64_t n) {
   const __m512 zero = _mm512_setzero_ps();
   int64_t i = 0;
@@ -183,6 +289,32 @@ inline void gelu_backward(T* dx, const T* x, const T* dy, int64_t n) {
     }
 #endif
     gelu_backward_ref(dx + b, x + b, dy + b, e - b);
+  });
+}
+template <class T>
+inline void quick_gelu_forward(T* y, const T* x, int64_t n) {
+  [[maybe_unused]] const Isa isa = std::is_same_v<T, float> ? segml::isa() : Isa::scalar;
+  parallel_for(n, detail::kPointwiseGrain, [&](int64_t b, int64_t e) {
+#if defined(__x86_64__)
+    if constexpr (std::is_same_v<T, float>) {
+      if (isa == Isa::avx512) return detail::quick_gelu_forward_avx512(y + b, x + b, e - b);
+      if (isa == Isa::avx2) return detail::quick_gelu_forward_avx2(y + b, x + b, e - b);
+    }
+#endif
+    quick_gelu_forward_ref(y + b, x + b, e - b);
+  });
+}
+template <class T>
+inline void quick_gelu_backward(T* dx, const T* x, const T* dy, int64_t n) {
+  [[maybe_unused]] const Isa isa = std::is_same_v<T, float> ? segml::isa() : Isa::scalar;
+  parallel_for(n, detail::kPointwiseGrain, [&](int64_t b, int64_t e) {
+#if defined(__x86_64__)
+    if constexpr (std::is_same_v<T, float>) {
+      if (isa == Isa::avx512) return detail::quick_gelu_backward_avx512(dx + b, x + b, dy + b, e - b);
+      if (isa == Isa::avx2) return detail::quick_gelu_backward_avx2(dx + b, x + b, dy + b, e - b);
+    }
+#endif
+    quick_gelu_backward_ref(dx + b, x + b, dy + b, e - b);
   });
 }
 template <class T>

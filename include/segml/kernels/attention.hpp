@@ -5,6 +5,9 @@
 //   q (B, N, C), k (B, M, C), v (B, M, C), out (B, N, C); `heads` h, head dim d = C / h.
 //   Head i is the contiguous channel slice [i*d, (i+1)*d) of every token.
 //   For each batch b and head i:  P = softmax(q_i k_iᵀ / sqrt(d)) over keys (N x M),  out_i = P v_i.
+//   causal (CLIP's text model; needs N == M): query n attends to keys m <= n only. Its scores past
+//   the diagonal are never computed and its probabilities there are exactly 0, as HF's additive
+//   finfo.min mask makes them (exp underflows to 0); the other keys' softmax is the usual one.
 //
 // Guarantees:
 //  - Forward, float on AVX2 / AVX-512 machines with d a multiple of 8 (SegFormer: d = 32 or 64): one
@@ -25,7 +28,12 @@
 //  - The row softmax is kernels/softmax.hpp's (AVX2 / AVX-512 exp for float), so float results
 //    depend on segml::isa() through it and through gemm.
 //  - attention_forward_ref / attention_backward_ref are plain loops, the oracle in the tests.
-// Not done here: the projections, dropout (SegFormer's rate is 0), masking.
+//  - causal: each block of rows computes scores and P v only over the keys up to its last row (the
+//    fused kernel per 6 rows, the GEMM path per block), then takes each row's softmax over its
+//    own prefix and writes zeros after it. The backward needs no mask: the saved P is 0 past the
+//    diagonal, so dS = P ∘ (...) is 0 there and no gradient flows to those keys; it takes the
+//    flag only for symmetry (its results do not depend on it).
+// Not done here: the projections, dropout (SegFormer's rate is 0), padding masks.
 #pragma once
 
 #include <vector>
@@ -244,9 +252,14 @@ inline void row_pointers(P* out[kRows], P* first, int64_t stride, int rows) {
 
 // One block of rows (1..kRows) of one head: q_rows (rows, d) stride C, out rows stride C, s rows
 // (rows, M) stride lds (the kept probabilities, or scratch); normalize: write P itself into s.
+// causal_row >= 0: the block's first row is query causal_row of a causal attention, so row i
+// attends to keys [0, causal_row + i] only: scores and P v run over the keys up to the block's last
+// row, each row's softmax over its own prefix, and P is 0 past it (in s up to M when normalize).
 SEGML_AVX2_FN void attention_rows_avx2(float* out, float* s, int64_t lds, const float* q, const float* kt, const float* vh,
                                        int rows, int64_t M, int64_t C, int64_t d, float scale, bool normalize,
-                                       bool wide) {
+                                       bool wide, int64_t causal_row = -1) {
+  const int64_t M_all = M;
+  if (causal_row >= 0) M = std::min(M, causal_row + rows);  // keys past the block's last row: not needed
   const float* qi[kRows];
   float* si[kRows];
   float* oi[kRows];
@@ -256,12 +269,14 @@ SEGML_AVX2_FN void attention_rows_avx2(float* out, float* s, int64_t lds, const 
   row_pointers(oi, out, C, rows);
   wide ? scores_avx512(si, qi, kt, M, d, scale) : scores_avx2(si, qi, kt, M, d, scale);
   for (int i = 0; i < rows; ++i) {
-    const float mx = detail::row_max_avx2(si[i], M);
-    inv[i] = 1.f / detail::row_exp_sum_avx2(si[i], si[i], mx, M);
+    const int64_t keys = causal_row >= 0 ? causal_row + i + 1 : M;  // this row's allowed keys
+    const float mx = detail::row_max_avx2(si[i], keys);
+    inv[i] = 1.f / detail::row_exp_sum_avx2(si[i], si[i], mx, keys);
     if (normalize) {
-      detail::row_scale_avx2(si[i], inv[i], M);
+      detail::row_scale_avx2(si[i], inv[i], keys);
       inv[i] = 1.f;
     }
+    if (keys < M_all) std::fill(si[i] + keys, si[i] + (normalize ? M_all : M), 0.f);  // masked: P = 0
   }
   for (int i = rows; i < kRows; ++i) inv[i] = inv[rows - 1];
   wide ? weighted_values_avx512(oi, si, inv, vh, M, C, d) : weighted_values_avx2(oi, si, inv, vh, M, C, d);
@@ -319,7 +334,7 @@ inline void for_each_row_block(int64_t B, int64_t heads, int64_t N, F&& f) {
 
 // attention_forward for float on AVX2 / AVX-512 machines, head dim d a multiple of 8.
 inline void attention_forward_fused(float* out, float* probs, const float* q, const float* k, const float* v, int64_t B,
-                                    int64_t N, int64_t M, int64_t C, int64_t heads) {
+                                    int64_t N, int64_t M, int64_t C, int64_t heads, bool causal) {
   const int64_t d = C / heads;
   const float scale = 1.f / std::sqrt(static_cast<float>(d));
   int64_t kt_size = 0;
@@ -331,7 +346,7 @@ inline void attention_forward_fused(float* out, float* probs, const float* q, co
     if (!probs && scratch.size() < static_cast<size_t>(kRows * M)) scratch.resize(static_cast<size_t>(kRows * M));
     float* s = probs ? probs + (bh * N + n) * M : scratch.data();
     attention_rows_avx2(out + (b * N + n) * C + h * d, s, M, q + (b * N + n) * C + h * d, kt_all + bh * kt_size,
-                        v + b * M * C + h * d, rows, M, C, d, scale, probs != nullptr, wide);
+                        v + b * M * C + h * d, rows, M, C, d, scale, probs != nullptr, wide, causal ? n : -1);
   });
 }
 
@@ -356,16 +371,18 @@ inline void attention_backward_fused_phase1(float* dq, float* ds, const float* d
 #endif  // __x86_64__
 
 // out = attention(q, k, v). probs (B, h, N, M) receives P when non-null (training), else P is
-// computed tile by tile in per-thread scratch.
+// computed tile by tile in per-thread scratch. causal: query n attends to keys m <= n (N == M).
 // q (B, N, C), k (B, M, C), v (B, M, C), out (B, N, C), probs (B, h, N, M) or null
 template <class T>
 inline void attention_forward(T* out, T* probs, const T* q, const T* k, const T* v, int64_t B, int64_t N, int64_t M,
-                              int64_t C, int64_t heads) {
+                              int64_t C, int64_t heads, bool causal = false) {
+  SEGML_CHECK(!causal || N == M, "attention_forward: causal attention needs as many keys as queries, got N = ", N,
+              " queries and M = ", M, " keys");
   const int64_t d = C / heads, blocks = (N + kAttentionBlock - 1) / kAttentionBlock;
 #if defined(__x86_64__)
   if constexpr (std::is_same_v<T, float>) {
     if (isa() >= Isa::avx2 && d % 8 == 0 && M > 0)
-      return attention_detail::attention_forward_fused(out, probs, q, k, v, B, N, M, C, heads);
+      return attention_detail::attention_forward_fused(out, probs, q, k, v, B, N, M, C, heads, causal);
   }
 #endif
   const T scale = T(1) / std::sqrt(T(d));
@@ -382,22 +399,32 @@ inline void attention_forward(T* out, T* probs, const T* q, const T* k, const T*
       const T* qh = q + (b * N + n0) * C + h * d;
       const T* kh = k + b * M * C + h * d;
       const T* vh = v + b * M * C + h * d;
-      gemm(false, true, rows, M, d, scale, qh, C, kh, C, T(0), s, M);  // S = q_h k_hᵀ / sqrt(d)
-      softmax_forward(s, s, rows, M);                                  // P = softmax(S)
-      gemm(false, false, rows, d, M, T(1), s, M, vh, C, T(0), out + (b * N + n0) * C + h * d, C);  // O_h = P v_h
+      const int64_t keys = causal ? std::min(M, n0 + rows) : M;  // causal: keys up to the block's last row
+      gemm(false, true, rows, keys, d, scale, qh, C, kh, C, T(0), s, M);  // S = q_h k_hᵀ / sqrt(d)
+      if (!causal) {
+        softmax_forward(s, s, rows, M);  // P = softmax(S)
+      } else {
+        for (int64_t r = 0; r < rows; ++r) {  // row n0 + r: softmax over keys [0, n0 + r], P = 0 after
+          softmax_forward(s + r * M, s + r * M, 1, n0 + r + 1);
+          std::fill(s + r * M + n0 + r + 1, s + r * M + (probs ? M : keys), T(0));
+        }
+      }
+      gemm(false, false, rows, d, keys, T(1), s, M, vh, C, T(0), out + (b * N + n0) * C + h * d, C);  // O_h = P v_h
     }
   });
 }
 
 // Gradients of attention_forward from the saved probabilities. Each of dq, dk, dv may be null
-// (not wanted); the others are overwritten (not accumulated).
+// (not wanted); the others are overwritten (not accumulated). causal needs no work here: the saved
+// P is 0 past the diagonal, so dS is 0 there too (the flag is accepted for symmetry).
 //   dV_h = Pᵀ dO_h
 //   dP   = dO_h v_hᵀ,   dS = P ∘ (dP − rowsum(P ∘ dP)) / sqrt(d)     (softmax backward + scale)
 //   dQ_h = dS k_h,      dK_h = dSᵀ q_h
 // dq (B, N, C), dk (B, M, C), dv (B, M, C), dout (B, N, C), q, k, v as forward, probs (B, h, N, M)
 template <class T>
 inline void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T* k, const T* v, const T* probs,
-                               int64_t B, int64_t N, int64_t M, int64_t C, int64_t heads) {
+                               int64_t B, int64_t N, int64_t M, int64_t C, int64_t heads,
+                               [[maybe_unused]] bool causal = false) {
   const int64_t d = C / heads, blocks = (N + kAttentionBlock - 1) / kAttentionBlock;
   const T scale = T(1) / std::sqrt(T(d));
   std::shared_ptr<T[]> ds;
@@ -445,17 +472,21 @@ inline void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, c
 // ---- scalar reference twins ------------------------------------------------------------------
 
 // Plain-loop attention_forward (same shapes; probs may be null). Scores are divided by sqrt(d) as HF does.
+// causal: query n reads keys m <= n only (N == M), P = 0 for the others.
 template <class T>
 inline void attention_forward_ref(T* out, T* probs, const T* q, const T* k, const T* v, int64_t B, int64_t N, int64_t M,
-                                  int64_t C, int64_t heads) {
+                                  int64_t C, int64_t heads, bool causal = false) {
+  SEGML_CHECK(!causal || N == M, "attention_forward_ref: causal attention needs as many keys as queries, got N = ", N,
+              " queries and M = ", M, " keys");
   const int64_t d = C / heads;
   std::unique_ptr<T[]> p(new T[static_cast<size_t>(M)]);
   for (int64_t b = 0; b < B; ++b)
     for (int64_t h = 0; h < heads; ++h)
       for (int64_t n = 0; n < N; ++n) {
         const T* qn = q + (b * N + n) * C + h * d;
+        const int64_t keys = causal ? n + 1 : M;
         T mx = -INFINITY;
-        for (int64_t m = 0; m < M; ++m) {
+        for (int64_t m = 0; m < keys; ++m) {
           const T* km = k + (b * M + m) * C + h * d;
           T s = 0;
           for (int64_t c = 0; c < d; ++c) s += qn[c] * km[c];
@@ -463,8 +494,9 @@ inline void attention_forward_ref(T* out, T* probs, const T* q, const T* k, cons
           mx = std::max(mx, p[m]);
         }
         T sum = 0;
-        for (int64_t m = 0; m < M; ++m) sum += (p[m] = std::exp(p[m] - mx));
-        for (int64_t m = 0; m < M; ++m) p[m] /= sum;
+        for (int64_t m = 0; m < keys; ++m) sum += (p[m] = std::exp(p[m] - mx));
+        for (int64_t m = 0; m < keys; ++m) p[m] /= sum;
+        for (int64_t m = keys; m < M; ++m) p[m] = 0;
         if (probs) std::copy(p.get(), p.get() + M, probs + ((b * heads + h) * N + n) * M);
         T* on = out + (b * N + n) * C + h * d;
         for (int64_t c = 0; c < d; ++c) {
@@ -475,10 +507,12 @@ inline void attention_forward_ref(T* out, T* probs, const T* q, const T* k, cons
       }
 }
 
-// Plain-loop attention_backward: all three gradients, overwritten. probs as saved by a forward.
+// Plain-loop attention_backward: all three gradients, overwritten. probs as saved by a forward
+// (causal: 0 past the diagonal, which is all the mask the backward needs).
 template <class T>
 inline void attention_backward_ref(T* dq, T* dk, T* dv, const T* dout, const T* q, const T* k, const T* v,
-                                   const T* probs, int64_t B, int64_t N, int64_t M, int64_t C, int64_t heads) {
+                                   const T* probs, int64_t B, int64_t N, int64_t M, int64_t C, int64_t heads,
+                                   [[maybe_unused]] bool causal = false) {
   const int64_t d = C / heads;
   std::fill(dq, dq + B * N * C, T(0));
   std::fill(dk, dk + B * M * C, T(0));

@@ -1,4 +1,5 @@
-// segml/kernels/resize.hpp: bilinear resize to a given size, align_corners=False, and its adjoint.
+// segml/kernels/resize.hpp: bilinear and bicubic resize to a given size, align_corners=False, and
+// their adjoints.
 //
 // Matches torch.nn.functional.interpolate(x, size=(OH, OW), mode="bilinear", align_corners=False)
 // (no antialias) for any sizes, up or down. Per axis, output index o reads
@@ -14,6 +15,19 @@
 // is the exact adjoint in the reverse order, written as gathers over the transposed taps (each
 // input pixel sums the outputs that read it), so it has no scatter. Parallel over planes (B*C).
 // resize_bilinear_forward_ref / _backward_ref are the plain four-tap loops, the oracle.
+//
+// Bicubic (resize_bicubic_*) matches torch.nn.functional.interpolate(x, size=(OH, OW),
+// mode="bicubic", align_corners=False) (no antialias), PyTorch's upsample_bicubic2d: per axis,
+//   src = (o + 0.5) * in/out - 0.5   (NOT clamped at 0, unlike bilinear),
+//   i = floor(src) (at most in-1),  t = clamp(src - i, 0, 1),
+//   value = Σ_{j=0..3} w_j(t) x[clamp(i - 1 + j, 0, in-1)]
+// with Keys' cubic convolution weights, A = -0.75:
+//   w_0 = c2(t+1), w_1 = c1(t), w_2 = c1(1-t), w_3 = c2(2-t),
+//   c1(u) = ((A+2) u - (A+3)) u² + 1,  c2(u) = ((A u - 5A) u + 8A) u - 4A,
+// everything in T as PyTorch computes it for that dtype. Border taps repeat the edge pixel, so
+// the backward (the exact adjoint) adds every clamped tap's gradient into that edge pixel.
+// The kernels are separable (rows then columns, each plane in turn, parallel over planes); the
+// _ref twins are the plain 16-tap loops (the backward a scatter).
 // Not done here: align_corners=True, scale_factor-specified sizes, antialias, other modes.
 #pragma once
 
@@ -228,6 +242,143 @@ inline void resize_bilinear_backward_ref(T* dx, const T* dy, int64_t planes, int
         dxp[ty.i0 * W + tx.i1] += (T(1) - ty.lambda) * tx.lambda * g;
         dxp[ty.i1 * W + tx.i0] += ty.lambda * (T(1) - tx.lambda) * g;
         dxp[ty.i1 * W + tx.i1] += ty.lambda * tx.lambda * g;
+      }
+    }
+}
+
+// ---- bicubic -------------------------------------------------------------------------------------
+
+// Where output index o of one axis reads: Σ_j w[j] * x[idx[j]], j = 0..3 (idx already clamped).
+template <class T>
+struct CubicTap {
+  int64_t idx[4];
+  T w[4];
+};
+
+// PyTorch's bicubic source-index rule and weights (upsample_bicubic2d, align_corners=False).
+template <class T>
+inline CubicTap<T> cubic_tap(int64_t in, int64_t out, int64_t o) {
+  const T scale = static_cast<T>(in) / static_cast<T>(out);
+  const T src = scale * (static_cast<T>(o) + T(0.5)) - T(0.5);  // no clamp at 0 for bicubic
+  const int64_t i = std::min(static_cast<int64_t>(std::floor(src)), in - 1);
+  const T t = std::min(std::max(src - static_cast<T>(i), T(0)), T(1));
+  const T A = T(-0.75);
+  auto c1 = [A](T u) { return ((A + T(2)) * u - (A + T(3))) * u * u + T(1); };
+  auto c2 = [A](T u) { return ((A * u - T(5) * A) * u + T(8) * A) * u - T(4) * A; };
+  CubicTap<T> tap;
+  tap.w[0] = c2(t + T(1));
+  tap.w[1] = c1(t);
+  tap.w[2] = c1(T(1) - t);
+  tap.w[3] = c2(T(2) - t);
+  for (int j = 0; j < 4; ++j) tap.idx[j] = std::clamp<int64_t>(i - 1 + j, 0, in - 1);
+  return tap;
+}
+
+namespace detail {
+template <class T>
+inline std::vector<CubicTap<T>> cubic_axis(int64_t in, int64_t out) {
+  std::vector<CubicTap<T>> taps(static_cast<size_t>(out));
+  for (int64_t o = 0; o < out; ++o) taps[static_cast<size_t>(o)] = cubic_tap<T>(in, out, o);
+  return taps;
+}
+}  // namespace detail
+
+// y = bicubic(x).  x (planes, H, W), y (planes, OH, OW); planes = B*C.
+// Separable: each input row resized horizontally into a (H, OW) buffer, then each output row as
+// four weighted buffer rows (contiguous, vectorised by the compiler).
+template <class T>
+inline void resize_bicubic_forward(T* y, const T* x, int64_t planes, int64_t H, int64_t W, int64_t OH, int64_t OW) {
+  const std::vector<CubicTap<T>> ty = detail::cubic_axis<T>(H, OH), tx = detail::cubic_axis<T>(W, OW);
+  parallel_for(planes, detail::resize_grain(H, W, OH, OW), [&](int64_t begin, int64_t end) {
+    std::unique_ptr<T[]> buf(new T[static_cast<size_t>(H * OW)]);
+    for (int64_t p = begin; p < end; ++p) {
+      const T* xp = x + p * H * W;
+      for (int64_t i = 0; i < H; ++i) {
+        const T* xr = xp + i * W;
+        T* r = buf.get() + i * OW;
+        for (int64_t ox = 0; ox < OW; ++ox) {
+          const CubicTap<T>& t = tx[static_cast<size_t>(ox)];
+          r[ox] = t.w[0] * xr[t.idx[0]] + t.w[1] * xr[t.idx[1]] + t.w[2] * xr[t.idx[2]] + t.w[3] * xr[t.idx[3]];
+        }
+      }
+      for (int64_t oy = 0; oy < OH; ++oy) {
+        const CubicTap<T>& t = ty[static_cast<size_t>(oy)];
+        const T* __restrict r0 = buf.get() + t.idx[0] * OW;
+        const T* __restrict r1 = buf.get() + t.idx[1] * OW;
+        const T* __restrict r2 = buf.get() + t.idx[2] * OW;
+        const T* __restrict r3 = buf.get() + t.idx[3] * OW;
+        T* __restrict yr = y + (p * OH + oy) * OW;
+        const T w0 = t.w[0], w1 = t.w[1], w2 = t.w[2], w3 = t.w[3];
+        for (int64_t ox = 0; ox < OW; ++ox) yr[ox] = w0 * r0[ox] + w1 * r1[ox] + w2 * r2[ox] + w3 * r3[ox];
+      }
+    }
+  });
+}
+
+// dx = bicubicᵀ(dy), the exact adjoint of resize_bicubic_forward (clamped border taps included);
+// dx is overwritten.  dy (planes, OH, OW), dx (planes, H, W)
+template <class T>
+inline void resize_bicubic_backward(T* dx, const T* dy, int64_t planes, int64_t H, int64_t W, int64_t OH, int64_t OW) {
+  const std::vector<CubicTap<T>> ty = detail::cubic_axis<T>(H, OH), tx = detail::cubic_axis<T>(W, OW);
+  parallel_for(planes, detail::resize_grain(H, W, OH, OW), [&](int64_t begin, int64_t end) {
+    std::unique_ptr<T[]> buf(new T[static_cast<size_t>(H * OW)]);  // gradient of the horizontal pass
+    for (int64_t p = begin; p < end; ++p) {
+      std::fill(buf.get(), buf.get() + H * OW, T(0));
+      for (int64_t oy = 0; oy < OH; ++oy) {  // vertical adjoint: scatter whole rows
+        const CubicTap<T>& t = ty[static_cast<size_t>(oy)];
+        const T* __restrict g = dy + (p * OH + oy) * OW;
+        for (int j = 0; j < 4; ++j) {
+          T* __restrict r = buf.get() + t.idx[j] * OW;
+          const T w = t.w[j];
+          for (int64_t ox = 0; ox < OW; ++ox) r[ox] += w * g[ox];
+        }
+      }
+      T* dxp = dx + p * H * W;
+      std::fill(dxp, dxp + H * W, T(0));
+      for (int64_t i = 0; i < H; ++i) {  // horizontal adjoint
+        const T* r = buf.get() + i * OW;
+        T* dr = dxp + i * W;
+        for (int64_t ox = 0; ox < OW; ++ox) {
+          const CubicTap<T>& t = tx[static_cast<size_t>(ox)];
+          for (int j = 0; j < 4; ++j) dr[t.idx[j]] += t.w[j] * r[ox];
+        }
+      }
+    }
+  });
+}
+
+// Plain 16-tap loop, same shapes as resize_bicubic_forward.
+template <class T>
+inline void resize_bicubic_forward_ref(T* y, const T* x, int64_t planes, int64_t H, int64_t W, int64_t OH, int64_t OW) {
+  for (int64_t p = 0; p < planes; ++p)
+    for (int64_t oy = 0; oy < OH; ++oy) {
+      const CubicTap<T> ty = cubic_tap<T>(H, OH, oy);
+      for (int64_t ox = 0; ox < OW; ++ox) {
+        const CubicTap<T> tx = cubic_tap<T>(W, OW, ox);
+        T acc = 0;
+        for (int a = 0; a < 4; ++a) {
+          T row = 0;
+          for (int b = 0; b < 4; ++b) row += tx.w[b] * x[(p * H + ty.idx[a]) * W + tx.idx[b]];
+          acc += ty.w[a] * row;
+        }
+        y[(p * OH + oy) * OW + ox] = acc;
+      }
+    }
+}
+
+// Plain 16-tap scatter, same shapes as resize_bicubic_backward; dx is overwritten.
+template <class T>
+inline void resize_bicubic_backward_ref(T* dx, const T* dy, int64_t planes, int64_t H, int64_t W, int64_t OH,
+                                        int64_t OW) {
+  std::fill(dx, dx + planes * H * W, T(0));
+  for (int64_t p = 0; p < planes; ++p)
+    for (int64_t oy = 0; oy < OH; ++oy) {
+      const CubicTap<T> ty = cubic_tap<T>(H, OH, oy);
+      for (int64_t ox = 0; ox < OW; ++ox) {
+        const CubicTap<T> tx = cubic_tap<T>(W, OW, ox);
+        const T g = dy[(p * OH + oy) * OW + ox];
+        for (int a = 0; a < 4; ++a)
+          for (int b = 0; b < 4; ++b) dx[(p * H + ty.idx[a]) * W + tx.idx[b]] += ty.w[a] * tx.w[b] * g;
       }
     }
 }

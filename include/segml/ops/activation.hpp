@@ -1,9 +1,9 @@
-// segml/ops/activation.hpp: differentiable GELU (exact erf form), ReLU and softmax (last dim).
+// segml/ops/activation.hpp: differentiable GELU (exact erf form), QuickGELU, ReLU and softmax (last dim).
 //
 // Contract: torch semantics. gelu is torch.nn.functional.gelu(x) with approximate='none' (NOT the
-// tanh form); relu is torch.relu (NaN propagates, gradient where the output is > 0); softmax is
-// torch.softmax(x, dim=-1). Each returns a new contiguous tensor; none works in place.
-// Saved for backward: gelu the input, relu and softmax their output.
+// tanh form); quick_gelu is HF's QuickGELUActivation x * sigmoid(1.702 x) (CLIP); relu is
+// torch.relu (NaN propagates, gradient where the output is > 0); softmax is torch.softmax(x, dim=-1). Each returns a new contiguous tensor; none works in place.
+// Saved for backward: gelu and quick_gelu the input, relu and softmax their output.
 #pragma once
 
 #include "segml/autograd/variable.hpp"
@@ -22,6 +22,19 @@ Var<T> gelu(const Var<T>& x) {
     const Tensor<T> go = gy.contiguous();
     g[0] = Tensor<T>::empty(cx.shape());
     kernels::gelu_backward(g[0].data(), cx.data(), go.data(), cx.numel());
+  });
+}
+
+// x * sigmoid(1.702 x), elementwise (HF QuickGELUActivation).
+template <class T>
+Var<T> quick_gelu(const Var<T>& x) {
+  const Tensor<T> cx = x.data().contiguous();
+  Tensor<T> out = Tensor<T>::empty(x.shape());
+  kernels::quick_gelu_forward(out.data(), cx.data(), cx.numel());
+  return make_result<T>(std::move(out), "quick_gelu", {&x}, [cx](const Tensor<T>& gy, Grads<T>& g) {
+    const Tensor<T> go = gy.contiguous();
+    g[0] = Tensor<T>::empty(cx.shape());
+    kernels::quick_gelu_backward(g[0].data(), cx.data(), go.data(), cx.numel());
   });
 }
 

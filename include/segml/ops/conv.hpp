@@ -3,6 +3,9 @@
 //   depthwise_conv3x3       torch Conv2d(C, C, 3, padding=1, groups=C) on NCHW (Mix-FFN's dwconv)
 //   depthwise_conv3x3_nhwc  the same convolution on channels-last x (B, H, W, C), i.e. SegFormer's
 //                           tokens (B, N, C) seen as an image, with no transposes
+//   conv_transpose2d        torch.nn.functional.conv_transpose2d, NCHW, weight (Cin, Cout, KH, KW),
+//                           one stride and padding for both axes (groups 1, dilation 1,
+//                           output_padding 0)
 // Bias may be an undefined Var (no bias). Bad shapes or arguments throw segml::Error naming the op
 // and the shapes, in release builds too.
 #pragma once
@@ -11,6 +14,7 @@
 
 #include "segml/autograd/variable.hpp"
 #include "segml/kernels/conv2d.hpp"
+#include "segml/kernels/conv_transpose2d.hpp"
 #include "segml/kernels/dwconv.hpp"
 
 namespace segml::ops {
@@ -115,6 +119,49 @@ Var<T> depthwise_conv3x3_nhwc(const Var<T>& x, const Var<T>& weight, const Var<T
                           kernels::dwconv3x3_nhwc_backward(
                               g.needs(0) ? g[0].data() : nullptr, g.needs(1) ? g[1].data() : nullptr,
                               g.needs(2) ? g[2].data() : nullptr, dy.data(), cx.data(), cw.data(), B, H, W, C);
+                        });
+}
+
+// x (B, Cin, H, W), weight (Cin, Cout, KH, KW), bias (Cout) or undefined -> (B, Cout, OH, OW),
+// OH = (H - 1) * stride - 2 * padding + KH and likewise for W.
+template <class T>
+Var<T> conv_transpose2d(const Var<T>& x, const Var<T>& weight, const Var<T>& bias, int64_t stride, int64_t padding = 0) {
+  SEGML_CHECK(x.dim() == 4 && weight.dim() == 4,
+              "conv_transpose2d: expected input (B, Cin, H, W) and weight (Cin, Cout, KH, KW), got ", x.shape(), " and ",
+              weight.shape());
+  SEGML_CHECK(stride >= 1 && padding >= 0, "conv_transpose2d: invalid stride ", stride, " or padding ", padding,
+              " (input ", x.shape(), ", weight ", weight.shape(), ")");
+  const kernels::ConvTranspose2dGeometry geo{.B = x.size(0),
+                                             .Cin = x.size(1),
+                                             .H = x.size(2),
+                                             .W = x.size(3),
+                                             .Cout = weight.size(1),
+                                             .KH = weight.size(2),
+                                             .KW = weight.size(3),
+                                             .stride = stride,
+                                             .padding = padding};
+  SEGML_CHECK(weight.size(0) == geo.Cin, "conv_transpose2d: weight ", weight.shape(), " expects ", weight.size(0),
+              " input channels but input ", x.shape(), " has ", geo.Cin);
+  SEGML_CHECK(geo.H >= 1 && geo.W >= 1 && geo.Cout >= 1 && geo.KH >= 1 && geo.KW >= 1 && geo.OH() >= 1 && geo.OW() >= 1,
+              "conv_transpose2d: input ", x.shape(), " and weight ", weight.shape(), " with stride ", stride,
+              " and padding ", padding, " give an empty output (", geo.OH(), " x ", geo.OW(), ")");
+  const bool has_bias = bias.defined();
+  SEGML_CHECK(!has_bias || bias.shape() == Shape{geo.Cout}, "conv_transpose2d: bias ", has_bias ? bias.shape() : Shape{},
+              " does not match weight ", weight.shape(), " (", geo.Cout, " output channels)");
+  const Tensor<T> cx = x.data().contiguous(), cw = weight.data().contiguous();
+  const Tensor<T> cb = has_bias ? bias.data().contiguous() : Tensor<T>();
+  Tensor<T> y = Tensor<T>::empty({geo.B, geo.Cout, geo.OH(), geo.OW()});
+  kernels::conv_transpose2d_forward(y.data(), cx.data(), cw.data(), has_bias ? cb.data() : nullptr, geo);
+  return make_result<T>(std::move(y), "conv_transpose2d", {&x, &weight, &bias},
+                        [cx, cw, geo](const Tensor<T>& gy, Grads<T>& g) {
+                          const Tensor<T> dy = gy.contiguous();
+                          if (g.needs(0)) g[0] = Tensor<T>::empty(cx.shape());
+                          if (g.needs(1)) g[1] = Tensor<T>::empty(cw.shape());
+                          if (g.needs(2)) g[2] = Tensor<T>::empty({geo.Cout});
+                          kernels::conv_transpose2d_backward(g.needs(0) ? g[0].data() : nullptr,
+                                                             g.needs(1) ? g[1].data() : nullptr,
+                                                             g.needs(2) ? g[2].data() : nullptr, dy.data(), cx.data(),
+                                                             cw.data(), geo);
                         });
 }
 
