@@ -147,6 +147,25 @@ inline void conv_transpose2d_nhwc_forward(T* y, const T* x_tokens, const T* w, c
   detail::col2im_transposed(y, static_cast<const T*>(scratch), true, b, g);
 }
 
+// The same with the weight packed once in advance: w_packed = PackedB<T>(false, Cin, Cout*KH*KW, w,
+// Cout*KH*KW) (the (Cin, Cout*KH*KW) matrix of w); bit-identical to the unpacked call.
+template <class T>
+inline void conv_transpose2d_nhwc_forward(T* y, const T* x_tokens, const PackedB<T>& w_packed, const T* b, int64_t H,
+                                          int64_t W, int64_t Cin, int64_t Cout, int64_t KH, int64_t KW, int64_t stride,
+                                          int64_t padding, T* scratch = nullptr) {
+  const ConvTranspose2dGeometry g{.B = 1, .Cin = Cin, .H = H, .W = W, .Cout = Cout, .KH = KH, .KW = KW,
+                                  .stride = stride, .padding = padding};
+  SEGML_CHECK(w_packed.K() == Cin && w_packed.N() == g.K(), "conv_transpose2d_nhwc_forward: packed weight (", w_packed.K(),
+              " x ", w_packed.N(), ") does not match Cin ", Cin, " x Cout*KH*KW ", g.K());
+  std::shared_ptr<T[]> owned;
+  if (!scratch) {
+    owned = allocate_aligned<T>(g.P() * g.K());
+    scratch = owned.get();
+  }
+  gemm_bias(g.P(), x_tokens, Cin, w_packed, static_cast<const T*>(nullptr), scratch, g.K());
+  detail::col2im_transposed(y, static_cast<const T*>(scratch), true, b, g);
+}
+
 // ---- scalar reference twins ------------------------------------------------------------------
 
 // Plain scatter loops, same shapes as conv_transpose2d_forward.
