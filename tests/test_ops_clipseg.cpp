@@ -281,6 +281,12 @@ TEST_CASE("conv_transpose2d: GEMM + col2im kernels and the channels-last helper 
           kernels::conv_transpose2d_nhwc_forward(yn.data(), tokens.data(), w.data(), b.data(), g.H, g.W, g.Cin, g.Cout, g.KH,
                                                  g.KW, g.stride, g.padding);
           test::compare("nhwc forward, image " + std::to_string(n), yn, y_ref.slice(0, n, n + 1).reshape(yn.shape()), tol);
+          // With the weight packed once: bit-identical to the unpacked call.
+          const kernels::PackedB<T> packed(false, g.Cin, g.K(), w.data(), g.K());
+          Tensor<T> yp = Tensor<T>::empty(yn.shape());
+          kernels::conv_transpose2d_nhwc_forward(yp.data(), tokens.data(), packed, b.data(), g.H, g.W, g.Cin, g.Cout, g.KH,
+                                                 g.KW, g.stride, g.padding);
+          test::compare("nhwc forward, packed weight, image " + std::to_string(n), yp, yn, 0);
         }
       });
     };

@@ -40,7 +40,9 @@ struct ConvTranspose2dGeometry {
 
 namespace detail {
 // y (Cout, OH, OW) = bias (or 0) + col2im(cols), cols (Cout*KH*KW, H*W) when transposed_cols is
-// false, else cols (H*W, Cout*KH*KW) (the channels-last product). Parallel over output channels.
+// false, else cols (H*W, Cout*KH*KW) (the channels-last product). Parallel over output channels;
+// each loop nest reads its cols layout in memory order (the KH*KW values of one channel and pixel
+// are contiguous in the channels-last layout, one input row of a tap in the other).
 template <class T>
 inline void col2im_transposed(T* y, const T* cols, bool transposed_cols, const T* bias, const ConvTranspose2dGeometry& g) {
   const int64_t OH = g.OH(), OW = g.OW(), s = g.stride, p = g.padding, P = g.P(), K = g.K();
@@ -49,16 +51,23 @@ inline void col2im_transposed(T* y, const T* cols, bool transposed_cols, const T
       T* yc = y + co * OH * OW;
       std::fill(yc, yc + OH * OW, bias ? bias[co] : T(0));
       for (int64_t ky = 0; ky < g.KH; ++ky)
-        for (int64_t kx = 0; kx < g.KW; ++kx) {
-          const int64_t row = (co * g.KH + ky) * g.KW + kx;
-          for (int64_t iy = 0; iy < g.H; ++iy) {
-            const int64_t oy = iy * s - p + ky;
-            if (oy < 0 || oy >= OH) continue;
-            T* yr = yc + oy * OW;
+        for (int64_t iy = 0; iy < g.H; ++iy) {
+          const int64_t oy = iy * s - p + ky;
+          if (oy < 0 || oy >= OH) continue;
+          T* yr = yc + oy * OW;
+          if (transposed_cols) {
             for (int64_t ix = 0; ix < g.W; ++ix) {
-              const int64_t ox = ix * s - p + kx;
-              if (ox < 0 || ox >= OW) continue;
-              yr[ox] += transposed_cols ? cols[(iy * g.W + ix) * K + row] : cols[row * P + iy * g.W + ix];
+              const T* c = cols + (iy * g.W + ix) * K + (co * g.KH + ky) * g.KW;  // KW contiguous taps
+              const int64_t ox0 = ix * s - p;
+              for (int64_t kx = std::max<int64_t>(0, -ox0); kx < std::min(g.KW, OW - ox0); ++kx) yr[ox0 + kx] += c[kx];
+            }
+          } else {
+            for (int64_t kx = 0; kx < g.KW; ++kx) {
+              const T* c = cols + ((co * g.KH + ky) * g.KW + kx) * P + iy * g.W;  // one input row of this tap
+              for (int64_t ix = 0; ix < g.W; ++ix) {
+                const int64_t ox = ix * s - p + kx;
+                if (ox >= 0 && ox < OW) yr[ox] += c[ix];
+              }
             }
           }
         }
@@ -135,6 +144,25 @@ inline void conv_transpose2d_nhwc_forward(T* y, const T* x_tokens, const T* w, c
     scratch = owned.get();
   }
   gemm(false, false, g.P(), g.K(), Cin, T(1), x_tokens, Cin, w, g.K(), T(0), scratch, g.K());
+  detail::col2im_transposed(y, static_cast<const T*>(scratch), true, b, g);
+}
+
+// The same with the weight packed once in advance: w_packed = PackedB<T>(false, Cin, Cout*KH*KW, w,
+// Cout*KH*KW) (the (Cin, Cout*KH*KW) matrix of w); bit-identical to the unpacked call.
+template <class T>
+inline void conv_transpose2d_nhwc_forward(T* y, const T* x_tokens, const PackedB<T>& w_packed, const T* b, int64_t H,
+                                          int64_t W, int64_t Cin, int64_t Cout, int64_t KH, int64_t KW, int64_t stride,
+                                          int64_t padding, T* scratch = nullptr) {
+  const ConvTranspose2dGeometry g{.B = 1, .Cin = Cin, .H = H, .W = W, .Cout = Cout, .KH = KH, .KW = KW,
+                                  .stride = stride, .padding = padding};
+  SEGML_CHECK(w_packed.K() == Cin && w_packed.N() == g.K(), "conv_transpose2d_nhwc_forward: packed weight (", w_packed.K(),
+              " x ", w_packed.N(), ") does not match Cin ", Cin, " x Cout*KH*KW ", g.K());
+  std::shared_ptr<T[]> owned;
+  if (!scratch) {
+    owned = allocate_aligned<T>(g.P() * g.K());
+    scratch = owned.get();
+  }
+  gemm_bias(g.P(), x_tokens, Cin, w_packed, static_cast<const T*>(nullptr), scratch, g.K());
   detail::col2im_transposed(y, static_cast<const T*>(scratch), true, b, g);
 }
 
