@@ -27,22 +27,13 @@ namespace {
 
 const std::string kDataDir = std::string(SEGML_FIXTURE_DIR) + "/../data/";
 
-std::string quote(const std::string& s) { return "'" + s + "'"; }
+std::string quote(const std::string& s) { return test::shell_quote(s); }
 
-struct Run {
-  int status;
-  std::string output;  // stdout and stderr
-};
+using Run = test::ProgramRun;
 
 // Runs `program args` in `dir`, capturing its output.
 Run run(const std::string& program, const std::string& args, const test::TempDir& dir) {
-  const std::string log = dir.file("output.txt");
-  const std::string cmd = "cd " + quote(dir.file()) + " && " + quote(program) + " " + args + " > " + quote(log) + " 2>&1";
-  const int raw = std::system(cmd.c_str());
-  std::ifstream in(log);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return {WIFEXITED(raw) ? WEXITSTATUS(raw) : -1, ss.str()};
+  return test::run_program(program, args, dir.file());
 }
 
 // A tiny checkpoint with `labels` classes in dir/name; `poison` puts one NaN into the classifier.

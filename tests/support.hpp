@@ -6,10 +6,15 @@
 
 #include <doctest/doctest.h>
 
+#include <sys/wait.h>
+
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <random>
+#include <sstream>
 #include <string>
 
 #include <unistd.h>
@@ -129,6 +134,26 @@ class TempDir {
 
   std::filesystem::path path;
 };
+
+// A program's exit status and its output (stdout and stderr together).
+struct ProgramRun {
+  int status;
+  std::string output;
+};
+
+inline std::string shell_quote(const std::string& s) { return "'" + s + "'"; }
+
+// Runs `program args` (args already shell-quoted as needed) in folder `dir`, capturing its output.
+inline ProgramRun run_program(const std::string& program, const std::string& args, const std::string& dir) {
+  const std::string log = dir + "/program-output.txt";
+  const std::string cmd =
+      "cd " + shell_quote(dir) + " && " + shell_quote(program) + " " + args + " > " + shell_quote(log) + " 2>&1";
+  const int raw = std::system(cmd.c_str());
+  std::ifstream in(log);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return {WIFEXITED(raw) ? WEXITSTATUS(raw) : -1, ss.str()};
+}
 
 // Deterministic uniform random tensor in [lo, hi).
 template <class T>

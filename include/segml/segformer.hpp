@@ -7,7 +7,8 @@
 //   autograd/  Var, the graph, backward(), gradcheck
 //   ops/       differentiable functional ops (kernels + graph)
 //   nn/        layers with HF-style parameter names
-//   models/    SegformerConfig, SegformerForSemanticSegmentation
+//   models/    SegformerConfig, SegformerForSemanticSegmentation; clip/ (CLIPTokenizer) and clipseg/
+//              (CLIPSeg: zero-shot segmentation from text prompts, segml/clipseg.hpp)
 //   io/        safetensors, config.json, images, image processor, from_pretrained / save_pretrained
 //   data/      datasets, procedural street scenes (need stb for image files)
 //   train/     optimizers, schedules, metrics
@@ -40,6 +41,7 @@
 #include "segml/io/image.hpp"
 #include "segml/io/image_processor.hpp"
 #include "segml/io/overlay.hpp"
+#include "segml/clipseg.hpp"
 #include "segml/train/metrics.hpp"
 #include "segml/train/optim.hpp"
 #include "segml/train/schedule.hpp"

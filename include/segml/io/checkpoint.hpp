@@ -26,6 +26,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -83,8 +84,9 @@ struct NonFiniteTensor {
 };
 
 // Every parameter and buffer of `model` that holds NaN or Inf, in the model's order (HF names).
-template <class T>
-std::vector<NonFiniteTensor> find_non_finite(SegformerForSemanticSegmentation<T>& model) {
+// Model: any model with visit(nn::Visitor<T>&) (SegFormer, CLIPSeg).
+template <class T, template <class> class Model>
+std::vector<NonFiniteTensor> find_non_finite(Model<T>& model) {
   std::vector<NonFiniteTensor> out;
   auto check = [&](const std::string& name, const Tensor<T>& t) {
     const Tensor<T> c = t.contiguous();
@@ -153,21 +155,27 @@ inline std::vector<std::string> checkpoint_files(const std::filesystem::path& pa
 }
 }  // namespace detail
 
-// Copies checkpoint tensors into the model by name; returns what did not line up.
-template <class T>
-LoadReport load_state_dict(SegformerForSemanticSegmentation<T>& model, const std::vector<std::string>& files,
-                           bool ignore_mismatched_sizes = false) {
+// Copies checkpoint tensors into the model by name; returns what did not line up. Model: a model
+// with visit(nn::Visitor<T>&) and a static base_model_prefix() (the keys of a bare base-model
+// checkpoint get the prefix, as HF's base_model_prefix does).
+template <class T, template <class> class Model>
+LoadReport load_state_dict(Model<T>& model, const std::vector<std::string>& files, bool ignore_mismatched_sizes = false) {
   std::vector<safetensors::File> opened;
   std::map<std::string, size_t> where;  // checkpoint key (normalised) -> file index
   std::map<std::string, std::string> original;
   for (const auto& f : files) opened.emplace_back(f);
+  const nn::BaseModelPrefix rule = Model<T>::base_model_prefix();
+  auto starts = [](const std::string& k, const std::vector<std::string>& prefixes) {
+    return std::any_of(prefixes.begin(), prefixes.end(), [&](const std::string& p) { return k.rfind(p, 0) == 0; });
+  };
   bool any_prefixed = false;
   for (const auto& f : opened)
-    for (const auto& k : f.names()) any_prefixed |= k.rfind("segformer.", 0) == 0 || k.rfind("decode_head.", 0) == 0;
+    for (const auto& k : f.names()) any_prefixed |= starts(k, rule.full_model);
   for (size_t i = 0; i < opened.size(); ++i)
     for (const auto& k : opened[i].names()) {
-      // A bare SegformerModel checkpoint names its encoder "encoder.*": add the base-model prefix.
-      const std::string key = (!any_prefixed && k.rfind("encoder.", 0) == 0) ? "segformer." + k : k;
+      // A bare base-model checkpoint (SegformerModel: "encoder.*"; CLIPSegModel: "text_model.*", ...)
+      // names its keys without the base-model prefix: add it.
+      const std::string key = (!any_prefixed && starts(k, rule.bare)) ? rule.prefix + k : k;
       if (where.count(key)) fail("from_pretrained: tensor '", k, "' appears in more than one shard");
       where[key] = i;
       original[key] = k;
@@ -199,7 +207,8 @@ LoadReport load_state_dict(SegformerForSemanticSegmentation<T>& model, const std
       report.mismatched.push_back(name + ": checkpoint " + shape_str(info.shape) + " vs model " + shape_str(dst.shape()));
       return;
     }
-    dst.copy_(f.get<T>(original[name]));
+    if (dst.is_contiguous()) f.read_into(original[name], dst.data());  // no temporary copy
+    else dst.copy_(f.get<T>(original[name]));
   };
   nn::Visitor<T> v;
   v.parameter = [&](const std::string& name, Var<T>& p) { load(name, p.data(), false); };
@@ -208,7 +217,8 @@ LoadReport load_state_dict(SegformerForSemanticSegmentation<T>& model, const std
   };
   model.visit(v);
   for (const auto& [key, idx] : where)
-    if (!used.count(key)) report.unexpected.push_back(original[key]);
+    if (!used.count(key) && std::none_of(rule.ignored.begin(), rule.ignored.end(), [&](const std::string& s) { return key.ends_with(s); }))
+      report.unexpected.push_back(original[key]);
   if (!report.mismatched.empty() && !ignore_mismatched_sizes) {
     std::string msg = "from_pretrained: shape mismatch between checkpoint and model (" + files.front() +
                       "); pass ignore_mismatched_sizes to re-initialise them:";
@@ -218,19 +228,19 @@ LoadReport load_state_dict(SegformerForSemanticSegmentation<T>& model, const std
   return report;
 }
 
-// Loads an HF SegFormer checkpoint (see the file comment). `report`, when given, receives the report.
-template <class T = float>
-SegformerForSemanticSegmentation<T> from_pretrained(const std::string& path, const LoadOptions& opt = {},
-                                                    LoadReport* report = nullptr) {
-  namespace fs = std::filesystem;
-  fs::path folder;
-  const std::vector<std::string> files = detail::checkpoint_files(path, folder);
-  const fs::path config_path = folder / "config.json";
-  if (!fs::exists(config_path))
-    fail("from_pretrained: '", config_path.string(), "' is missing (a checkpoint needs its config.json)");
-  SegformerConfig config = SegformerConfig::from_json_file(config_path.string());
-  if (opt.labels) config.set_labels(*opt.labels);
-  SegformerForSemanticSegmentation<T> model(config, opt.seed);
+namespace detail {
+// The config.json next to a checkpoint's weights (`folder` from checkpoint_files).
+inline std::string config_path(const std::filesystem::path& folder) {
+  const std::filesystem::path p = folder / "config.json";
+  if (!std::filesystem::exists(p))
+    fail("from_pretrained: '", p.string(), "' is missing (a checkpoint needs its config.json)");
+  return p.string();
+}
+
+// Loads `files` into `model` with the options: report, strict mode, the NaN / Inf check.
+template <class T, template <class> class Model>
+void load_checked(Model<T>& model, const std::vector<std::string>& files, const std::string& path, const LoadOptions& opt,
+                  LoadReport* report) {
   LoadReport r = load_state_dict(model, files, opt.ignore_mismatched_sizes);
   if (opt.strict && !r.clean()) throw Error("from_pretrained (strict): checkpoint does not match the model\n" + r.str(path));
   if (opt.verbose && !r.clean()) std::cerr << "segml: from_pretrained: " << r.str(path);
@@ -240,12 +250,25 @@ SegformerForSemanticSegmentation<T> from_pretrained(const std::string& path, con
                 "\n(such a model predicts garbage; allow_non_finite / --allow-non-finite loads it for inspection)");
   if (!bad.empty()) std::cerr << "segml: from_pretrained: warning: '" << path << "': " << detail::non_finite_text(bad) << "\n";
   if (report) *report = r;
+}
+}  // namespace detail
+
+// Loads an HF SegFormer checkpoint (see the file comment). `report`, when given, receives the report.
+template <class T = float>
+SegformerForSemanticSegmentation<T> from_pretrained(const std::string& path, const LoadOptions& opt = {},
+                                                    LoadReport* report = nullptr) {
+  std::filesystem::path folder;
+  const std::vector<std::string> files = detail::checkpoint_files(path, folder);
+  SegformerConfig config = SegformerConfig::from_json_file(detail::config_path(folder));
+  if (opt.labels) config.set_labels(*opt.labels);
+  SegformerForSemanticSegmentation<T> model(config, opt.seed);
+  detail::load_checked(model, files, path, opt, report);
   return model;
 }
 
 // The model's state dict as safetensors entries (float tensors as F32, num_batches_tracked as I64).
-template <class T>
-std::map<std::string, safetensors::Entry> state_dict_entries(SegformerForSemanticSegmentation<T>& model) {
+template <class T, template <class> class Model>
+std::map<std::string, safetensors::Entry> state_dict_entries(Model<T>& model) {
   std::map<std::string, safetensors::Entry> entries;
   nn::Visitor<T> v;
   v.parameter = [&](const std::string& name, Var<T>& p) { entries[name] = safetensors::make_entry(p.data()); };
@@ -257,24 +280,34 @@ std::map<std::string, safetensors::Entry> state_dict_entries(SegformerForSemanti
   return entries;
 }
 
-// Writes an HF-loadable checkpoint folder: config.json, model.safetensors and, when
-// `preprocessor_config` is given, preprocessor_config.json. Each file is written atomically.
-template <class T>
-void save_pretrained(SegformerForSemanticSegmentation<T>& model, const std::string& dir,
-                     const nlohmann::json* preprocessor_config = nullptr) {
+namespace detail {
+// config.json (with `architecture`), model.safetensors and the optional preprocessor_config.json,
+// each written atomically.
+template <class T, template <class> class Model>
+void save_model_folder(Model<T>& model, const std::string& dir, const nlohmann::json* preprocessor_config,
+                       const char* architecture) {
   namespace fs = std::filesystem;
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) fail("save_pretrained: cannot create folder '", dir, "': ", ec.message());
   safetensors::save((fs::path(dir) / "model.safetensors").string(), state_dict_entries(model), {{"format", "pt"}});
-  SegformerConfig config = model.config;
-  config.extra["architectures"] = {"SegformerForSemanticSegmentation"};
+  auto config = model.config;
+  config.extra["architectures"] = {architecture};
   config.save((fs::path(dir) / "config.json").string());
   if (preprocessor_config) {
     const std::string text = preprocessor_config->dump(2) + "\n";
     safetensors::write_file_atomic((fs::path(dir) / "preprocessor_config.json").string(),
                                    std::vector<char>(text.begin(), text.end()));
   }
+}
+}  // namespace detail
+
+// Writes an HF-loadable checkpoint folder: config.json, model.safetensors and, when
+// `preprocessor_config` is given, preprocessor_config.json. Each file is written atomically.
+template <class T>
+void save_pretrained(SegformerForSemanticSegmentation<T>& model, const std::string& dir,
+                     const nlohmann::json* preprocessor_config = nullptr) {
+  detail::save_model_folder(model, dir, preprocessor_config, "SegformerForSemanticSegmentation");
 }
 
 }  // namespace segml

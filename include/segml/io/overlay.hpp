@@ -9,6 +9,7 @@
 //    overlay_in_place() blends into the RGB image itself (the same bytes as overlay(), no copy), and
 //    colorize_in_place() overwrites it with the colours.
 //    Each takes the labels as a Tensor<int64_t> or as a compact LabelMap (io/image.hpp).
+//  - heat_color() / heatmap_overlay(): values in [0, 1] as a perceptual colour map over an image.
 //  - class_histogram() counts the pixels of each class present; add_legend() appends a white panel
 //    to the right of an image listing those classes (colour swatch, id, name, share of pixels),
 //    most frequent first. The text uses stb_easy_font (Debian's libstb-dev) when available; without
@@ -101,13 +102,14 @@ inline Image colorize_impl(const Labels& labels) {
 
 // rgb (H, W, 3) = (1 - alpha) * rgb + alpha * palette colour, rounded: overlay()'s formula.
 template <class Labels>
-inline void blend_impl(Image& rgb, const Labels& labels, double alpha, const char* what) {
+inline void blend_impl(Image& rgb, const Labels& labels, double alpha, const char* what, int64_t transparent = -1) {
   check_label_map(labels, what);
   SEGML_CHECK(rgb.height == label_rows(labels) && rgb.width == label_cols(labels), what, ": image is ", rgb.height, "x",
               rgb.width, " but the label map is ", label_rows(labels), "x", label_cols(labels));
   SEGML_CHECK(rgb.channels == 3, what, ": the image has ", rgb.channels, " channels, expected 3 (RGB)");
   SEGML_CHECK(alpha >= 0.0 && alpha <= 1.0, what, ": alpha must be in [0, 1], got ", alpha);
   for_each_label(labels, [&](int64_t p, int64_t id) {
+    if (id == transparent) return;
     const Rgb c = palette_color(id);
     uint8_t* px = rgb.data.data() + 3 * p;
     for (size_t k = 0; k < 3; ++k) px[k] = static_cast<uint8_t>(std::lround((1.0 - alpha) * px[k] + alpha * c[k]));
@@ -170,6 +172,39 @@ inline void overlay_in_place(Image& rgb, const Tensor<int64_t>& labels, double a
 inline void overlay_in_place(Image& rgb, const LabelMap& labels, double alpha = 0.5) {
   detail::blend_impl(rgb, labels, alpha, "overlay_in_place");
 }
+// overlay_in_place() leaving the pixels of label `transparent` as they are (e.g. zero-shot's "nothing").
+inline void overlay_in_place(Image& rgb, const LabelMap& labels, double alpha, int64_t transparent) {
+  detail::blend_impl(rgb, labels, alpha, "overlay_in_place", transparent);
+}
+
+// A perceptual colour map for values in [0, 1] (dark purple -> red -> yellow, like matplotlib's
+// "inferno"), piecewise linear between 5 stops; values outside are clamped, NaN is black.
+inline Rgb heat_color(double v) {
+  static constexpr double stops[5][3] = {{0, 0, 4}, {87, 16, 110}, {188, 55, 84}, {249, 142, 9}, {252, 255, 164}};
+  if (!(v == v)) return Rgb{0, 0, 0};
+  v = std::clamp(v, 0.0, 1.0) * 4.0;
+  const int i = std::min(3, static_cast<int>(v));
+  const double t = v - i;
+  Rgb c{};
+  for (size_t k = 0; k < 3; ++k) c[k] = static_cast<uint8_t>(std::lround(stops[i][k] + t * (stops[i + 1][k] - stops[i][k])));
+  return c;
+}
+
+// A heat map of `values` (H, W) in [0, 1] blended over the RGB image of the same size:
+// out = (1 - alpha) * image + alpha * heat_color(value), rounded.
+inline Image heatmap_overlay(const Image& image, const Tensor<float>& values, double alpha = 0.6) {
+  SEGML_CHECK(values.dim() == 2 && values.size(0) == image.height && values.size(1) == image.width,
+              "heatmap_overlay: values ", values.shape(), " do not match the image (", image.height, "x", image.width, ")");
+  SEGML_CHECK(alpha >= 0.0 && alpha <= 1.0, "heatmap_overlay: alpha must be in [0, 1], got ", alpha);
+  Image out = to_rgb(image);
+  const Tensor<float> v = values.contiguous();
+  for (int64_t p = 0; p < v.numel(); ++p) {
+    const Rgb c = heat_color(v.data()[p]);
+    uint8_t* px = out.data.data() + 3 * p;
+    for (size_t k = 0; k < 3; ++k) px[k] = static_cast<uint8_t>(std::lround((1.0 - alpha) * px[k] + alpha * c[k]));
+  }
+  return out;
+}
 
 // Pixels per class present in `labels`, most frequent first (ties: smaller id first).
 inline std::vector<std::pair<int64_t, int64_t>> class_histogram(const Tensor<int64_t>& labels) {
@@ -227,8 +262,9 @@ inline int64_t text_width(const std::string& text, int64_t scale) {
 
 // `image` with a legend panel on its right: one row per class of `histogram` (from class_histogram),
 // "id name  xx.x%", at most `max_rows` rows (then "+ N more"). `names[id]` names the classes.
+// A class equal to `transparent` (not coloured in the overlay) gets a white swatch.
 inline Image add_legend(const Image& image, const std::vector<std::pair<int64_t, int64_t>>& histogram,
-                        const std::map<int64_t, std::string>& names, size_t max_rows = 40) {
+                        const std::map<int64_t, std::string>& names, size_t max_rows = 40, int64_t transparent = -1) {
   SEGML_CHECK(image.height > 0 && image.width > 0, "add_legend: empty image");
   const Image converted = image.channels == 3 ? Image() : to_rgb(image);  // no copy of an RGB image
   const Image& rgb = image.channels == 3 ? image : converted;
@@ -244,7 +280,8 @@ inline Image add_legend(const Image& image, const std::vector<std::pair<int64_t,
     char share[32];
     if (percent < 0.1) std::snprintf(share, sizeof share, "  <0.1%%");
     else std::snprintf(share, sizeof share, "  %.1f%%", percent);
-    rows.emplace_back(palette_color(id), std::to_string(id) + " " + (it != names.end() ? it->second : "?") + share);
+    rows.emplace_back(id == transparent ? Rgb{255, 255, 255} : palette_color(id),
+                      std::to_string(id) + " " + (it != names.end() ? it->second : "?") + share);
   }
   if (histogram.size() > max_rows) rows.emplace_back(Rgb{255, 255, 255}, "+ " + std::to_string(histogram.size() - max_rows) + " more");
   int64_t text = 0;

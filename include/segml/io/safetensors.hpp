@@ -110,9 +110,13 @@ struct TensorInfo {
 class File {
  public:
   explicit File(const std::string& path) : path_(path) {
-    std::ifstream in(path, std::ios::binary);
+    std::ifstream in(path, std::ios::binary | std::ios::ate);
     if (!in) fail("safetensors: cannot open '", path, "'");
-    bytes_.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    const std::streamoff size = in.tellg();  // one read of the whole file (not byte by byte)
+    if (size < 0) fail("safetensors: cannot read the size of '", path, "'");
+    bytes_.resize(static_cast<size_t>(size));
+    in.seekg(0);
+    if (!in.read(bytes_.data(), size)) fail("safetensors: cannot read '", path, "' (", size, " bytes)");
     parse();
   }
   // Parses bytes already in memory; `name` is used in error messages.
@@ -135,11 +139,18 @@ class File {
   // The named tensor converted to T (float or double from F32/F16/BF16/F64; integer dtypes as values).
   template <class T>
   Tensor<T> get(const std::string& name) const {
+    Tensor<T> t = Tensor<T>::empty(info(name).shape);
+    read_into(name, t.data());
+    return t;
+  }
+
+  // The named tensor converted to T, written to dst (as many values as the tensor has).
+  template <class T>
+  void read_into(const std::string& name, T* dst) const {
     const TensorInfo& ti = info(name);
-    Tensor<T> t = Tensor<T>::empty(ti.shape);
     const char* src = data_begin() + ti.begin;
-    const int64_t n = t.numel();
-    T* dst = t.data();
+    int64_t n = 1;
+    for (int64_t d : ti.shape) n *= d;
     auto load = [&](auto tag) {
       using S = decltype(tag);
       for (int64_t i = 0; i < n; ++i) {
@@ -168,7 +179,6 @@ class File {
         }
         break;
     }
-    return t;
   }
 
   // Like get(), but checks the shape first and names the file and tensor when it differs.

@@ -32,6 +32,7 @@
 
 #include "segml/core/error.hpp"
 #include "segml/io/safetensors.hpp"
+#include "segml/models/json_fields.hpp"
 
 namespace segml {
 
@@ -326,41 +327,7 @@ struct SegformerConfig {
     return std::any_of(std::begin(known), std::end(known), [&](const char* s) { return k == s; });
   }
 
-  // Typed field readers: a present field of the wrong type is an error naming file and field.
-  struct Reader {
-    const nlohmann::json& j;
-    const std::string& source;
-    [[noreturn]] void wrong(const char* key, const char* expected) const {
-      fail("config '", source, "': field '", key, "' must be ", expected, ", got ", j[key].dump());
-    }
-    void integer(const char* key, int64_t& out) const {
-      if (!j.contains(key)) return;
-      if (!j[key].is_number_integer()) wrong(key, "an integer");
-      out = j[key].get<int64_t>();
-    }
-    void number(const char* key, double& out) const {
-      if (!j.contains(key)) return;
-      if (!j[key].is_number()) wrong(key, "a number");
-      out = j[key].get<double>();
-    }
-    void boolean(const char* key, bool& out) const {
-      if (!j.contains(key)) return;
-      if (!j[key].is_boolean()) wrong(key, "true or false");
-      out = j[key].get<bool>();
-    }
-    void string(const char* key, std::string& out) const {
-      if (!j.contains(key)) return;
-      if (!j[key].is_string()) wrong(key, "a string");
-      out = j[key].get<std::string>();
-    }
-    void int_list(const char* key, std::vector<int64_t>& out) const {
-      if (!j.contains(key)) return;
-      const auto& v = j[key];
-      if (!v.is_array() || !std::all_of(v.begin(), v.end(), [](const auto& e) { return e.is_number_integer(); }))
-        wrong(key, "a list of integers");
-      out = v.get<std::vector<int64_t>>();
-    }
-  };
+  using Reader = detail::JsonFields;
 
   void read_id2label(const nlohmann::json& v, const std::string& source) {
     if (!v.is_object()) fail("config '", source, "': field 'id2label' must be an object {\"0\": \"name\", ...}");

@@ -337,6 +337,9 @@ class SegformerForSemanticSegmentation {
   bool training() const { return training_; }
   Generator& generator() { return generator_; }
 
+  // HF's base_model_prefix "segformer": a bare SegformerModel checkpoint names its keys "encoder.*".
+  static nn::BaseModelPrefix base_model_prefix() { return {"segformer.", {"segformer.", "decode_head."}, {"encoder."}}; }
+
   // Every parameter and buffer with its HF state-dict key, in PyTorch's order.
   void visit(nn::Visitor<T>& v) {
     encoder.visit("segformer.encoder.", v);

@@ -30,6 +30,15 @@ struct Visitor {
   std::function<void(const std::string& name, Tensor<T>& buffer)> buffer;
 };
 
+// HF's base_model_prefix: the keys of a full model start with one of `full_model`; a checkpoint of
+// the bare base model has keys starting with one of `bare`, which loading prefixes with `prefix`.
+// Checkpoint keys ending in one of `ignored` are skipped silently (HF's
+// _keys_to_ignore_on_load_unexpected, e.g. the position_ids buffers older transformers saved).
+struct BaseModelPrefix {
+  std::string prefix;
+  std::vector<std::string> full_model, bare, ignored = {};
+};
+
 template <class T>
 Var<T> make_parameter(Shape shape) {
   return Var<T>(Tensor<T>::zeros(std::move(shape)), /*requires_grad=*/true);

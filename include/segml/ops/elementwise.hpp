@@ -1,5 +1,5 @@
 // segml/ops/elementwise.hpp: differentiable add (residual), mul, scale, sum and the shape ops
-// (reshape, permute, narrow).
+// (reshape, permute, narrow, expand).
 //
 // Shapes must match exactly (no broadcasting) except where stated; a mismatch throws naming the op
 // and both shapes.
@@ -97,6 +97,40 @@ Var<T> narrow(const Var<T>& x, int64_t dim, int64_t start, int64_t length) {
                           g[0] = Tensor<T>::zeros(shape);
                           g[0].narrow(dim, start, length).copy_(gy);
                         });
+}
+
+// torch.Tensor.expand(shape) made contiguous: x and shape have the same rank, and every dim of x is
+// either shape's or 1 (that dim is repeated). The gradient sums over the repeated dims.
+template <class T>
+Var<T> expand(const Var<T>& x, const Shape& shape) {
+  SEGML_CHECK(x.dim() == static_cast<int64_t>(shape.size()), "expand: input ", x.shape(), " and target ", shape,
+              " differ in rank");
+  for (int64_t d = 0; d < x.dim(); ++d)
+    SEGML_CHECK(x.size(d) == shape[size_t(d)] || x.size(d) == 1, "expand: input ", x.shape(), " cannot be expanded to ",
+                shape, " (dim ", d, " is neither equal nor 1)");
+  const Tensor<T> cx = x.data().contiguous();
+  // For each output element, the offset of its source in cx: strides of cx, 0 on repeated dims.
+  const int64_t rank = x.dim();
+  std::vector<int64_t> src_stride(size_t(rank), 0);
+  for (int64_t d = rank - 1, s = 1; d >= 0; --d) {
+    src_stride[size_t(d)] = (x.size(d) == shape[size_t(d)]) ? s : 0;
+    s *= x.size(d);
+  }
+  auto source = [rank, src_stride, shape](int64_t i) {
+    int64_t off = 0;
+    for (int64_t d = rank - 1; d >= 0; --d) {
+      off += (i % shape[size_t(d)]) * src_stride[size_t(d)];
+      i /= shape[size_t(d)];
+    }
+    return off;
+  };
+  Tensor<T> out = Tensor<T>::empty(shape);
+  for (int64_t i = 0; i < out.numel(); ++i) out.data()[i] = cx.data()[source(i)];
+  return make_result<T>(std::move(out), "expand", {&x}, [in_shape = x.shape(), source](const Tensor<T>& gy, Grads<T>& g) {
+    const Tensor<T> go = gy.contiguous();
+    g[0] = Tensor<T>::zeros(in_shape);
+    for (int64_t i = 0; i < go.numel(); ++i) g[0].data()[source(i)] += go.data()[i];
+  });
 }
 
 }  // namespace segml::ops
