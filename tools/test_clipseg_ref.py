@@ -15,12 +15,15 @@ Checks what can be checked without `transformers`:
     refined head 22 -> 88 -> 352), with narrow widths so that it runs in a second;
   * non_square=True equals HF's path on square inputs, and HF's path refuses non-square inputs;
   * both EOS pooling rules, and that padding never changes the pooled output;
-  * hf_way (one pair per call), the batched call and the module forward agree.
+  * hf_way (one pair per call), the batched call and the module forward agree;
+  * tools/make_clipseg_checkpoint.py's folder: HF keys, {"format": "pt"}, a config that rebuilds the
+    model, rd64-refined's preprocessor_config.json, the tokenizer files copied from --vocab-dir.
 """
 import json
 import math
 import os
 import sys
+import tempfile
 import unittest
 
 import torch
@@ -383,6 +386,35 @@ class Forward(unittest.TestCase):
             self.assertGreater(v.numel() and v.double().std().item() if v.numel() > 1 else abs(v.item()), 0, k)
         lns = [v for k, v in model.state_dict().items() if "norm" in k and k.endswith("weight")]
         self.assertTrue(all(0.5 <= x.min() and x.max() <= 1.5 for x in lns))
+
+
+class Checkpoint(unittest.TestCase):
+    def test_tiny_folder(self):
+        import make_clipseg_checkpoint as mk
+        import st
+        with tempfile.TemporaryDirectory() as tmp:
+            vocab = os.path.join(tmp, "vocab")
+            os.makedirs(vocab)
+            for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
+                with open(os.path.join(vocab, name), "w") as f:
+                    f.write("{}" if name.endswith(".json") else "#version: 0.2\n")
+            out = os.path.join(tmp, "model")
+            mk.main(["--out", out, "--config", "tiny", "--seed", "5", "--vocab-dir", vocab])
+            self.assertEqual(sorted(os.listdir(out)), ["config.json", "merges.txt", "model.safetensors",
+                                                       "preprocessor_config.json", "tokenizer_config.json",
+                                                       "vocab.json"])
+            tensors, meta = st.load(os.path.join(out, "model.safetensors"))
+            self.assertEqual(meta, {"format": "pt"})
+            with open(os.path.join(out, "config.json")) as f:
+                model = CLIPSegForImageSegmentation(CLIPSegConfig.from_json(f.read()))
+            load_hf_state_dict(model, {k: torch.from_numpy(v) for k, v in tensors.items()})
+            want = mk.build("tiny", 5).state_dict()
+            self.assertTrue(all(torch.equal(model.state_dict()[k], v) for k, v in want.items()))
+            with open(os.path.join(out, "preprocessor_config.json")) as f:
+                pre = json.load(f)
+            self.assertEqual((pre["size"], pre["resample"], pre["image_mean"], pre["image_std"]),
+                             ({"height": 352, "width": 352}, 2, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]))
+            self.assertAlmostEqual(pre["rescale_factor"], 1 / 255)
 
 
 if __name__ == "__main__":

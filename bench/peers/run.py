@@ -20,6 +20,7 @@ What it does:
      first round's outputs, and stops with an error otherwise.
   4. Prints the configuration and a Markdown table with the ratios segml / ONNX Runtime and
      segml / PyTorch (below 1 means segml is faster or smaller). --json writes everything.
+CLIPSeg (352x352, 1 and 8 prompts) has its own driver beside this one: bench/peers/clipseg_run.py.
 """
 import argparse
 import json
