@@ -8,6 +8,12 @@
 // Cases (batch 1 unless stated; 150 labels as ADE20K; random weights unless --model):
 //   b0_512, b1_512, b2_512, b0_1024   inference through SegformerInference::run (no autograd)
 //   train_b0_512                      one training step, batch 2: forward, loss, backward, AdamW, zero_grad
+//   clipseg_352, clipseg_352_x8       CLIPSeg (rd64-refined sizes, random weights unless --model): one
+//                                     352x352 image and 1 / 8 prompts through CLIPSegInference::run,
+//                                     the text tower included in every timed run (its cache is cleared);
+//                                     --prompts P overrides the count. With --input, pixel_values
+//                                     (1, 3, 352, 352) and input_ids / attention_mask (>= P, L) as
+//                                     bench/peers writes them; --save-logits writes `logits` (P, 352, 352).
 //
 // Without --case, this program is a driver: it measures the machine's fp32 peak for each thread count,
 // then runs every (case, threads) pair in a fresh child process (itself with --case), so that each
@@ -48,6 +54,8 @@
 #include <segml/io/safetensors.hpp>
 #include <segml/models/segformer.hpp>
 #include <segml/models/segformer_inference.hpp>
+#include <segml/models/clipseg/clipseg_inference.hpp>
+#include <segml/models/clipseg/pretrained_clipseg.hpp>
 #include <segml/train/optim.hpp>
 
 #include "fp32_peak.hpp"
@@ -66,6 +74,7 @@ struct Case {
   int64_t size;         // square input, size x size
   int64_t batch;
   bool train;
+  int64_t prompts = 0;  // > 0: a CLIPSeg case with this many prompts
 };
 
 const std::vector<Case>& all_cases() {
@@ -73,7 +82,9 @@ const std::vector<Case>& all_cases() {
                                           {"b1_512", "b1", 512, 1, false},
                                           {"b2_512", "b2", 512, 1, false},
                                           {"b0_1024", "b0", 1024, 1, false},
-                                          {"train_b0_512", "b0", 512, 2, true}};
+                                          {"train_b0_512", "b0", 512, 2, true},
+                                          {"clipseg_352", "clipseg", 352, 1, false, 1},
+                                          {"clipseg_352_x8", "clipseg", 352, 1, false, 8}};
   return cases;
 }
 
@@ -155,6 +166,37 @@ double train_macs(const SegformerConfig& c, int64_t H, int64_t W, bool folded_he
   return 3 * fwd.total() - first_input_grad;
 }
 
+// CLIPSeg, one image of H x W and prompts of the given token counts. segml's way: the vision tower up
+// to the deepest extract layer once, the text tower per prompt over its own tokens, the decoder per
+// prompt. hf_way: HF's CLIPSegForImageSegmentation per (image, prompt) pair: all vision layers per
+// prompt and the text tower over `padded` tokens. Counted as count_macs does (linear layers,
+// attention's two products, convs); quick_gelu, LayerNorm, softmax and the adds are not MACs.
+MacCount clipseg_macs(const segml::CLIPSegConfig& c, int64_t H, int64_t W, const std::vector<int64_t>& tokens, bool hf_way,
+                      int64_t padded = 77) {
+  MacCount m;
+  auto& p = m.parts;
+  const auto& vc = c.vision_config;
+  const auto& tc = c.text_config;
+  const double N = double((H / vc.patch_size) * (W / vc.patch_size)), rows = N + 1, D = double(vc.hidden_size);
+  auto layer = [](double n, double d, double ff) { return n * (4 * d * d + 2 * d * ff) + 2 * n * n * d; };
+  const int64_t deepest = *std::max_element(c.extract_layers.begin(), c.extract_layers.end()) + 1;
+  const double vision = N * D * double(vc.num_channels * vc.patch_size * vc.patch_size) +
+                        double(hf_way ? vc.num_hidden_layers : deepest) * layer(rows, D, double(vc.intermediate_size));
+  const double P = double(tokens.size()), R = double(c.reduce_dim), K = double(vc.patch_size / 4);
+  p["vision"] = hf_way ? P * vision : vision;
+  for (int64_t t : tokens)
+    p["text"] += double(tc.num_hidden_layers) * layer(double(hf_way ? padded : t), double(tc.hidden_size),
+                                                      double(tc.intermediate_size)) +
+                 double(tc.hidden_size) * double(c.projection_dim);
+  p["decoder_reduces"] = (hf_way ? P : 1.0) * double(c.extract_layers.size()) * rows * D * R;
+  p["decoder_layers"] = P * double(c.extract_layers.size()) * layer(rows, R, double(c.decoder_intermediate_size));
+  const double head = c.use_complex_transposed_convolution
+                          ? N * R * R * 9 + N * R * (R / 2) * K * K + N * K * K * (R / 2) * K * K
+                          : N * R * double(vc.patch_size * vc.patch_size);
+  p["decoder_head"] = P * head;
+  return m;
+}
+
 // ---- fp32 peak (bench/fp32_peak.hpp), of the widest ISA the CPU has -------------------------------
 double peak_gflops(int threads) { return segml_bench::peak_gflops(segml::detect_isa(), threads); }
 
@@ -165,6 +207,7 @@ struct Options {
   std::vector<int> threads;
   int repeats = 10, warmup = 2;
   std::string model_dir, input, save_logits, json_out;
+  int64_t prompts = 0;  // CLIPSeg cases: overrides the case's prompt count
   bool child = false;
 };
 
@@ -188,7 +231,110 @@ void check_finite(const segml::Tensor<float>& t, const char* what) {
     if (!std::isfinite(c.data()[i])) segml::fail(what, " is not finite at element ", i);
 }
 
+// CLIPSeg: `P` prompts (token ids without padding) from --input or made up (BOS, P-dependent words, EOS).
+std::vector<std::vector<int64_t>> clipseg_prompts(const segml::CLIPSegConfig& cfg, int64_t P, const Options& opt) {
+  std::vector<std::vector<int64_t>> prompts;
+  if (!opt.input.empty()) {
+    const segml::safetensors::File f(opt.input);
+    const segml::Tensor<int64_t> ids = f.get<int64_t>("input_ids"), mask = f.get<int64_t>("attention_mask");
+    if (ids.dim() != 2 || ids.size(0) < P || mask.shape() != ids.shape())
+      segml::fail("--input: input_ids ", ids.shape(), " / attention_mask ", mask.shape(), " must be (>= ", P, ", L)");
+    for (int64_t r = 0; r < P; ++r) {
+      std::vector<int64_t> row;
+      for (int64_t j = 0; j < ids.size(1); ++j)
+        if (mask.data()[r * ids.size(1) + j]) row.push_back(ids.data()[r * ids.size(1) + j]);
+      prompts.push_back(row);
+    }
+    return prompts;
+  }
+  const int64_t V = cfg.text_config.vocab_size;
+  for (int64_t r = 0; r < P; ++r) {  // "a photo of a <word r>" shaped: 7 tokens, EOS the largest id
+    std::vector<int64_t> row{V - 2};
+    for (int64_t j = 0; j < 5; ++j) row.push_back((320 + 97 * r + 13 * j) % (V - 2));
+    row.push_back(V - 1);
+    prompts.push_back(row);
+  }
+  return prompts;
+}
+
+nlohmann::json run_clipseg_case(const Case& cs, const Options& opt) {
+  const int threads = opt.threads.empty() ? segml::num_threads() : opt.threads.front();
+  segml::set_num_threads(threads);
+  segml::LoadOptions strict;
+  strict.strict = true;
+  // The engine keeps its own packed weights; the model is freed once it is built.
+  segml::CLIPSegInference<float> engine(opt.model_dir.empty()
+                                            ? segml::CLIPSegForImageSegmentation<float>(segml::CLIPSegConfig::rd64_refined(), 0)
+                                            : segml::clipseg_from_pretrained<float>(opt.model_dir, strict));
+  const segml::CLIPSegConfig& cfg = engine.config();
+  const int64_t P = opt.prompts > 0 ? opt.prompts : cs.prompts;
+  const segml::Shape pixel_shape{1, cfg.vision_config.num_channels, cs.size, cs.size};
+  segml::Tensor<float> pixels;
+  if (!opt.input.empty()) {
+    pixels = segml::safetensors::File(opt.input).get<float>("pixel_values", pixel_shape);
+  } else {
+    std::mt19937 rng(1);
+    std::normal_distribution<float> normal(0.f, 1.f);
+    pixels = segml::Tensor<float>::empty(pixel_shape);
+    for (int64_t i = 0; i < pixels.numel(); ++i) pixels.data()[i] = normal(rng);
+  }
+  const std::vector<std::vector<int64_t>> prompts = clipseg_prompts(cfg, P, opt);
+  const double rss_setup = peak_rss_mb();
+
+  segml::Tensor<float> logits = engine.run(pixels, prompts);
+  const int64_t out = (cs.size / cfg.vision_config.patch_size) * cfg.vision_config.patch_size;
+  if (logits.shape() != segml::Shape{P, out, out}) segml::fail("logits have shape ", logits.shape());
+  check_finite(logits, "the logits");
+  if (!opt.save_logits.empty())
+    segml::safetensors::save(opt.save_logits, {{"logits", segml::safetensors::make_entry(logits)}});
+  std::vector<double> vision, text, decoder;
+  auto step = [&] {
+    engine.clear_text_cache();  // every timed run pays for its prompts' text tower
+    logits = engine.run(pixels, prompts);
+  };
+  for (int i = 0; i < opt.warmup; ++i) step();
+  std::vector<double> times;
+  for (int i = 0; i < opt.repeats; ++i) {
+    const auto t0 = Clock::now();
+    step();
+    times.push_back(ms_since(t0));
+    vision.push_back(engine.timings().vision);
+    text.push_back(engine.timings().text);
+    decoder.push_back(engine.timings().decoder);
+  }
+  std::vector<int64_t> lengths;
+  for (const auto& p : prompts) lengths.push_back(int64_t(p.size()));
+  const MacCount ours = clipseg_macs(cfg, cs.size, cs.size, lengths, false);
+  const MacCount hf = clipseg_macs(cfg, cs.size, cs.size, lengths, true);
+  const double med = median(times);
+  nlohmann::json r;
+  r["case"] = cs.name;
+  r["model"] = opt.model_dir.empty() ? "CLIPSeg rd64-refined sizes (random weights)" : opt.model_dir;
+  r["mode"] = "inference: vision tower once, text tower per prompt (uncached), decoder batched";
+  r["input"] = pixel_shape;
+  r["prompts"] = P;
+  r["prompt_tokens"] = lengths;
+  r["threads"] = threads;
+  r["isa"] = segml::isa_name(segml::isa());
+  r["config"] = {{"isa", segml::isa_name(segml::isa())}, {"threads", threads}};
+  r["warmup"] = opt.warmup;
+  r["times_ms"] = times;
+  r["median_ms"] = med;
+  r["min_ms"] = *std::min_element(times.begin(), times.end());
+  r["phases_median_ms"] = {{"vision", median(vision)}, {"text", median(text)}, {"decoder", median(decoder)}};
+  r["images_per_s"] = 1000.0 / med;
+  r["gmac_nominal"] = ours.total() * 1e-9;  // what segml computes
+  r["gmac_folded"] = ours.total() * 1e-9;
+  r["gmac_hf_way"] = hf.total() * 1e-9;     // what HF computes for the same result
+  r["gflops_nominal"] = 2 * ours.total() / (med * 1e-3) * 1e-9;
+  r["gflops_folded"] = r["gflops_nominal"];
+  r["rss_before_first_run_mb"] = rss_setup;
+  r["peak_rss_mb"] = peak_rss_mb();
+  return r;
+}
+
 nlohmann::json run_case(const Case& cs, const Options& opt) {
+  if (cs.prompts > 0) return run_clipseg_case(cs, opt);
   const int threads = opt.threads.empty() ? segml::num_threads() : opt.threads.front();
   segml::set_num_threads(threads);
   segml::LoadOptions strict;
@@ -292,6 +438,7 @@ nlohmann::json run_child(const Case& cs, int threads, const Options& opt, const 
                                    "--threads",      std::to_string(threads), "--repeats", std::to_string(opt.repeats),
                                    "--warmup",       std::to_string(opt.warmup), "--json", out.string()};
   if (!opt.model_dir.empty()) args.insert(args.end(), {"--model", opt.model_dir});
+  if (opt.prompts > 0) args.insert(args.end(), {"--prompts", std::to_string(opt.prompts)});
   if (!opt.input.empty()) args.insert(args.end(), {"--input", opt.input});
   std::vector<char*> argv;
   for (std::string& a : args) argv.push_back(a.data());
@@ -352,6 +499,16 @@ int drive(const Options& opt) {
   // MAC counts of every case's architecture, nominal and with the folded decode head.
   for (const std::string& n : names) {
     const Case& cs = find_case(n);
+    if (cs.prompts > 0) {  // CLIPSeg: segml's way and HF's way, for the made-up 7-token prompts
+      const segml::CLIPSegConfig cfg = opt.model_dir.empty() ? segml::CLIPSegConfig::rd64_refined()
+                                                             : segml::CLIPSegConfig::from_json_file((fs::path(opt.model_dir) / "config.json").string());
+      const std::vector<int64_t> lengths(size_t(opt.prompts > 0 ? opt.prompts : cs.prompts), 7);
+      const MacCount ours = clipseg_macs(cfg, cs.size, cs.size, lengths, false), hf = clipseg_macs(cfg, cs.size, cs.size, lengths, true);
+      std::printf("%s: %.3f GMAC (HF's way, one image-prompt pair per call, prompts padded to 77: %.3f)\n", n.c_str(),
+                  ours.total() * 1e-9, hf.total() * 1e-9);
+      doc["gmac_per_image"][n] = {{"nominal", ours.total() * 1e-9}, {"folded", ours.total() * 1e-9}, {"hf_way", hf.total() * 1e-9}};
+      continue;
+    }
     const SegformerConfig cfg = opt.model_dir.empty() ? preset(cs.variant)
                                                       : SegformerConfig::from_json_file((fs::path(opt.model_dir) / "config.json").string());
     const MacCount nominal = count_macs(cfg, cs.size, cs.size, false), folded = count_macs(cfg, cs.size, cs.size, true);
@@ -406,7 +563,7 @@ int main(int argc, char** argv) {
   CLI::App app{"bench/segformer: end-to-end SegFormer inference and training-step benchmark"};
   Options opt;
   std::string cases_csv;
-  app.add_option("--cases", cases_csv, "comma-separated subset of: b0_512,b1_512,b2_512,b0_1024,train_b0_512 (default all)");
+  app.add_option("--cases", cases_csv, "comma-separated subset of: b0_512,b1_512,b2_512,b0_1024,train_b0_512,clipseg_352,clipseg_352_x8 (default all)");
   app.add_option("--case", opt.one_case, "run one case in this process (no child processes, no peak measurement)");
   app.add_option("--threads", opt.threads, "thread counts (driver default: 1 2; --case: one value)")
       ->delimiter(',')
@@ -418,6 +575,8 @@ int main(int argc, char** argv) {
   app.add_option("--input", opt.input, "safetensors with pixel_values (B,3,H,W) and, for training, labels (B,H,W)")
       ->check(CLI::ExistingFile);
   app.add_option("--save-logits", opt.save_logits, "with --case (inference): write the logits as safetensors `logits`");
+  app.add_option("--prompts", opt.prompts, "CLIPSeg cases: the number of prompts (default: the case's)")
+      ->check(segml::cli::whole(1, 255));
   app.add_option("--json", opt.json_out, "write the results as JSON");
   app.add_flag("--child", opt.child, "internal: invoked by the driver")->group("");
   CLI11_PARSE(app, argc, argv);

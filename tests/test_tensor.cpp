@@ -109,3 +109,20 @@ TEST_CASE("tensor: freed large storage is recycled, never shared by two live ten
   CHECK(segml::tensor_cache_bytes() == 0);
   segml::set_tensor_cache_limit(std::size_t{1} << 30);
 }
+
+TEST_CASE("tensor: zero-extent tensors are contiguous; views, copies and clones of them work") {
+  using segml::Shape;
+  using segml::Tensor;
+  for (const Shape& s : {Shape{2, 0}, Shape{0, 3}, Shape{4, 0, 5}}) {
+    const Tensor<float> t = Tensor<float>::zeros(s);
+    CHECK(t.numel() == 0);
+    CHECK(t.is_contiguous());
+    CHECK(t.contiguous().shape() == s);
+    CHECK(t.clone().shape() == s);
+    if (s.size() == 2) CHECK(t.permute({1, 0}).contiguous().shape() == Shape{s[1], s[0]});
+  }
+  const Tensor<int64_t> ids = Tensor<int64_t>::zeros({3, 4});
+  const Tensor<int64_t> none = ids.narrow(1, 2, 0);  // an empty slice of a bigger tensor
+  CHECK(none.shape() == Shape{3, 0});
+  CHECK(none.contiguous().numel() == 0);
+}

@@ -278,6 +278,7 @@ class Tensor {
   const T* data() const { return storage_.get() + offset_; }
 
   bool is_contiguous() const {
+    if (numel_ == 0) return true;  // nothing to lay out (and contiguous() must not recurse on it)
     int64_t expected = 1;
     for (size_t i = shape_.size(); i-- > 0;) {
       if (shape_[i] == 1) continue;

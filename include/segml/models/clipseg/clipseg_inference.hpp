@@ -211,6 +211,9 @@ class CLIPSegInference {
     return logits;
   }
 
+  // Forgets the cached conditional embeddings (e.g. to time the text tower).
+  void clear_text_cache() { text_cache_.clear(); }
+
   // Bytes of the workspace (activations only, weights excluded).
   int64_t workspace_bytes() const {
     int64_t n = 0;
