@@ -6,6 +6,7 @@
 #include <segml/autograd/gradcheck.hpp>
 #include <segml/models/clipseg/clipseg_inference.hpp>
 #include <segml/models/clipseg/pretrained_clipseg.hpp>
+#include <segml/models/clipseg/processing_clipseg.hpp>
 
 #include <fstream>
 #include <set>
@@ -375,4 +376,56 @@ TEST_CASE("clipseg inference engine: logits match PyTorch on every ISA (square, 
     test::compare("text cache row 1", cond.narrow(0, 1, 1), want.narrow(0, 0, 1), 1e-4);
   }
   set_isa(detect_isa());
+}
+
+TEST_CASE("clipseg processor: CIDAS/clipseg-rd64-refined's preprocessor_config.json is HF's ViTImageProcessor pipeline") {
+  test::TempDir dir("clipseg_processor");
+  // The hub file's fields (an old ViTFeatureExtractor config: size as one integer, rescale implied).
+  std::ofstream(dir.file("preprocessor_config.json")) << R"({"do_normalize": true, "do_resize": true,
+    "feature_extractor_type": "ViTFeatureExtractor", "image_mean": [0.485, 0.456, 0.406],
+    "image_std": [0.229, 0.224, 0.225], "processor_class": "CLIPSegProcessor", "resample": 2, "size": 352})";
+  const ViTImageProcessor p = clipseg_image_processor(dir.path);
+  CHECK(p.height == 352);
+  CHECK(p.width == 352);
+  CHECK(p.resample == Resample::BILINEAR);
+  CHECK(p.do_rescale);
+  // An image already 352 x 352 is not resampled (PIL returns a copy): (v / 255 - mean) / std.
+  Image img(352, 352, 3);
+  for (size_t i = 0; i < img.data.size(); ++i) img.data[i] = static_cast<uint8_t>((i * 7) % 256);
+  const Tensor<float> x = p.preprocess(img);
+  CHECK(x.shape() == Shape{1, 3, 352, 352});
+  const double mean[3] = {0.485, 0.456, 0.406}, stdev[3] = {0.229, 0.224, 0.225};
+  for (int64_t c = 0; c < 3; ++c)
+    for (int64_t at : {int64_t{0}, int64_t{1000}, int64_t{352 * 352 - 1}}) {
+      const double v = img.data[size_t(at * 3 + c)];
+      CHECK(std::abs(x.data()[c * 352 * 352 + at] - float((float(v * (1 / 255.0)) - mean[c]) / stdev[c])) < 1e-6);
+    }
+  // Without a preprocessor_config.json: rd64-refined's settings.
+  test::TempDir empty("clipseg_processor_default");
+  CHECK(clipseg_image_processor(empty.path).height == 352);
+}
+
+TEST_CASE("clipseg post-processing: sigmoid per prompt, a nothing channel at the threshold, bilinear, argmax") {
+  // Two prompts on a 2 x 2 grid: prompt 1 strong at (0,0), prompt 2 at (1,1), both weak at (0,1),
+  // both exactly at the threshold at (1,0) (ties go to nothing).
+  const float t = 0.25f, at = std::log(t / (1 - t));  // sigmoid(at) == t
+  const Tensor<float> logits = Tensor<float>::from({2, 2, 2}, {4, -6, at, -3,    // prompt 1
+                                                               -4, -6, at, 5});  // prompt 2
+  const LabelMap same = post_process_zero_shot(logits, t, 2, 2);
+  CHECK(same[0] == 1);
+  CHECK(same[1] == 0);
+  CHECK(same[2] == 0);
+  CHECK(same[3] == 2);
+  // Upsampled to 4 x 6: every pixel is a label of the bilinear sigmoids (checked against the definition).
+  const LabelMap big = post_process_zero_shot(logits, t, 4, 6);
+  const Tensor<float> p1 = zero_shot_probability(logits, 0, 4, 6), p2 = zero_shot_probability(logits, 1, 4, 6);
+  for (int64_t i = 0; i < 24; ++i) {
+    const float a = p1.data()[i], b = p2.data()[i];
+    const int64_t want = (a > t || b > t) ? (b > a ? 2 : 1) : 0;
+    CHECK_MESSAGE(big[i] == want, "pixel " << i << ": " << a << " " << b);
+  }
+  CHECK(p1.data()[0] == doctest::Approx(1 / (1 + std::exp(-4.0))).epsilon(1e-6));
+  CHECK_THROWS_WITH_AS(post_process_zero_shot(Tensor<float>::zeros({2, 3}), 0.1, 4, 4), doctest::Contains("(num_prompts, h, w)"),
+                       Error);
+  CHECK_THROWS_WITH_AS(zero_shot_probability(logits, 2, 4, 4), doctest::Contains("prompt 2 of 2"), Error);
 }
