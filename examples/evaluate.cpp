@@ -1,20 +1,42 @@
-// evaluate: mean IoU of a SegFormer checkpoint on a dataset split, as HF evaluate's mean_iou.
+// evaluate: mean IoU of a segmentation model on a dataset split, as HF evaluate's mean_iou. Either
+// a SegFormer checkpoint (--model) or, zero-shot, a CLIPSeg folder (--zero-shot-model) prompted with
+// the dataset's class names.
 //
-// Each image is resized to the model's preprocessor size, the logits are upsampled bilinearly to
-// the label's size and argmax'ed. Prints a per-class table and the throughput; optionally writes
-// the metrics as JSON / Markdown, a row-normalised confusion-matrix heatmap (SVG) and colour
-// overlays of the predictions (PNG). Images larger than --max-pixels are refused from their header,
-// before decoding; a checkpoint with NaN / Inf weights is refused unless --allow-non-finite; any
-// failure while evaluating names the image(s) it was for. Every numeric flag is checked.
+// SegFormer: each image is resized to the model's preprocessor size, the logits are upsampled
+// bilinearly to the label's size and argmax'ed.
+// Zero-shot (CLIPSeg): one prompt per class of the dataset's id2label (after --class-map /
+// --reduce-labels): the class name cleaned for prompting (underscores and dashes become spaces,
+// runs of spaces one, ASCII letters lower case) put into --prompt-template (exactly one "{}",
+// default "{}"); --prompts-file {"class name or id": "prompt"} replaces single classes' prompts
+// verbatim. The text tower runs once for all prompts; per image the vision tower runs once and the
+// decoder for all prompts in one batch. The image is resized to the processor's size (352 x 352 for
+// rd64-refined, aspect ignored); the logits -> sigmoid -> bilinear to the label's size -> argmax
+// over the classes, so every pixel gets a class. With --zero-shot-threshold T a pixel where no class
+// exceeds T (ties included) gets no class: it counts as a miss for its true class (in the class's
+// label pixels, in no class's predicted pixels) and as a "(no class)" column in the confusion matrix.
+//
+// Both print a per-class table, the progress with an ETA and the throughput; optionally write the
+// metrics as JSON / Markdown, a row-normalised confusion-matrix heatmap (SVG) and colour overlays of
+// the predictions (PNG). Images larger than --max-pixels are refused from their header, before
+// decoding; a checkpoint with NaN / Inf weights is refused unless --allow-non-finite; any failure
+// while evaluating names the image(s) it was for. Every numeric flag is checked.
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
 #include <array>
+#include <cctype>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <string>
 
+#include <segml/models/clip/tokenization_clip.hpp>
+#include <segml/models/clipseg/clipseg_inference.hpp>
+#include <segml/models/clipseg/pretrained_clipseg.hpp>
+#include <segml/models/clipseg/processing_clipseg.hpp>
 #include <segml/segformer.hpp>
 #include <segml/train/evaluation.hpp>
 #include <segml/train/plot.hpp>
@@ -26,29 +48,215 @@ using namespace segml;
 
 namespace {
 
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
 void write_text(const fs::path& path, const std::string& text) {
   if (path.has_parent_path()) fs::create_directories(path.parent_path());
   safetensors::write_file_atomic(path.string(), std::vector<char>(text.begin(), text.end()));
 }
 
+std::string duration_text(double s) {
+  char buf[32];
+  const long long t = std::llround(s);
+  if (t >= 3600) std::snprintf(buf, sizeof buf, "%lldh%02lldm", t / 3600, t / 60 % 60);
+  else if (t >= 60) std::snprintf(buf, sizeof buf, "%lldm%02llds", t / 60, t % 60);
+  else std::snprintf(buf, sizeof buf, "%.1fs", s);
+  return buf;
+}
+
+// "[  12/101] 3.4s elapsed, ETA 1m02s": about 20 lines per run, and the last image.
+struct Progress {
+  size_t total;
+  Clock::time_point start = Clock::now();
+  size_t done = 0;
+  void step() {
+    ++done;
+    const size_t every = std::max<size_t>(1, total / 20);
+    if (done % every != 0 && done != total) return;
+    const double elapsed = seconds_since(start);
+    std::printf("  [%*zu/%zu] %s elapsed, ETA %s\n", int(std::to_string(total).size()), done, total,
+                duration_text(elapsed).c_str(), duration_text(elapsed / double(done) * double(total - done)).c_str());
+    std::fflush(stdout);
+  }
+};
+
+// ---- zero-shot prompts -------------------------------------------------------------------------
+
+// A class name as a prompt: '_' and '-' -> ' ', runs of white space -> one space, trimmed, ASCII
+// letters lower case ("Sign_Symbol" -> "sign symbol"; other characters, e.g. '+', are kept).
+std::string clean_class_name(const std::string& name) {
+  std::string out;
+  for (unsigned char c : name) {
+    const bool space = c == '_' || c == '-' || std::isspace(c);
+    if (space) {
+      if (!out.empty() && out.back() != ' ') out += ' ';
+    } else {
+      out += static_cast<char>(std::tolower(c));
+    }
+  }
+  while (!out.empty() && out.back() == ' ') out.pop_back();
+  return out;
+}
+
+void check_template(const std::string& t) {
+  size_t count = 0;
+  for (size_t p = t.find("{}"); p != std::string::npos; p = t.find("{}", p + 2)) ++count;
+  if (count != 1)
+    fail("--prompt-template: '", t, "' contains ", count, " \"{}\"; expected exactly one (where the class name goes), e.g. "
+         "\"a photo of a {}.\"");
+}
+
+std::string apply_template(const std::string& t, const std::string& name) {
+  const size_t p = t.find("{}");
+  return t.substr(0, p) + name + t.substr(p + 2);
+}
+
+// --prompts-file: {"class name or id": "prompt"}, each key naming one class of `names` (its id, its
+// name as in id2label, or its cleaned name); the prompt replaces that class's prompt verbatim.
+void apply_prompts_file(const std::string& file, const std::vector<std::string>& names, std::vector<std::string>& prompts) {
+  std::error_code ec;
+  const auto bytes = fs::file_size(file, ec);
+  if (ec) fail("--prompts-file: cannot read '", file, "': ", ec.message());
+  if (bytes > (1u << 20)) fail("--prompts-file '", file, "': ", bytes, " bytes; at most 1 MiB expected");
+  nlohmann::json j;
+  try {
+    std::ifstream in(file);
+    j = nlohmann::json::parse(in);
+  } catch (const std::exception& e) {
+    fail("--prompts-file '", file, "': not valid JSON (", e.what(), ")");
+  }
+  if (!j.is_object())
+    fail("--prompts-file '", file, "': expected a JSON object {\"class name or id\": \"prompt\"}, got ", j.type_name());
+  std::vector<bool> set(names.size(), false);
+  for (const auto& [key, value] : j.items()) {
+    size_t cls = names.size();
+    for (size_t c = 0; c < names.size(); ++c)
+      if (key == std::to_string(c) || key == names[c] || key == clean_class_name(names[c])) cls = c;
+    if (cls == names.size()) {
+      std::string list;
+      for (size_t c = 0; c < names.size(); ++c) list += (c ? ", " : "") + std::to_string(c) + " " + names[c];
+      fail("--prompts-file '", file, "': key \"", key, "\" is not a class id or name of the dataset (", list, ")");
+    }
+    if (set[cls]) fail("--prompts-file '", file, "': class ", cls, " (", names[cls], ") is given twice");
+    if (!value.is_string() || value.get<std::string>().find_first_not_of(" \t\r\n") == std::string::npos)
+      fail("--prompts-file '", file, "': the prompt for \"", key, "\" must be a non-empty string, got ", value.dump());
+    set[cls] = true;
+    prompts[cls] = value.get<std::string>();
+  }
+}
+
+// ---- zero-shot evaluation ----------------------------------------------------------------------
+
+struct ZeroShotResult {
+  train::EvalResult eval;
+  std::vector<double> confusion_with_none;  // (n, n + 1): column n = pixels with no class (threshold only)
+  double unassigned = 0;                     // share of the evaluated pixels with no class
+  double preprocess_ms = 0, vision_ms = 0, decoder_ms = 0, postprocess_ms = 0, text_ms = 0;  // per image (text: once)
+};
+
+// The label map of one image at (H, W): class ids 0..n-1, and n ("no class") where no class's
+// probability exceeds `threshold` (when given). n = logits.size(0) < 256, so the map is narrow.
+LabelMap zero_shot_label_map(const Tensor<float>& logits, std::optional<double> threshold, int64_t H, int64_t W) {
+  const int64_t n = logits.size(0);
+  if (threshold) {
+    LabelMap m = post_process_zero_shot(logits, *threshold, H, W);  // 0 = nothing, k = class k - 1
+    for (auto& v : m.narrow.data) v = static_cast<uint8_t>(v == 0 ? n : v - 1);
+    return m;
+  }
+  // Without a threshold: argmax over the upsampled class probabilities.
+  Tensor<float> p = Tensor<float>::empty({1, n, logits.size(1), logits.size(2)});
+  const Tensor<float> x = logits.contiguous();
+  for (int64_t i = 0; i < x.numel(); ++i) p.data()[i] = 1.0f / (1.0f + std::exp(-x.data()[i]));
+  return SegformerImageProcessor().post_process_label_map(p, 0, H, W);
+}
+
+ZeroShotResult evaluate_zero_shot(CLIPSegInference<float>& engine, const ViTImageProcessor& processor,
+                                  const std::vector<std::vector<int64_t>>& ids, const SegmentationDataset& ds,
+                                  bool reduce, std::optional<double> threshold, const train::OnPrediction& on_prediction) {
+  const auto t0 = Clock::now();
+  const int64_t n = static_cast<int64_t>(ids.size());
+  ZeroShotResult r;
+  const Tensor<float> cond = engine.text_features(ids);  // (n, projection_dim), once
+  r.text_ms = engine.timings().text;
+  train::MeanIoUAccumulator acc(n, 255, reduce), with_none(n + 1, 255, reduce);
+  for (size_t i = 0; i < ds.size(); ++i) {
+    try {
+      auto t = Clock::now();
+      const Sample s = ds.load(i);
+      const Tensor<float> pixel_values = processor.preprocess(s.rgb);
+      r.preprocess_ms += 1e3 * seconds_since(t);
+      const auto features = engine.encode_image(pixel_values);
+      r.vision_ms += engine.timings().vision;
+      const Tensor<float> logits = engine.decode(features, cond);  // (n, h, w)
+      r.decoder_ms += engine.timings().decoder;
+      t = Clock::now();
+      const LabelMap pred = zero_shot_label_map(logits, threshold, s.label.height, s.label.width);
+      acc.add(pred.narrow.data.data(), s.label.data.data(), pred.numel());
+      if (threshold) with_none.add(pred.narrow.data.data(), s.label.data.data(), pred.numel());
+      r.postprocess_ms += 1e3 * seconds_since(t);
+      if (on_prediction) {
+        Tensor<int64_t> p = Tensor<int64_t>::empty({pred.height, pred.width});
+        for (int64_t k = 0; k < pred.numel(); ++k) p.data()[k] = pred[k];
+        on_prediction(i, s, p);
+      }
+    } catch (const std::exception& e) {
+      fail("evaluate: while processing ", ds.path_of(i).string(), ": ",
+           dynamic_cast<const std::bad_alloc*>(&e) ? "out of memory" : e.what());
+    }
+  }
+  r.eval.metrics = acc.compute();
+  r.eval.confusion = acc.confusion();
+  r.eval.images = static_cast<int64_t>(ds.size());
+  if (threshold) {
+    const std::vector<double>& c = with_none.confusion();
+    double none = 0, total = 0;
+    for (int64_t l = 0; l < n; ++l)
+      for (int64_t p = 0; p <= n; ++p) {
+        const double v = c[size_t(l * (n + 1) + p)];
+        r.confusion_with_none.push_back(v);
+        total += v;
+        if (p == n) none += v;
+      }
+    r.unassigned = total > 0 ? none / total : 0;
+  }
+  const double images = std::max(1.0, double(ds.size()));
+  r.preprocess_ms /= images, r.vision_ms /= images, r.decoder_ms /= images, r.postprocess_ms /= images;
+  r.eval.seconds = seconds_since(t0);
+  return r;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"Evaluate a SegFormer checkpoint on a dataset split (mean IoU as HF evaluate's mean_iou)."};
-  std::string model_path, data_dir, split = "test", json_out, md_out, confusion_out, pred_dir, class_map;
+  CLI::App app{"Evaluate a SegFormer checkpoint, or a CLIPSeg model zero-shot, on a dataset split (mean IoU as HF "
+               "evaluate's mean_iou)."};
+  std::string model_path, zero_shot_path, data_dir, split = "test", json_out, md_out, confusion_out, pred_dir, class_map;
+  std::string prompt_template = "{}", prompts_file;
+  double zero_shot_threshold = 0;
   int64_t batch_size = 4;
   int threads = 0;
   int64_t max_pixels = kDefaultMaxPixels;
   bool reduce = false, allow_non_finite = false;
-  app.add_option("--model", model_path, "HF checkpoint folder (config.json, model.safetensors, preprocessor_config.json)")
-      ->required();
+  app.add_option("--model", model_path, "SegFormer HF checkpoint folder (config.json, model.safetensors, preprocessor_config.json)");
+  app.add_option("--zero-shot-model", zero_shot_path,
+                 "instead of --model: a CLIPSeg HF folder (config.json, model.safetensors, vocab.json, merges.txt), "
+                 "prompted with the dataset's class names");
+  app.add_option("--prompt-template", prompt_template, "zero-shot: the prompt of each class, \"{}\" = its cleaned name")
+      ->capture_default_str();
+  app.add_option("--prompts-file", prompts_file, "zero-shot: JSON {\"class name or id\": \"prompt\"} replacing single classes' prompts");
+  app.add_option("--zero-shot-threshold", zero_shot_threshold,
+                 "zero-shot: a pixel where no class's probability exceeds this gets no class (a miss); default: none")
+      ->check(cli::real(0.0, 1.0));
   app.add_option("--data", data_dir, "Dataset folder (see docs/datasets.md)")->required();
   app.add_option("--split", split, "Split to evaluate: test or val")->capture_default_str();
   app.add_option("--json", json_out, "Write the metrics (and per-class names) as JSON");
   app.add_option("--markdown", md_out, "Write the per-class table as Markdown");
   app.add_option("--confusion", confusion_out, "Write a row-normalised confusion-matrix heatmap (SVG)");
   app.add_option("--predictions", pred_dir, "Write a colour overlay of each prediction (PNG) into this folder");
-  app.add_option("--batch-size", batch_size, "Images per forward pass")->capture_default_str()->check(cli::whole(1, 1024));
+  app.add_option("--batch-size", batch_size, "Images per forward pass (SegFormer; zero-shot runs one image at a time)")
+      ->capture_default_str()
+      ->check(cli::whole(1, 1024));
   app.add_option("--threads", threads, "Compute threads (default: all cores / OMP_NUM_THREADS)")->check(cli::whole(1, 1024));
   app.add_option("--max-pixels", max_pixels, "Refuse images with more pixels than this (read from the header, before decoding)")
       ->capture_default_str()
@@ -59,46 +267,110 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   try {
+    const bool zero_shot = !zero_shot_path.empty();
+    if (zero_shot == !model_path.empty())
+      fail(zero_shot ? "both --model and --zero-shot-model given; evaluate one model at a time"
+                     : "no model: give --model (a SegFormer checkpoint) or --zero-shot-model (a CLIPSeg folder)");
+    if (!zero_shot)
+      for (const char* flag : {"--prompt-template", "--prompts-file", "--zero-shot-threshold"})
+        if (app.count(flag) > 0) fail(flag, " applies to --zero-shot-model only");
+    if (zero_shot) check_template(prompt_template);
+    const std::optional<double> threshold =
+        app.count("--zero-shot-threshold") > 0 ? std::optional<double>(zero_shot_threshold) : std::nullopt;
     if (threads > 0) set_num_threads(threads);
     set_max_image_pixels(max_pixels);
     LoadOptions lo;
-    lo.strict = true;
+    lo.strict = !zero_shot;
     lo.allow_non_finite = allow_non_finite;
-    auto model = from_pretrained(model_path, lo);
-    const fs::path folder = fs::is_directory(model_path) ? fs::path(model_path) : fs::path(model_path).parent_path();
+
+    std::optional<SegformerForSemanticSegmentation<float>> model;
+    std::optional<CLIPSegInference<float>> engine;
+    std::optional<CLIPTokenizer> tokenizer;
     SegformerImageProcessor processor;
-    if (fs::exists(folder / "preprocessor_config.json"))
-      processor = SegformerImageProcessor::from_json_file((folder / "preprocessor_config.json").string());
-    else
-      std::fprintf(stderr, "evaluate: no preprocessor_config.json in %s; using HF's defaults (512x512, ImageNet mean/std)\n",
-                   folder.string().c_str());
-    reduce = reduce || processor.do_reduce_labels;
+    if (zero_shot) {
+      if (!fs::is_directory(zero_shot_path)) fail("--zero-shot-model: '", zero_shot_path, "' is not a folder");
+      LoadReport report;
+      // The engine keeps its own (packed) copy of the weights; the model is freed once it is built.
+      engine.emplace(clipseg_from_pretrained<float>(zero_shot_path, lo, &report));
+      if (!report.missing.empty() || !report.mismatched.empty())
+        fail("--zero-shot-model '", zero_shot_path, "': the checkpoint lacks or misshapes weights the model needs: ",
+             report.str(zero_shot_path));
+      tokenizer.emplace(CLIPTokenizer::from_pretrained(zero_shot_path));
+      processor = clipseg_image_processor(zero_shot_path);
+    } else {
+      model.emplace(from_pretrained(model_path, lo));
+      const fs::path folder = fs::is_directory(model_path) ? fs::path(model_path) : fs::path(model_path).parent_path();
+      if (fs::exists(folder / "preprocessor_config.json"))
+        processor = SegformerImageProcessor::from_json_file((folder / "preprocessor_config.json").string());
+      else
+        std::fprintf(stderr, "evaluate: no preprocessor_config.json in %s; using HF's defaults (512x512, ImageNet mean/std)\n",
+                     folder.string().c_str());
+      reduce = reduce || processor.do_reduce_labels;
+    }
 
     DatasetOptions dopt;
     if (!class_map.empty()) dopt.class_map = class_map;
     const SegmentationDataset ds = SegmentationDataset::open(data_dir, split, dopt);
     const std::vector<std::string> names = train::class_names(ds.id2label(), reduce);
-    SEGML_CHECK(static_cast<int64_t>(names.size()) == model.config.num_labels, "evaluate: the dataset has ",
-                names.size(), " classes but the model predicts ", model.config.num_labels,
-                " (use --class-map / --reduce-labels as in training)");
+    const size_t n = names.size();
+
+    std::vector<std::string> prompts;
+    std::vector<std::vector<int64_t>> ids;
+    if (zero_shot) {
+      for (const std::string& name : names) prompts.push_back(apply_template(prompt_template, clean_class_name(name)));
+      if (!prompts_file.empty()) apply_prompts_file(prompts_file, names, prompts);
+      const int64_t max_tokens = engine->config().text_config.max_position_embeddings;
+      for (size_t c = 0; c < n; ++c) {
+        ids.push_back(tokenizer->encode(prompts[c]));
+        if (int64_t(ids.back().size()) > max_tokens)
+          fail("the prompt of class ", c, " (", names[c], "), '", prompts[c], "', is ", ids.back().size(),
+               " tokens; the text model takes at most ", max_tokens);
+      }
+    } else {
+      SEGML_CHECK(static_cast<int64_t>(n) == model->config.num_labels, "evaluate: the dataset has ", n,
+                  " classes but the model predicts ", model->config.num_labels,
+                  " (use --class-map / --reduce-labels as in training)");
+    }
 
     if (!pred_dir.empty()) fs::create_directories(pred_dir);
-    train::EvalOptions eo;
-    eo.batch_size = batch_size;
-    eo.reduce_labels = reduce;
-    train::OnPrediction on_prediction;
-    if (!pred_dir.empty())
-      on_prediction = [&](size_t i, const Sample& s, const Tensor<int64_t>& pred) {
-        const Image out = segml::overlay(s.rgb, pred, 0.5);
+    Progress progress{ds.size()};
+    const train::OnPrediction on_prediction = [&](size_t i, const Sample& s, const Tensor<int64_t>& pred) {
+      if (!pred_dir.empty()) {
+        Image out = to_rgb(s.rgb);
+        LabelMap m(pred.size(0), pred.size(1), int64_t(n) + 1);
+        for (int64_t k = 0; k < pred.numel(); ++k) m.narrow.data[size_t(k)] = static_cast<uint8_t>(pred.data()[k]);
+        overlay_in_place(out, m, 0.5, /*transparent=*/int64_t(n));  // "no class" pixels keep the image
         save_png((fs::path(pred_dir) / (ds.path_of(i).stem().string() + ".png")).string(), out);
-      };
-    std::printf("Evaluating %s on %s/%s (%zu images, resized to %lldx%lld, %d threads)\n", model_path.c_str(),
-                data_dir.c_str(), split.c_str(), ds.size(), static_cast<long long>(processor.height),
-                static_cast<long long>(processor.width), num_threads());
-    const train::EvalResult r = train::evaluate_dataset(model, ds, processor, eo, on_prediction);
+      }
+      progress.step();
+    };
+
+    std::printf("Evaluating %s%s on %s/%s (%zu images, resized to %lldx%lld, %d threads)\n",
+                zero_shot ? "zero-shot " : "", zero_shot ? zero_shot_path.c_str() : model_path.c_str(), data_dir.c_str(),
+                split.c_str(), ds.size(), static_cast<long long>(processor.height), static_cast<long long>(processor.width),
+                num_threads());
+    train::EvalResult r;
+    ZeroShotResult zr;
+    if (zero_shot) {
+      std::printf("Prompts (template \"%s\"%s):\n", prompt_template.c_str(),
+                  threshold ? (", no class below a probability of " + cli::detail::figure(*threshold)).c_str() : "");
+      for (size_t c = 0; c < n; ++c) std::printf("  %zu %s: \"%s\"\n", c, names[c].c_str(), prompts[c].c_str());
+      zr = evaluate_zero_shot(*engine, processor, ids, ds, reduce, threshold, on_prediction);
+      r = zr.eval;
+    } else {
+      train::EvalOptions eo;
+      eo.batch_size = batch_size;
+      eo.reduce_labels = reduce;
+      r = train::evaluate_dataset(*model, ds, processor, eo, on_prediction);
+    }
     std::printf("%s", train::metrics_table(r.metrics, names).c_str());
+    if (threshold) std::printf("  no class (below the threshold): %.2f%% of the pixels\n", 100 * zr.unassigned);
     std::printf("Throughput: %.2f images/s (%lld images in %.2f s, decoding and metrics included)\n",
                 double(r.images) / r.seconds, static_cast<long long>(r.images), r.seconds);
+    if (zero_shot)
+      std::printf("Latency per image: preprocess %.1f ms | vision tower %.1f ms | decoder (%zu prompts) %.1f ms | "
+                  "post-process + metrics %.1f ms; text tower once: %.1f ms\n",
+                  zr.preprocess_ms, zr.vision_ms, n, zr.decoder_ms, zr.postprocess_ms, zr.text_ms);
 
     if (!json_out.empty()) {
       nlohmann::json j = train::metrics_json(r.metrics);
@@ -106,6 +378,13 @@ int main(int argc, char** argv) {
       j["split"] = split;
       j["images"] = r.images;
       j["images_per_s"] = double(r.images) / r.seconds;
+      if (zero_shot) {
+        j["zero_shot"] = {{"model", zero_shot_path},
+                          {"prompt_template", prompt_template},
+                          {"prompts", prompts},
+                          {"threshold", threshold ? nlohmann::json(*threshold) : nlohmann::json(nullptr)},
+                          {"unassigned_fraction", threshold ? nlohmann::json(zr.unassigned) : nlohmann::json(nullptr)}};
+      }
       write_text(json_out, j.dump(2) + "\n");
     }
     if (!md_out.empty()) {
@@ -115,25 +394,36 @@ int main(int argc, char** argv) {
         std::snprintf(buf, sizeof buf, "%.2f", 100 * v);
         return std::isnan(v) ? std::string("-") : std::string(buf);
       };
-      for (size_t c = 0; c < names.size(); ++c)
+      for (size_t c = 0; c < n; ++c)
         md += "| " + names[c] + " | " + pct(r.metrics.per_category_iou[c]) + " | " +
               pct(r.metrics.per_category_accuracy[c]) + " |\n";
       md += "| **mean** | **" + pct(r.metrics.mean_iou) + "** | **" + pct(r.metrics.mean_accuracy) + "** |\n\n";
       md += "Overall pixel accuracy: " + pct(r.metrics.overall_accuracy) + " % on " + std::to_string(r.images) +
             " images of split `" + split + "`.\n";
+      if (zero_shot) {
+        md += "\nZero-shot with `" + zero_shot_path + "`, prompt template `" + prompt_template + "`";
+        if (threshold) md += ", no class below " + cli::detail::figure(*threshold) + " (" + pct(zr.unassigned) + " % of the pixels)";
+        md += "; prompts:";
+        for (size_t c = 0; c < n; ++c) md += (c ? ", " : " ") + names[c] + " = \"" + prompts[c] + "\"";
+        md += ".\n";
+      }
       write_text(md_out, md);
     }
     if (!confusion_out.empty()) {
-      const size_t n = names.size();
-      std::vector<double> norm(n * n, NAN);
+      // Rows: true classes; columns: predicted classes (+ "(no class)" with a threshold).
+      const std::vector<double>& counts = threshold ? zr.confusion_with_none : r.confusion;
+      std::vector<std::string> columns = names;
+      if (threshold) columns.push_back("(no class)");
+      const size_t m = columns.size();
+      std::vector<double> norm(n * m, NAN);
       for (size_t l = 0; l < n; ++l) {
         double row = 0;
-        for (size_t p = 0; p < n; ++p) row += r.confusion[l * n + p];
+        for (size_t p = 0; p < m; ++p) row += counts[l * m + p];
         if (row > 0)
-          for (size_t p = 0; p < n; ++p) norm[l * n + p] = r.confusion[l * n + p] / row;
+          for (size_t p = 0; p < m; ++p) norm[l * m + p] = counts[l * m + p] / row;
       }
       write_text(confusion_out, train::heatmap_svg("Confusion matrix (" + split + ", rows normalised)", norm, names,
-                                                   names, "true class", "predicted class"));
+                                                   columns, "true class", "predicted class"));
     }
     return 0;
   } catch (const std::bad_alloc&) {
