@@ -374,6 +374,12 @@ TEST_CASE("clipseg inference engine: logits match PyTorch on every ISA (square, 
     const Tensor<double> want = fx.get<double>("text.conditional_embeddings");
     test::compare("text cache row 0", cond.narrow(0, 0, 1), want.narrow(0, 2, 1), 1e-4);
     test::compare("text cache row 1", cond.narrow(0, 1, 1), want.narrow(0, 0, 1), 1e-4);
+    // Bad prompts are refused before anything runs, naming the problem.
+    CHECK_THROWS_WITH_AS(engine.text_features({{98, 5, 500, 99}}), doctest::Contains("token id 500 at position 2"), Error);
+    CHECK_THROWS_WITH_AS(engine.text_features({std::vector<int64_t>(17, 5)}), doctest::Contains("17 tokens exceeds"), Error);
+    CHECK_THROWS_WITH_AS(engine.text_features({{}}), doctest::Contains("empty prompt"), Error);
+    CHECK_THROWS_WITH_AS(engine.run(Tensor<float>::zeros({1, 3, 8, 8}), prompts), doctest::Contains("smaller than one patch"),
+                         Error);
   }
   set_isa(detect_isa());
 }

@@ -119,25 +119,21 @@ class CLIPSegInference {
     f.grid_w = W / p;
     const int64_t N = f.grid_h * f.grid_w, rows = N + 1;
     const int64_t ff = vc.intermediate_size;
-    T* x = workspace(0, rows * D);
-    T* t = workspace(1, rows * D);
-    T* q = workspace(2, rows * D);
-    T* k = workspace(3, rows * D);
-    T* v = workspace(4, rows * D);
-    T* hidden = workspace(5, rows * ff);
+    Scratch s = scratch(rows, D, rows * ff);
     T* cols = workspace(6, N * vc.num_channels * p * p);
-    stats(rows);
+    T* x = s.x;
     // Embeddings: x = [class; patches Wᵀ] + positions.
     const Tensor<T>& pos = positions(H, W, f.grid_h, f.grid_w);
     std::memcpy(x, pos.data(), size_t(rows * D) * sizeof(T));
     for (int64_t c = 0; c < D; ++c) x[c] += class_embedding_.data()[c];
     kernels::im2row_nchw(cols, pixels.data(), kernels::Im2rowGeometry{vc.num_channels, H, W, p, p, p, 0});
     linear_add(x + D, cols, patch_, N);
-    layer_norm(t, x, pre_layrnorm_, rows);
-    std::swap(x, t);
+    layer_norm(s.t, x, pre_layrnorm_, rows, s);
+    std::swap(s.x, s.t);
+    x = s.x;
     f.reduced.resize(reduces_.size());
     for (size_t l = 0; l < vision_layers_.size(); ++l) {
-      pre_norm_layer(vision_layers_[l], x, t, q, k, v, hidden, rows, config_.vision_config.num_attention_heads);
+      pre_norm_layer(vision_layers_[l], s, rows, config_.vision_config.num_attention_heads);
       auto it = extract_at_.find(int64_t(l));
       if (it == extract_at_.end()) continue;
       for (int64_t i : it->second) {
@@ -154,15 +150,27 @@ class CLIPSegInference {
     const auto start = std::chrono::steady_clock::now();
     SEGML_CHECK(!prompts.empty(), "CLIPSegInference: no prompts");
     const int64_t E = config_.projection_dim;
-    Tensor<T> out = Tensor<T>::empty({int64_t(prompts.size()), E});
-    for (size_t i = 0; i < prompts.size(); ++i) {
-      auto it = text_cache_.find(prompts[i]);
-      if (it == text_cache_.end()) {
-        if (text_cache_.size() >= kTextCacheSize) text_cache_.clear();
-        it = text_cache_.emplace(prompts[i], text_feature(prompts[i])).first;
+    // The distinct prompts not in the cache, validated first; then computed one per thread.
+    std::vector<const std::vector<int64_t>*> missing;
+    for (const auto& ids : prompts)
+      if (!text_cache_.count(ids) &&
+          std::none_of(missing.begin(), missing.end(), [&](const std::vector<int64_t>* m) { return *m == ids; })) {
+        check_prompt(ids);
+        missing.push_back(&ids);
       }
-      std::memcpy(out.data() + int64_t(i) * E, it->second.data(), size_t(E) * sizeof(T));
+    std::vector<std::vector<T>> computed(missing.size());
+    if (missing.size() == 1) {
+      computed[0] = text_feature(*missing[0]);  // one prompt: the kernels use every thread
+    } else {
+      parallel_for_dynamic(int64_t(missing.size()), 1, [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i) computed[size_t(i)] = text_feature(*missing[size_t(i)]);
+      });
     }
+    if (text_cache_.size() + missing.size() > kTextCacheSize) text_cache_.clear();
+    for (size_t i = 0; i < missing.size(); ++i) text_cache_.emplace(*missing[i], std::move(computed[i]));
+    Tensor<T> out = Tensor<T>::empty({int64_t(prompts.size()), E});
+    for (size_t i = 0; i < prompts.size(); ++i)
+      std::memcpy(out.data() + int64_t(i) * E, text_cache_.at(prompts[i]).data(), size_t(E) * sizeof(T));
     timings_.text = ms_since(start);
     return out;
   }
@@ -181,13 +189,8 @@ class CLIPSegInference {
     Tensor<T> film_m = Tensor<T>::empty({P, R}), film_a = Tensor<T>::empty({P, R});
     linear(film_m.data(), cond.data(), film_mul_, P);
     linear(film_a.data(), cond.data(), film_add_, P);
-    T* h = workspace(0, all * R);
-    T* t = workspace(1, all * R);
-    T* q = workspace(2, all * R);
-    T* k = workspace(3, all * R);
-    T* v = workspace(4, all * R);
-    T* hidden = workspace(5, std::min(all, kMlpRows) * ff);
-    stats(all);
+    const Scratch s = scratch(all, R, std::min(all, kMlpRows) * ff);
+    T* h = s.x;
     for (size_t i = 0; i < decoder_layers_.size(); ++i) {
       const T* red = f.reduced[i].data();
       parallel_for(P, 1, [&](int64_t p0, int64_t p1) {
@@ -201,7 +204,7 @@ class CLIPSegInference {
             for (int64_t c = 0; c < R; ++c) hb[r * R + c] = m[c] * hb[r * R + c] + a[c];
         }
       });
-      post_norm_layer(decoder_layers_[i], h, t, q, k, v, hidden, P, rows, heads);
+      post_norm_layer(decoder_layers_[i], s, P, rows, heads);
     }
     const int64_t p = config_.vision_config.patch_size;
     const int64_t OH = f.grid_h * p, OW = f.grid_w * p;
@@ -299,14 +302,24 @@ class CLIPSegInference {
     }
     return slots_[i].data.get();
   }
-  void stats(int64_t rows) {
-    mean_ = workspace(kStatsSlot, rows);
-    rstd_ = workspace(kStatsSlot + 1, rows);
+  // The activations of one transformer pass: x (the residual stream), t, q, k, v (rows x width),
+  // the MLP's hidden rows, and LayerNorm's per-row statistics.
+  struct Scratch {
+    T *x, *t, *q, *k, *v, *hidden, *mean, *rstd;
+  };
+  // A Scratch in the engine's workspace slots 0-5 and 8-9.
+  Scratch scratch(int64_t rows, int64_t width, int64_t hidden) {
+    Scratch s{};
+    T** fields[] = {&s.x, &s.t, &s.q, &s.k, &s.v};
+    for (size_t i = 0; i < 5; ++i) *fields[i] = workspace(i, rows * width);
+    s.hidden = workspace(5, hidden);
+    s.mean = workspace(8, rows);
+    s.rstd = workspace(9, rows);
+    return s;
   }
-  static constexpr size_t kStatsSlot = 8;
 
-  void layer_norm(T* y, const T* x, const Norm& n, int64_t rows) const {
-    kernels::layernorm_forward(y, mean_, rstd_, x, n.weight.data(), n.bias.data(), rows, n.weight.numel(), n.eps);
+  static void layer_norm(T* y, const T* x, const Norm& n, int64_t rows, const Scratch& s) {
+    kernels::layernorm_forward(y, s.mean, s.rstd, x, n.weight.data(), n.bias.data(), rows, n.weight.numel(), n.eps);
   }
   static void linear(T* y, const T* x, const Affine& a, int64_t rows) {
     kernels::gemm_bias(rows, x, a.in(), a.packed, a.bias.defined() ? a.bias.data() : nullptr, y, a.out());
@@ -316,30 +329,30 @@ class CLIPSegInference {
   }
 
   // x += attn(ln1(x)); x += mlp(ln2(x)) on x (rows, D) of one sequence.
-  void pre_norm_layer(const Layer& L, T* x, T* t, T* q, T* k, T* v, T* hidden, int64_t rows, int64_t heads,
-                      bool causal = false) {
+  static void pre_norm_layer(const Layer& L, const Scratch& s, int64_t rows, int64_t heads, bool causal = false) {
     const int64_t D = L.q.out(), F = L.fc1.out();
-    layer_norm(t, x, L.layer_norm1, rows);
-    linear(q, t, L.q, rows);
-    linear(k, t, L.k, rows);
-    linear(v, t, L.v, rows);
-    kernels::attention_forward<T>(t, nullptr, q, k, v, 1, rows, rows, D, heads, causal);
-    linear_add(x, t, L.out, rows);
-    layer_norm(t, x, L.layer_norm2, rows);
-    linear(hidden, t, L.fc1, rows);
-    L.act(hidden, hidden, rows * F);
-    linear_add(x, hidden, L.fc2, rows);
+    layer_norm(s.t, s.x, L.layer_norm1, rows, s);
+    linear(s.q, s.t, L.q, rows);
+    linear(s.k, s.t, L.k, rows);
+    linear(s.v, s.t, L.v, rows);
+    kernels::attention_forward<T>(s.t, nullptr, s.q, s.k, s.v, 1, rows, rows, D, heads, causal);
+    linear_add(s.x, s.t, L.out, rows);
+    layer_norm(s.t, s.x, L.layer_norm2, rows, s);
+    linear(s.hidden, s.t, L.fc1, rows);
+    L.act(s.hidden, s.hidden, rows * F);
+    linear_add(s.x, s.hidden, L.fc2, rows);
   }
 
   // h = ln1(h + attn(h)); h = ln2(h + mlp(h)) on P sequences of `rows` tokens, h (P * rows, R).
-  void post_norm_layer(const Layer& L, T* h, T* t, T* q, T* k, T* v, T* hidden, int64_t P, int64_t rows, int64_t heads) {
+  static void post_norm_layer(const Layer& L, const Scratch& s, int64_t P, int64_t rows, int64_t heads) {
     const int64_t R = L.q.out(), F = L.fc1.out(), all = P * rows;
+    T *h = s.x, *t = s.t, *q = s.q, *k = s.k, *v = s.v, *hidden = s.hidden;
     linear(q, h, L.q, all);
     linear(k, h, L.k, all);
     linear(v, h, L.v, all);
     kernels::attention_forward<T>(t, nullptr, q, k, v, P, rows, rows, R, heads);
     linear_add(h, t, L.out, all);
-    layer_norm(t, h, L.layer_norm1, all);
+    layer_norm(t, h, L.layer_norm1, all, s);
     std::memcpy(h, t, size_t(all * R) * sizeof(T));  // h = ln1(...), t = its copy for the residual
     for (int64_t r0 = 0; r0 < all; r0 += kMlpRows) {
       const int64_t n = std::min(kMlpRows, all - r0);
@@ -347,36 +360,41 @@ class CLIPSegInference {
       L.act(hidden, hidden, n * F);
       linear_add(h + r0 * R, hidden, L.fc2, n);
     }
-    layer_norm(t, h, L.layer_norm2, all);
+    layer_norm(t, h, L.layer_norm2, all, s);
     std::memcpy(h, t, size_t(all * R) * sizeof(T));
   }
 
-  // One prompt's conditional embedding (projection_dim).
-  std::vector<T> text_feature(const std::vector<int64_t>& ids) {
+  // A prompt's ids are in range and fit the text model; a segml::Error names the problem otherwise.
+  void check_prompt(const std::vector<int64_t>& ids) const {
     const CLIPSegTextConfig& tc = config_.text_config;
-    const int64_t L = int64_t(ids.size()), D = tc.hidden_size;
+    const int64_t L = int64_t(ids.size());
     SEGML_CHECK(L >= 1, "CLIPSegInference: an empty prompt (no token ids)");
     SEGML_CHECK(L <= tc.max_position_embeddings, "CLIPSegInference: a prompt of ", L,
                 " tokens exceeds max_position_embeddings (", tc.max_position_embeddings, ")");
     for (int64_t j = 0; j < L; ++j)
       SEGML_CHECK(ids[size_t(j)] >= 0 && ids[size_t(j)] < tc.vocab_size, "CLIPSegInference: token id ", ids[size_t(j)],
                   " at position ", j, " is outside the vocabulary [0, ", tc.vocab_size, ")");
+  }
+
+  // One (checked) prompt's conditional embedding (projection_dim). Its own buffers: prompts may run
+  // on several threads at once.
+  std::vector<T> text_feature(const std::vector<int64_t>& ids) const {
+    const CLIPSegTextConfig& tc = config_.text_config;
+    const int64_t L = int64_t(ids.size()), D = tc.hidden_size;
     const int64_t pos = CLIPSegTextTransformer<T>::eos_position(ids.data(), L, tc.eos_token_id);
     const int64_t rows = pos + 1;  // causal: the tokens after the pooled one cannot change it
-    T* x = workspace(0, rows * D);
-    T* t = workspace(1, rows * D);
-    T* q = workspace(2, rows * D);
-    T* k = workspace(3, rows * D);
-    T* v = workspace(4, rows * D);
-    T* hidden = workspace(5, rows * tc.intermediate_size);
-    stats(rows);
+    const int64_t slot = (rows * D + 15) / 16 * 16, hidden = (rows * tc.intermediate_size + 15) / 16 * 16;
+    const std::shared_ptr<T[]> memory = allocate_aligned<T>(5 * slot + hidden + 2 * ((rows + 15) / 16 * 16));
+    T* m = memory.get();
+    Scratch s{m, m + slot, m + 2 * slot, m + 3 * slot, m + 4 * slot, m + 5 * slot, m + 5 * slot + hidden, nullptr};
+    s.rstd = s.mean + (rows + 15) / 16 * 16;
     for (int64_t j = 0; j < rows; ++j)
       for (int64_t c = 0; c < D; ++c)
-        x[j * D + c] = token_embedding_.data()[ids[size_t(j)] * D + c] + text_positions_.data()[j * D + c];
-    for (const Layer& l : text_layers_) pre_norm_layer(l, x, t, q, k, v, hidden, rows, tc.num_attention_heads, /*causal=*/true);
-    layer_norm(t, x + pos * D, final_layer_norm_, 1);
+        s.x[j * D + c] = token_embedding_.data()[ids[size_t(j)] * D + c] + text_positions_.data()[j * D + c];
+    for (const Layer& l : text_layers_) pre_norm_layer(l, s, rows, tc.num_attention_heads, /*causal=*/true);
+    layer_norm(s.t, s.x + pos * D, final_layer_norm_, 1, s);
     std::vector<T> out(size_t(config_.projection_dim));
-    linear(out.data(), t, text_projection_, 1);
+    linear(out.data(), s.t, text_projection_, 1);
     return out;
   }
 
@@ -463,8 +481,6 @@ class CLIPSegInference {
   Affine conv0_;
   Transposed tconv_a_, tconv_b_;
   std::vector<Slot> slots_;
-  T* mean_ = nullptr;
-  T* rstd_ = nullptr;
   std::map<std::vector<int64_t>, std::vector<T>> text_cache_;
   std::map<std::pair<int64_t, int64_t>, Tensor<T>> position_cache_;
   CLIPSegTimings timings_;
