@@ -41,28 +41,16 @@
 #include <segml/io/overlay.hpp>
 
 #include "cli_checks.hpp"
+#include "program_support.hpp"
 
 namespace fs = std::filesystem;
 using namespace segml;
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-double ms_since(Clock::time_point t0) { return std::chrono::duration<double, std::milli>(Clock::now() - t0).count(); }
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-bool is_image_file(const fs::path& p) {
-  std::string ext = p.extension().string();
-  std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  for (const char* e : {".png", ".jpg", ".jpeg", ".bmp", ".tga", ".ppm", ".pgm", ".gif"})
-    if (ext == e) return true;
-  return false;
-}
+using program::Clock;
+using program::median;
+using program::ms_since;
 
 struct Outputs {
   std::string overlay, mask, logits, pixel_values;  // empty: not written
@@ -189,11 +177,7 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (app.count("--output") == 0) out.overlay = "segment-output";
-    std::vector<fs::path> images;
-    for (const auto& e : fs::directory_iterator(image_arg))
-      if (e.is_regular_file() && is_image_file(e.path())) images.push_back(e.path());
-    std::sort(images.begin(), images.end());
-    if (images.empty()) fail("segment: no images in folder '", image_arg, "'");
+    const std::vector<fs::path> images = program::images_in(image_arg, "segment");
     for (const std::string* dir : {&out.overlay, &out.mask, &out.logits, &out.pixel_values})
       if (!dir->empty()) fs::create_directories(*dir);
     Timing sum;

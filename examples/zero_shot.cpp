@@ -43,28 +43,16 @@
 #include <segml/models/clipseg/processing_clipseg.hpp>
 
 #include "cli_checks.hpp"
+#include "program_support.hpp"
 
 namespace fs = std::filesystem;
 using namespace segml;
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-double ms_since(Clock::time_point t0) { return std::chrono::duration<double, std::milli>(Clock::now() - t0).count(); }
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-bool is_image_file(const fs::path& p) {
-  std::string ext = p.extension().string();
-  std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  for (const char* e : {".png", ".jpg", ".jpeg", ".bmp", ".tga", ".ppm", ".pgm", ".gif"})
-    if (ext == e) return true;
-  return false;
-}
+using program::Clock;
+using program::median;
+using program::ms_since;
 
 // "road; a car ;x" -> {"road", "a car", "x"}; empty prompts are an error naming their position.
 std::vector<std::string> split_prompts(const std::string& text) {
@@ -267,11 +255,7 @@ int main(int argc, char** argv) {
     if (app.count("--output") == 0) out.overlay = "zero-shot-output";
     if (!no_heatmaps && out.heatmaps.empty()) out.heatmaps = (fs::path(out.overlay) / "heatmaps").string();
     if (no_heatmaps) out.heatmaps.clear();
-    std::vector<fs::path> images;
-    for (const auto& e : fs::directory_iterator(image_arg))
-      if (e.is_regular_file() && is_image_file(e.path())) images.push_back(e.path());
-    std::sort(images.begin(), images.end());
-    if (images.empty()) fail("zero_shot: no images in folder '", image_arg, "'");
+    const std::vector<fs::path> images = program::images_in(image_arg, "zero_shot");
     for (const std::string* dir : {&out.overlay, &out.mask, &out.logits})
       if (!dir->empty()) fs::create_directories(*dir);
     Timing sum;

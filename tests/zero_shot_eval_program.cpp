@@ -22,6 +22,7 @@
 #include <segml/models/clipseg/processing_clipseg.hpp>
 #include <segml/train/metrics.hpp>
 
+#include "clipseg_support.hpp"
 #include "support.hpp"
 
 using namespace segml;
@@ -39,48 +40,15 @@ std::string read_text(const std::string& path) {
   return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
 }
 
-// A reduced CLIPSeg folder as `huggingface-cli download` gives one (config.json, model.safetensors,
-// preprocessor_config.json with a square `size`, vocab.json + merges.txt). The vocabulary: the
-// letters with and without "</w>", '.', a few merges, the two specials; other characters are unknown.
+// The reduced CLIPSeg folder of tests/clipseg_support.hpp with a square processor size.
 std::string eval_clipseg_folder(const test::TempDir& dir, const std::string& name, int64_t size) {
-  CLIPSegConfig c = CLIPSegConfig::rd64_refined();
-  c.text_config.vocab_size = 100;
-  c.text_config.hidden_size = 32;
-  c.text_config.intermediate_size = 64;
-  c.text_config.num_hidden_layers = 2;
-  c.text_config.num_attention_heads = 2;
-  c.text_config.max_position_embeddings = 24;
-  c.vision_config.hidden_size = 32;
-  c.vision_config.intermediate_size = 64;
-  c.vision_config.num_hidden_layers = 3;
-  c.vision_config.num_attention_heads = 2;
-  c.vision_config.image_size = 64;
-  c.projection_dim = 24;
-  c.reduce_dim = 16;
-  c.decoder_num_attention_heads = 2;
-  c.decoder_intermediate_size = 32;
-  c.extract_layers = {0, 1, 2};
-  CLIPSegForImageSegmentation<float> model(c, 7);
-  // Scale the head up so that the logits spread around 0 and several classes win somewhere.
-  for (auto* t : {&model.decoder.tconv4.weight, &model.decoder.tconv4.bias}) {
-    Tensor<float>& w = t->data();
-    for (int64_t i = 0; i < w.numel(); ++i) w.data()[i] *= 20.0f;
-  }
-  const nlohmann::json pre = {{"do_resize", true},     {"size", {{"height", size}, {"width", size}}},
-                              {"resample", 2},         {"do_rescale", true},
-                              {"rescale_factor", 1 / 255.0}, {"do_normalize", true},
-                              {"image_processor_type", "ViTImageProcessor"}};
-  const std::string folder = dir.file(name);
-  save_pretrained(model, folder, &pre);
-  nlohmann::json vocab = nlohmann::json::object();
-  int64_t id = 0;
-  for (char ch = 'a'; ch <= 'z'; ++ch) vocab[std::string(1, ch)] = id++;
-  for (char ch = 'a'; ch <= 'z'; ++ch) vocab[std::string(1, ch) + "</w>"] = id++;
-  for (const char* t : {".", ".</w>", "ro", "roa", "road</w>", "ca", "car</w>", "<|startoftext|>", "<|endoftext|>"})
-    vocab[t] = id++;
-  write(fs::path(folder) / "vocab.json", vocab.dump());
-  write(fs::path(folder) / "merges.txt", "#version: 0.2\nr o\nro a\nroa d</w>\nc a\nca r</w>\n");
-  return folder;
+  test::TinyClipseg o;
+  o.height = o.width = size;
+  o.max_position_embeddings = 24;
+  o.vision_layers = 3;
+  o.extract_layers = {0, 1, 2};
+  o.seed = 7;
+  return test::write_tiny_clipseg_folder(dir.file(name), o);
 }
 
 // A labelled dataset in the split layout: data/id2label.json and data/val/{images,labels}/*.png,

@@ -15,6 +15,7 @@
 #include <segml/models/clipseg/pretrained_clipseg.hpp>
 #include <segml/models/clipseg/processing_clipseg.hpp>
 
+#include "clipseg_support.hpp"
 #include "support.hpp"
 
 using namespace segml;
@@ -24,49 +25,11 @@ namespace {
 
 const std::string kProgram = SEGML_ZERO_SHOT_PROGRAM;
 
-void write(const fs::path& p, const std::string& s) { std::ofstream(p, std::ios::binary) << s; }
-
-// A reduced CLIPSeg folder as `huggingface-cli download` gives one: config.json, model.safetensors,
-// preprocessor_config.json (size height x width), vocab.json + merges.txt. The vocabulary: the
-// letters with and without "</w>", merges making "road</w>" and "car</w>", the two specials.
 std::string tiny_folder(const test::TempDir& dir, const std::string& name, int64_t height, int64_t width) {
-  CLIPSegConfig c = CLIPSegConfig::rd64_refined();
-  c.text_config.vocab_size = 100;
-  c.text_config.hidden_size = 32;
-  c.text_config.intermediate_size = 64;
-  c.text_config.num_hidden_layers = 2;
-  c.text_config.num_attention_heads = 2;
-  c.text_config.max_position_embeddings = 16;
-  c.vision_config.hidden_size = 32;
-  c.vision_config.intermediate_size = 64;
-  c.vision_config.num_hidden_layers = 4;
-  c.vision_config.num_attention_heads = 2;
-  c.vision_config.image_size = 64;
-  c.projection_dim = 24;
-  c.reduce_dim = 16;
-  c.decoder_num_attention_heads = 2;
-  c.decoder_intermediate_size = 32;
-  c.extract_layers = {1, 2, 3};
-  CLIPSegForImageSegmentation<float> model(c, 3);
-  // Scale the head up so that the logits spread around 0 and several prompts win somewhere.
-  for (auto* t : {&model.decoder.tconv4.weight, &model.decoder.tconv4.bias}) {
-    Tensor<float>& w = t->data();
-    for (int64_t i = 0; i < w.numel(); ++i) w.data()[i] *= 20.0f;
-  }
-  const nlohmann::json pre = {{"do_resize", true},     {"size", {{"height", height}, {"width", width}}},
-                              {"resample", 2},         {"do_rescale", true},
-                              {"rescale_factor", 1 / 255.0}, {"do_normalize", true},
-                              {"image_processor_type", "ViTImageProcessor"}};
-  const std::string folder = dir.file(name);
-  save_pretrained(model, folder, &pre);
-  nlohmann::json vocab = nlohmann::json::object();
-  int64_t id = 0;
-  for (char ch = 'a'; ch <= 'z'; ++ch) vocab[std::string(1, ch)] = id++;
-  for (char ch = 'a'; ch <= 'z'; ++ch) vocab[std::string(1, ch) + "</w>"] = id++;
-  for (const char* t : {"ro", "roa", "road</w>", "ca", "car</w>", "<|startoftext|>", "<|endoftext|>"}) vocab[t] = id++;
-  write(fs::path(folder) / "vocab.json", vocab.dump());
-  write(fs::path(folder) / "merges.txt", "#version: 0.2\nr o\nro a\nroa d</w>\nc a\nca r</w>\n");
-  return folder;
+  test::TinyClipseg o;
+  o.height = height;
+  o.width = width;
+  return test::write_tiny_clipseg_folder(dir.file(name), o);
 }
 
 // A 100 x 70 RGB test picture: a gradient with a bright block.

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""bench/peers for CLIPSeg: PyTorch and ONNX Runtime (and segml, once it has the case) on the same
+"""bench/peers for CLIPSeg: segml, PyTorch and ONNX Runtime on the same
 CLIPSeg (CIDAS/clipseg-rd64-refined sizes, random well-scaled weights), same input, one run.
 
     /usr/bin/python3 bench/peers/clipseg_run.py [--rounds 2] [--warmup 1] [--repeats 3] [--threads 2]
@@ -14,7 +14,8 @@ Cases: one 352x352 image with 1 and with 8 prompts (77 tokens each, padded as HF
                clipseg_ort_peer.js the same two ways. The export only computes the logits, so it leaves
                out the last two vision layers (10 and 11), which only feed the pooled output; PyTorch
                runs them as HF does.
-  segml        PENDING: segml has no CLIPSeg engine yet. The hook is ready: with --segml PATH it runs
+  segml        bench/segformer's CLIPSeg case (CLIPSegInference). With --segml PATH (e.g.
+               build/bench/segformer) it runs
                  PATH --case clipseg_352 --model WORK/clipseg/model --input WORK/clipseg/input.safetensors
                       --prompts P --threads T --warmup W --repeats R --json OUT [--save-logits F]
                and expects the JSON {"times_ms": [one entry per timed run covering all P prompts],
@@ -119,7 +120,7 @@ def engines(args, work):
         return (["node", os.path.join(HERE, "clipseg_ort_peer.js"), work] + common(prompts, way, *rest)
                 + ["--spin", "1" if args.spin else "0"])
 
-    def segml(prompts, way, warmup, repeats, out, logits):  # the pending hook (see the docstring)
+    def segml(prompts, way, warmup, repeats, out, logits):  # bench/segformer --case clipseg_352 (see the docstring)
         cmd = [args.segml, "--case", "clipseg_352", "--model", os.path.join(work, "clipseg", "model"),
                "--input", os.path.join(work, "clipseg", "input.safetensors"), "--prompts", str(prompts),
                "--threads", threads, "--warmup", str(warmup), "--repeats", str(repeats), "--json", out]
@@ -135,7 +136,7 @@ def engines(args, work):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--segml", help="a binary with the clipseg_352 case (PENDING: none exists yet)")
+    p.add_argument("--segml", help="segml's benchmark binary with the clipseg_352 case (build/bench/segformer)")
     p.add_argument("--work", default=os.path.join(HERE, "work"), help="weights, ONNX file, inputs, logs")
     p.add_argument("--threads", type=int, default=2, help="threads for every engine")
     p.add_argument("--rounds", type=int, default=2, help="times each engine runs each case, taking turns")
@@ -220,7 +221,8 @@ def main():
     print(f"- ONNX Runtime: onnxruntime-node {ocfg.get('onnxruntime_node')} (node {ocfg.get('node')}), "
           f"intraOpNumThreads {ocfg.get('intraOpNumThreads')}, graphOptimizationLevel "
           f"'{ocfg.get('graphOptimizationLevel')}', CPU provider; export opset 17, dynamic batch")
-    print("- segml: " + (args.segml if args.segml else "PENDING (no CLIPSeg engine yet; hook: --segml PATH, see --help)"))
+    print("- segml: " + (args.segml + " --case clipseg_352 (CLIPSegInference; text tower timed in every run)"
+                         if args.segml else "not run (--segml build/bench/segformer adds it)"))
     print(f"- model: CLIPSeg rd64-refined sizes (150.7 M parameters), random well-scaled weights (seed {args.seed}); "
           "input 352x352, prompts of 77 tokens")
 

@@ -130,17 +130,7 @@ struct SegformerConfig {
     return c;
   }
 
-  static SegformerConfig from_json_file(const std::string& path) {
-    std::ifstream in(path);
-    if (!in) fail("config '", path, "': cannot open file (missing or unreadable)");
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(in);
-    } catch (const nlohmann::json::exception& e) {
-      fail("config '", path, "': invalid JSON: ", e.what());
-    }
-    return from_json(j, path);
-  }
+  static SegformerConfig from_json_file(const std::string& path) { return from_json(detail::read_config_json(path), path); }
 
   // HF-style config.json content (nlohmann::json sorts keys, as HF's sort_keys=True does).
   nlohmann::json to_json() const {

@@ -7,6 +7,7 @@
 // wrong JSON type is a segml::Error naming the source, the field, what was expected and what was
 // found ("config 'x/config.json': field 'hidden_size' must be an integer, got \"768\""). `prefix`
 // names a nested object in messages ("text_config.").
+// read_config_json(path) parses a config file, naming it when it is missing or not JSON.
 // Does not: check ranges (each config's validate() does that).
 #pragma once
 
@@ -14,6 +15,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -57,5 +59,16 @@ struct JsonFields {
     out = v.get<std::vector<int64_t>>();
   }
 };
+
+// The JSON of a config file; an error names the file when it cannot be read or parsed.
+inline nlohmann::json read_config_json(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) fail("config '", path, "': cannot open file (missing or unreadable)");
+  try {
+    return nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    fail("config '", path, "': invalid JSON: ", e.what());
+  }
+}
 
 }  // namespace segml::detail

@@ -128,17 +128,7 @@ struct CLIPSegConfig {
     return c;
   }
 
-  static CLIPSegConfig from_json_file(const std::string& path) {
-    std::ifstream in(path);
-    if (!in) fail("config '", path, "': cannot open file (missing or unreadable)");
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(in);
-    } catch (const nlohmann::json::exception& e) {
-      fail("config '", path, "': invalid JSON: ", e.what());
-    }
-    return from_json(j, path);
-  }
+  static CLIPSegConfig from_json_file(const std::string& path) { return from_json(detail::read_config_json(path), path); }
 
   nlohmann::json to_json() const {
     nlohmann::json j = extra;
