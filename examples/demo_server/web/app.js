@@ -85,6 +85,7 @@ function setMode(mode, rerun = true) {
   ui.modes.forEach((b) => b.setAttribute('aria-checked', String(b.dataset.mode === mode)));
   $('zs-card').hidden = mode !== 'zero_shot';
   $('legend-title').textContent = mode === 'zero_shot' ? 'Prompts in this image' : 'Classes in this image';
+  $('subtitle-model').textContent = mode === 'zero_shot' ? 'CLIPSeg zero-shot' : 'SegFormer';
   layoutLatency(mode);
   showModel();
   if (rerun && state.blob && !state.live) runOnce(state.image, state.blob);
