@@ -1,13 +1,16 @@
 // demo_server: a web app that segments street scenes, for a laptop or a phone browser.
 //
-//   demo_server [--model DIR | --random-init tiny|b0] [--host 127.0.0.1] [--port 8080] [--threads N] [--max-image-mb 10]
+//   demo_server [--model DIR | --random-init tiny|b0] [--zero-shot-model DIR | --zero-shot-random-init tiny]
+//               [--host 127.0.0.1] [--port 8080] [--threads N] [--max-image-mb 10]
 //               [--max-pixels 50000000] [--queue 4] [--max-connections 128] [--max-upload-memory-mb 256]
 //               [--header-timeout 10] [--body-timeout 30]
 //               [--keep-alive-timeout 5] [--token T | --no-auth] [--tls-cert cert.pem --tls-key key.pem]
 //
 // Serves the page embedded from examples/demo_server/web and the REST API of
-// examples/demo_server/server.hpp (documented in docs/demo.md). Without --model it serves the first
-// checkpoint found in weights/, and when there is none it says how to get or train one.
+// examples/demo_server/server.hpp (documented in docs/demo.md). --zero-shot-model adds the zero-shot
+// mode (a CLIPSeg folder: segments by text prompts); with it alone, only that mode is served.
+// Without any model flag it serves the first SegFormer checkpoint found in weights/, and when there
+// is none it says how to get or train one (or to give a CLIPSeg).
 // Phones: --host 0.0.0.0; the server then needs an access token (random unless --token is given;
 // --no-auth opts out), and prints a warning, the address with the token and its QR code (with
 // libqrencode; else only the address). For the live camera use HTTPS (--tls-cert/--tls-key;
@@ -22,6 +25,8 @@
 
 #include <chrono>
 #include <csignal>
+#include <optional>
+#include <stdexcept>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -90,7 +95,7 @@ void print_qr(const std::string& text) {
 
 int main(int argc, char** argv) {
   CLI::App app{"SegFormer demo: a web page and REST API that segment street scenes (see docs/demo.md)"};
-  std::string model_path, random_init, host = "127.0.0.1";
+  std::string model_path, random_init, zero_shot_path, zero_shot_random, host = "127.0.0.1";
   int port = 8080, threads = 0;
   segml::demo::ServerOptions opt;
   app.add_option("--model", model_path, "checkpoint folder (config.json + model.safetensors); default: the first in weights/");
@@ -98,6 +103,14 @@ int main(int argc, char** argv) {
                  "serve a randomly initialised model instead (tiny or b0): to try the page or measure latency")
       ->check(CLI::IsMember({"tiny", "b0"}))
       ->excludes("--model");
+  app.add_option("--zero-shot-model", zero_shot_path,
+                 "CLIPSeg folder (config.json, model.safetensors, vocab.json, merges.txt): adds the zero-shot mode "
+                 "(segments by text prompts)")
+      ->check(CLI::ExistingDirectory);
+  app.add_option("--zero-shot-random-init", zero_shot_random,
+                 "a randomly initialised reduced CLIPSeg for the zero-shot mode (tiny): to try the page")
+      ->check(CLI::IsMember({"tiny"}))
+      ->excludes("--zero-shot-model");
   app.add_option("--host", host, "address to listen on; 0.0.0.0 to be reachable from a phone on the same network")
       ->capture_default_str();
   app.add_option("--port", port, "port")->capture_default_str()->check(segml::cli::whole(1, 65535));
@@ -154,15 +167,37 @@ int main(int argc, char** argv) {
       std::printf("Note: --host %s is loopback, where no access token is asked: %s has no effect.\n", host.c_str(),
                   no_auth ? "--no-auth" : "--token");
     if (threads > 0) segml::set_num_threads(threads);
-    const std::string path = random_init.empty() ? segml::demo::find_model(model_path) : "random-" + random_init;
-    const auto t0 = std::chrono::steady_clock::now();
-    segml::demo::LoadedModel loaded =
-        random_init.empty() ? segml::demo::load_model(path) : segml::demo::random_model(random_init);
-    const double load_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-    std::printf("Model %s: %lld classes, input %lldx%lld, loaded in %.0f ms; %d threads\n", path.c_str(),
-                static_cast<long long>(loaded.model.config.num_labels), static_cast<long long>(loaded.processor.height),
-                static_cast<long long>(loaded.processor.width), load_ms, segml::num_threads());
-    segml::demo::DemoServer server(std::move(loaded), opt,
+    const bool want_zero_shot = !zero_shot_path.empty() || !zero_shot_random.empty();
+    std::optional<segml::demo::LoadedModel> segformer;
+    if (!random_init.empty() || !model_path.empty() || !want_zero_shot) {
+      // With no model flag at all, the first checkpoint in weights/ (or an error saying how to get one).
+      const std::string path = random_init.empty() ? segml::demo::find_model(model_path) : "random-" + random_init;
+      const auto t0 = std::chrono::steady_clock::now();
+      segformer = random_init.empty() ? segml::demo::load_model(path) : segml::demo::random_model(random_init);
+      const double load_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+      std::printf("Model %s: %lld classes, input %lldx%lld, loaded in %.0f ms; %d threads\n", path.c_str(),
+                  static_cast<long long>(segformer->model.config.num_labels),
+                  static_cast<long long>(segformer->processor.height), static_cast<long long>(segformer->processor.width),
+                  load_ms, segml::num_threads());
+    }
+    std::optional<segml::demo::ZeroShotModel> zero_shot;
+    if (want_zero_shot) {
+      const auto t0 = std::chrono::steady_clock::now();
+      try {
+        zero_shot = zero_shot_random.empty() ? segml::demo::load_zero_shot(zero_shot_path)
+                                             : segml::demo::random_zero_shot(zero_shot_random);
+      } catch (const std::exception& e) {
+        throw std::runtime_error(std::string("--zero-shot-model: ") + e.what());
+      }
+      const double load_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+      const segml::CLIPSegConfig& c = zero_shot->engine->config();
+      std::printf("Zero-shot model %s: CLIPSeg (vision %lld layers x %lld, patch %lld), input %lldx%lld, loaded in %.0f ms\n",
+                  zero_shot->name.c_str(), static_cast<long long>(c.vision_config.num_hidden_layers),
+                  static_cast<long long>(c.vision_config.hidden_size), static_cast<long long>(c.vision_config.patch_size),
+                  static_cast<long long>(zero_shot->processor.height), static_cast<long long>(zero_shot->processor.width),
+                  load_ms);
+    }
+    segml::demo::DemoServer server(std::move(segformer), std::move(zero_shot), opt,
                                    {std::begin(segml::demo::kWebAssets), std::end(segml::demo::kWebAssets)});
     std::printf("Warm-up inference: %.0f ms\n", server.warm_up());
     g_server = &server;

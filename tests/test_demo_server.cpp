@@ -6,7 +6,10 @@
 // and 64 slow bodies while /healthz and a segmentation must answer within 2 s, deadlines, the
 // connection cap, ambiguous framing, oversize declared lengths; the same over HTTPS with slow TLS
 // handshakes), the access token, and the model
-// lookup in weights/. Also
+// lookup in weights/. The zero-shot mode (/api/zero_shot on a reduced random CLIPSeg folder written
+// by demo::write_random_clipseg): the label map equals post_process_zero_shot of the engine's
+// logits, every prompt in the legend, the timing split, the prompt limits (400 naming the prompt),
+// 404/503 as the segment path, and servers with one or both models. Also
 // load_image_from_memory (segml/io/image.hpp). Uses a randomly initialised tiny SegFormer with a
 // 64x64 input, so the whole file runs in a few seconds.
 #include <doctest/doctest.h>
@@ -27,6 +30,7 @@
 #include <fstream>
 #include <random>
 #include <semaphore>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -87,8 +91,11 @@ demo::LoadedModel tiny_model() {
 
 // A DemoServer on 127.0.0.1:<ephemeral>, served by a background thread until destruction.
 struct TestServer {
-  explicit TestServer(ServerOptions opt = {})
-      : server(tiny_model(), std::move(opt), {std::begin(demo::kWebAssets), std::end(demo::kWebAssets)}) {
+  explicit TestServer(ServerOptions opt = {}) : TestServer(tiny_model(), std::nullopt, std::move(opt)) {}
+  TestServer(std::optional<demo::LoadedModel> segformer, std::optional<demo::ZeroShotModel> zero_shot,
+             ServerOptions opt = {})
+      : server(std::move(segformer), std::move(zero_shot), std::move(opt),
+               {std::begin(demo::kWebAssets), std::end(demo::kWebAssets)}) {
     port = server.bind_to_any_port("127.0.0.1");
     REQUIRE(port > 0);
     thread = std::thread([this] { server.listen_after_bind(); });
@@ -1109,6 +1116,258 @@ TEST_CASE("demo: running out of memory while segmenting gives 503 with a message
   check_error(r, 503, "out of memory while segmenting this image");
   CHECK(r->get_header_value("Retry-After") == "1");
   const auto ok = cli.Post("/api/segment", png, "image/png");
+  REQUIRE(ok);
+  CHECK(ok->status == 200);
+}
+
+// ---- the zero-shot mode ------------------------------------------------------------------------
+
+namespace {
+
+// A reduced random CLIPSeg folder (64 x 64 input, letters-and-digits vocabulary) in `dir`.
+std::string clipseg_folder(const TempDir& dir, uint64_t seed = 5) {
+  const std::string folder = dir.file("clipseg");
+  demo::write_random_clipseg(folder, seed);
+  return folder;
+}
+
+// The label map the library computes for `prompts` on `image` with the folder's own engine:
+// post_process_zero_shot of CLIPSegInference's logits.
+LabelMap reference_zero_shot(const std::string& folder, const Image& image, const std::vector<std::string>& prompts,
+                             double threshold) {
+  CLIPSegInference<float> engine(clipseg_from_pretrained<float>(folder));
+  const CLIPTokenizer tok = CLIPTokenizer::from_pretrained(folder);
+  std::vector<std::vector<int64_t>> ids;
+  for (const auto& p : prompts) ids.push_back(tok.encode(p));
+  const Tensor<float> logits = engine.run(clipseg_image_processor(folder).preprocess(image), ids);
+  return post_process_zero_shot(logits, threshold, image.height, image.width);
+}
+
+// An 8-bit PNG (labels_png) decoded as is, one channel.
+Image decode_gray_png(const std::string& png) {
+  int w = 0, h = 0, n = 0;
+  unsigned char* px = stbi_load_from_memory(reinterpret_cast<const unsigned char*>(png.data()), int(png.size()), &w, &h, &n, 1);
+  REQUIRE(px);
+  Image out(h, w, 1);
+  std::copy(px, px + size_t(w) * size_t(h), out.data.begin());
+  stbi_image_free(px);
+  return out;
+}
+
+httplib::MultipartFormDataItems zero_shot_form(const std::string& image, const std::string& prompts) {
+  return {{"image", image, "street.png", "image/png"}, {"prompts", prompts, "", ""}};
+}
+
+}  // namespace
+
+TEST_CASE("demo: /api/zero_shot gives post_process_zero_shot of the engine's logits, every prompt and the timing split") {
+  TempDir dir("demo_zero_shot");
+  const std::string folder = clipseg_folder(dir);
+  TestServer ts(std::nullopt, demo::load_zero_shot(folder));
+  auto cli = ts.client();
+  const std::string png = read_bytes(kDataDir + "street_375x500.png");
+  const Image image = load_image_from_memory(png);
+  const std::vector<std::string> prompts = {"road", "a car", "sky", "tree 2"};
+
+  for (const double threshold : {0.1, 0.5}) {
+    CAPTURE(threshold);
+    const std::string query = "/api/zero_shot?labels=1&mask=1&threshold=" + std::to_string(threshold);
+    auto r = cli.Post(query, zero_shot_form(png, "road; a car\n sky ;tree 2;"));  // ';' and line breaks
+    REQUIRE(r);
+    REQUIRE_MESSAGE(r->status == 200, r->body);
+    const json body = json::parse(r->body);
+    CHECK(body["prompts"] == json(prompts));
+    CHECK(body["threshold"].get<double>() == doctest::Approx(threshold));
+    CHECK(body["width"] == 500);
+    CHECK(body["height"] == 375);
+    CHECK(body["model_input"] == json::array({64, 64}));
+    CHECK(body["logits_size"] == json::array({4, 64, 64}));
+
+    // The label map: exactly the library's, at the image's size.
+    const Image labels = decode_gray_png(base64_decode(body["labels_png"].get<std::string>()));
+    const LabelMap want = reference_zero_shot(folder, image, prompts, threshold);
+    REQUIRE(labels.height == want.height);
+    REQUIRE(labels.width == want.width);
+    CHECK(labels.data == want.narrow.data);
+
+    // The legend: every prompt once (id k = prompt k), largest first, shares adding up with "nothing".
+    std::vector<int64_t> count(prompts.size() + 1, 0);
+    for (int64_t p = 0; p < want.numel(); ++p) ++count[size_t(want[p])];
+    REQUIRE(body["classes"].size() == prompts.size());
+    int64_t previous = std::numeric_limits<int64_t>::max(), pixels = body["nothing"]["pixels"].get<int64_t>();
+    CHECK(pixels == count[0]);
+    std::set<int64_t> ids;
+    for (const auto& c : body["classes"]) {
+      const int64_t id = c["id"].get<int64_t>();
+      ids.insert(id);
+      CHECK(c["name"] == prompts[size_t(id - 1)]);
+      CHECK(c["pixels"].get<int64_t>() == count[size_t(id)]);
+      CHECK(c["pixels"].get<int64_t>() <= previous);
+      previous = c["pixels"].get<int64_t>();
+      pixels += c["pixels"].get<int64_t>();
+      const Rgb rgb = palette_color(id);
+      CHECK(c["color"] == json::array({rgb[0], rgb[1], rgb[2]}));
+      CHECK(c["tokens"].get<int64_t>() >= 3);  // BOS, at least one token, EOS
+    }
+    CHECK(ids.size() == prompts.size());
+    CHECK(pixels == 375 * 500);
+    if (threshold == 0.1) CHECK(std::count_if(count.begin() + 1, count.end(), [](int64_t n) { return n > 0; }) >= 2);
+
+    // The mask: RGBA, each prompt's colour, "nothing" transparent.
+    const std::string mask_png = base64_decode(body["mask_png"].get<std::string>());
+    int w = 0, h = 0, n = 0;
+    unsigned char* px = stbi_load_from_memory(reinterpret_cast<const unsigned char*>(mask_png.data()), int(mask_png.size()), &w, &h, &n, 4);
+    REQUIRE(px);
+    CHECK(n == 4);
+    bool mask_ok = w == 500 && h == 375;
+    for (int64_t p = 0; mask_ok && p < want.numel(); ++p) {
+      const int64_t k = want[p];
+      const Rgb c = palette_color(k);
+      mask_ok = k == 0 ? px[p * 4 + 3] == 0
+                       : px[p * 4 + 3] == 255 && px[p * 4] == c[0] && px[p * 4 + 1] == c[1] && px[p * 4 + 2] == c[2];
+    }
+    stbi_image_free(px);
+    CHECK(mask_ok);
+    CHECK(load_image_from_memory(base64_decode(body["overlay_png"].get<std::string>())).width == 500);
+
+    // The latency split of examples/zero_shot, plus the server's own phases.
+    for (const char* t : {"decode", "preprocess", "tokenize", "queue", "text", "vision", "decoder", "model", "postprocess",
+                          "encode", "total"})
+      CHECK_MESSAGE(body["timings_ms"][t].get<double>() >= 0, t);
+    CHECK(body["timings_ms"]["model"].get<double>() >= body["timings_ms"]["vision"].get<double>());
+  }
+
+  // The prompts in the query and the image as the raw body give the same answer; no query: the defaults.
+  auto q = cli.Post("/api/zero_shot?overlay=0&prompts=road%3Ba%20car%3Bsky%3Btree%202", png, "image/png");
+  REQUIRE(q);
+  REQUIRE(q->status == 200);
+  CHECK(json::parse(q->body)["prompts"] == json(prompts));
+  CHECK(!json::parse(q->body).contains("overlay_png"));
+  auto d = cli.Post("/api/zero_shot?overlay=0", png, "image/png");
+  REQUIRE(d);
+  REQUIRE(d->status == 200);
+  CHECK(json::parse(d->body)["prompts"] == json(demo::detail::split_prompts(demo::kDefaultPrompts)));
+  CHECK(json::parse(d->body)["prompts"].size() == 9);
+}
+
+TEST_CASE("demo: /api/zero_shot refuses bad prompts, thresholds and uploads with a clear error") {
+  TempDir dir("demo_zero_shot_errors");
+  TestServer ts(std::nullopt, demo::load_zero_shot(clipseg_folder(dir)));
+  auto cli = ts.client();
+  const std::string png = read_bytes(kDataDir + "rgb_37x53.png");
+  const auto post = [&](const std::string& prompts, const std::string& query = "") {
+    return cli.Post("/api/zero_shot" + query, zero_shot_form(png, prompts));
+  };
+  check_error(post("road;;car"), 400, "prompt 2 is empty");
+  check_error(post("  ;road"), 400, "prompt 1 is empty");
+  check_error(post("\n"), 400, "prompt 1 is empty");
+  std::string many;
+  for (int k = 0; k < 33; ++k) many.append("p").append(std::to_string(k)).append(";");
+  check_error(post(many), 400, "more than 32 prompts");
+  check_error(post("road;" + std::string(76, 'x')), 400, "prompt 2 ('xxx");  // 76 letters + BOS + EOS = 78 tokens
+  check_error(post("road;" + std::string(76, 'x')), 400, "78 tokens; the text model takes at most 77");
+  check_error(post(std::string(5000, 'a')), 400, "5000 bytes of text; at most 4096");
+  check_error(post("road;\xff\xfe"), 400, "prompt 2");  // not UTF-8
+  check_error(post("road", "?threshold=1.5"), 400, "'threshold'");
+  check_error(post("road", "?threshold=nan"), 400, "'threshold'");
+  check_error(post("road", "?labels=2"), 400, "'labels'");
+  check_error(cli.Post("/api/zero_shot", zero_shot_form("not an image", "road")), 400, "not an image");
+  check_error(cli.Post("/api/zero_shot", png_header(10000, 10000), "image/png"), 413, "10000x10000 pixels");
+  // 32 prompts of at most 77 tokens are fine, and the server still answers after the errors.
+  std::string most;
+  for (int k = 0; k < 32; ++k) {
+    if (k) most.push_back(';');
+    most.append(size_t(k == 0 ? 75 : 3), char('a' + k % 26));
+  }
+  auto ok = post(most);
+  REQUIRE(ok);
+  CHECK_MESSAGE(ok->status == 200, ok->body);
+  CHECK(json::parse(ok->body)["classes"].size() == 32);
+  // Without a SegFormer, /api/segment says how to get one.
+  check_error(cli.Post("/api/segment", png, "image/png"), 404, "--model");
+}
+
+TEST_CASE("demo: /api/info lists the modes; a server with both models serves both, one with a SegFormer only 404s zero-shot") {
+  TempDir dir("demo_zero_shot_modes");
+  const std::string folder = clipseg_folder(dir);
+  {
+    TestServer ts(tiny_model(), demo::load_zero_shot(folder));
+    auto cli = ts.client();
+    const json info = json::parse(cli.Get("/api/info")->body);
+    CHECK(info["modes"] == json::array({"segment", "zero_shot"}));
+    CHECK(info["model"] == "random-tiny");
+    CHECK(info["num_labels"] == 8);
+    CHECK(info["zero_shot"]["model"] == folder);
+    CHECK(info["zero_shot"]["input_size"] == json::array({64, 64}));
+    CHECK(info["zero_shot"]["default_prompts"] == demo::kDefaultPrompts);
+    CHECK(info["zero_shot"]["default_threshold"] == 0.1);
+    CHECK(info["zero_shot"]["max_prompts"] == 32);
+    CHECK(info["zero_shot"]["max_prompt_tokens"] == 77);
+    const std::string png = read_bytes(kDataDir + "rgb_37x53.png");
+    auto seg = cli.Post("/api/segment", png, "image/png");
+    auto zs = cli.Post("/api/zero_shot", zero_shot_form(png, "road; car"));
+    REQUIRE(seg);
+    REQUIRE(zs);
+    CHECK(seg->status == 200);
+    CHECK(zs->status == 200);
+    CHECK(ts.server.warm_up() >= 0);
+  }
+  {
+    TestServer ts;
+    auto cli = ts.client();
+    const json info = json::parse(cli.Get("/api/info")->body);
+    CHECK(info["modes"] == json::array({"segment"}));
+    CHECK(!info.contains("zero_shot"));
+    check_error(cli.Post("/api/zero_shot", zero_shot_form(read_bytes(kDataDir + "rgb_37x53.png"), "road")), 404,
+                "--zero-shot-model");
+  }
+  {
+    TestServer ts(std::nullopt, demo::random_zero_shot("tiny", 1));
+    const json info = json::parse(ts.client().Get("/api/info")->body);
+    CHECK(info["modes"] == json::array({"zero_shot"}));
+    CHECK(info["model"] == "random-tiny-clipseg");
+    CHECK(!info.contains("classes"));
+  }
+  CHECK_THROWS_WITH_AS(DemoServer(std::nullopt, std::nullopt), doctest::Contains("--zero-shot-model"), Error);
+  CHECK_THROWS_WITH_AS(demo::load_zero_shot(dir.file("missing")), doctest::Contains("missing"), Error);
+}
+
+TEST_CASE("demo: zero-shot requests share the queue (503 beyond it) and out of memory gives 503") {
+  TempDir dir("demo_zero_shot_queue");
+  std::binary_semaphore entered(0), release(0);
+  std::atomic<int> mode{0};  // 0: pass, 1: hold, 2: throw bad_alloc once
+  ServerOptions opt;
+  opt.queue_size = 1;
+  opt.on_inference = [&] {
+    if (mode.load() == 1) {
+      entered.release();
+      release.acquire();
+    } else if (mode.exchange(0) == 2) {
+      throw std::bad_alloc();
+    }
+  };
+  TestServer ts(tiny_model(), demo::load_zero_shot(clipseg_folder(dir)), opt);
+  const std::string png = read_bytes(kDataDir + "rgb_37x53.png");
+  mode = 1;
+  int first_status = 0;
+  std::thread holder([&] {
+    auto cli = ts.client();
+    auto r = cli.Post("/api/zero_shot", zero_shot_form(png, "road"));
+    first_status = r ? r->status : -1;
+  });
+  entered.acquire();  // the zero-shot request holds the models and the only queue slot
+  mode = 0;
+  auto cli = ts.client();
+  check_error(cli.Post("/api/zero_shot", zero_shot_form(png, "road")), 503, "busy");
+  check_error(cli.Post("/api/segment", png, "image/png"), 503, "busy");
+  release.release();
+  holder.join();
+  CHECK(first_status == 200);
+  mode = 2;
+  const auto r = cli.Post("/api/zero_shot", zero_shot_form(png, "road"));
+  check_error(r, 503, "out of memory while segmenting this image");
+  CHECK(r->get_header_value("Retry-After") == "1");
+  const auto ok = cli.Post("/api/zero_shot", zero_shot_form(png, "road"));
   REQUIRE(ok);
   CHECK(ok->status == 200);
 }

@@ -1,23 +1,39 @@
-// examples/demo_server/server.hpp: the demo web server — a SegFormer behind a small REST API and a
-// single-page app (see docs/demo.md). Header-only so that tests/test_demo_server.cpp can start it
-// in-process; examples/demo_server.cpp is only the command line around it.
+// examples/demo_server/server.hpp: the demo web server — a SegFormer and/or a CLIPSeg (zero-shot,
+// by text prompts) behind a small REST API and a single-page app (see docs/demo.md). Header-only so
+// that tests/test_demo_server.cpp can start it in-process; examples/demo_server.cpp is only the
+// command line around it.
 //
 // Guarantees:
 //  - GET /              the page (index.html, app.js, style.css: the assets given to the server).
 //  - GET /healthz       {"status": "ok", ...}: the model is loaded and the server answers.
-//  - GET /api/info      the model name, input size, classes (id, name, palette colour) and limits.
+//  - GET /api/info      the modes served ("segment", "zero_shot"), the SegFormer's name, input size,
+//                       classes (id, name, palette colour), the zero-shot model with its default
+//                       prompts and threshold and prompt limits, and the server's limits.
 //  - POST /api/segment  image bytes (the raw body, or a multipart field "image") -> JSON: the label
 //                       map size, the classes present with their pixel share (largest first), the
 //                       server-side timings, and base64 PNGs: the blended overlay (overlay=1, the
 //                       default) and the colour mask (mask=1). Query: overlay, mask, alpha.
 //  - POST /api/overlay  the same input -> the overlay PNG itself (for curl).
+//  - POST /api/zero_shot the same image input, plus the prompts (multipart field or query
+//                       "prompts", separated by ';' or line breaks; default kDefaultPrompts) ->
+//                       JSON as /api/segment with every prompt as a class (id k = prompt k, largest
+//                       share first), the "nothing" share, the timings split as examples/zero_shot's
+//                       (preprocess, text, vision, decoder, postprocess), and base64 PNGs: overlay
+//                       (overlay=1, default), RGBA mask with "nothing" transparent (mask=1), 8-bit
+//                       label map 0 = nothing, k = prompt k (labels=1). Query: threshold (default
+//                       0.1), alpha. 400 for more than kMaxPrompts prompts, an empty one, more than
+//                       kMaxPromptText bytes of text, or a prompt over the text model's positions
+//                       (77 tokens), naming the prompt. With only one of the two models, the other
+//                       endpoint answers 404 saying which flag adds it.
 //  - Every error is JSON {"error": "...", "status": N}: 400 for an empty, non-image or corrupt
 //    upload, 413 for an upload larger than max_image_mb (or with more than max_pixels pixels),
 //    503 when queue_size segmentation requests are already admitted (or the memory ran out while
 //    segmenting, with a message saying so), 404 for unknown paths, and 500
 //    (the server keeps running) if anything else throws.
-//  - At most queue_size segmentation requests are in flight; they take turns on the model (one
-//    inference at a time, each using all the kernel threads). Beyond that, 503 with Retry-After.
+//  - At most queue_size segmentation requests (both endpoints together) are in flight; they take
+//    turns on the models (one inference at a time, each using all the kernel threads; the engines
+//    are not thread-safe). Beyond that, 503 with Retry-After. The CLIPSeg engine caches the text
+//    features per prompt, so repeated prompts cost only the image.
 //  - The HTTP layer (detail::GuardedServer in http_layer.hpp, HTTP or HTTPS) survives slow and
 //    hostile clients: at most max_connections open connections are served (a thread each, apart
 //    from the queue; beyond, 503 and close); the TLS handshake and the request head must each
@@ -41,6 +57,7 @@
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -54,6 +71,10 @@
 #include <segml/io/image.hpp>
 #include <segml/io/image_processor.hpp>
 #include <segml/io/overlay.hpp>
+#include <segml/models/clip/tokenization_clip.hpp>
+#include <segml/models/clipseg/clipseg_inference.hpp>
+#include <segml/models/clipseg/pretrained_clipseg.hpp>
+#include <segml/models/clipseg/processing_clipseg.hpp>
 #include <segml/models/segformer_inference.hpp>
 
 // After Eigen (via segml): httplib.h pulls in <resolv.h>, whose `_res` macro breaks Eigen's headers.
@@ -115,7 +136,9 @@ inline std::string how_to_get_a_model(const std::string& weights_dir) {
          "  (add --steps 300 for a quicker, rougher model; --data DIR for your own dataset, see docs/training.md)\n"
          "A pretrained Hugging Face SegFormer works too (e.g. nvidia/segformer-b0-finetuned-ade-512-512): a folder\n"
          "  with config.json + model.safetensors (convert a pytorch_model.bin with tools/convert_weights.py).\n"
-         "Then run: demo_server --model weights/<folder>";
+         "Then run: demo_server --model weights/<folder>\n"
+         "For zero-shot segmentation from text prompts instead (no training), give a CLIPSeg folder:\n"
+         "    demo_server --zero-shot-model clipseg-rd64-refined   (huggingface-cli download CIDAS/clipseg-rd64-refined)";
 }
 
 // The model to serve: `path` when given; else the checkpoint in `weights_dir` itself or in one of
@@ -166,6 +189,97 @@ inline LoadedModel random_model(const std::string& preset, uint64_t seed = 0) {
   SegformerForSemanticSegmentation<float> model(config, seed);
   model.eval();
   return {std::move(model), SegformerImageProcessor(), "random-" + preset};
+}
+
+// A CLIPSeg checkpoint for the zero-shot mode: the engine (which holds its own packed copy of the
+// weights), the CLIP tokenizer and the image processor of an HF-layout folder.
+struct ZeroShotModel {
+  std::unique_ptr<CLIPSegInference<float>> engine;
+  CLIPTokenizer tokenizer;
+  ViTImageProcessor processor;
+  std::string name;  // the path it was loaded from
+};
+
+// The zero-shot defaults the page starts with: the Cityscapes street classes most photos show.
+inline constexpr const char* kDefaultPrompts = "road; sidewalk; car; person; bicycle; traffic light; building; tree; sky";
+constexpr double kDefaultZeroShotThreshold = 0.1;
+constexpr int kMaxPrompts = 32;              // per request
+constexpr size_t kMaxPromptText = 4096;      // bytes of prompt text per request, all prompts together
+
+// Loads a CLIPSeg folder (config.json, model.safetensors, vocab.json, merges.txt, optionally
+// preprocessor_config.json) to serve: strict, and NaN / Inf weights are refused.
+inline ZeroShotModel load_zero_shot(const std::string& folder) {
+  LoadOptions opt;
+  opt.strict = true;
+  opt.allow_non_finite = false;
+  auto engine = std::make_unique<CLIPSegInference<float>>(clipseg_from_pretrained<float>(folder, opt));
+  return {std::move(engine), CLIPTokenizer::from_pretrained(folder), clipseg_image_processor(folder), folder};
+}
+
+// Writes a randomly initialised, reduced CLIPSeg as an HF folder (64 x 64 input, 4 vision layers of
+// width 32, a vocabulary of the letters and digits with and without "</w>", so that any ASCII
+// prompt tokenises, letter by letter). For trying the zero-shot page and tests: its masks are noise.
+inline void write_random_clipseg(const std::string& folder, uint64_t seed = 0) {
+  CLIPSegConfig c = CLIPSegConfig::rd64_refined();
+  c.text_config.vocab_size = 80;
+  c.text_config.hidden_size = 32;
+  c.text_config.intermediate_size = 64;
+  c.text_config.num_hidden_layers = 2;
+  c.text_config.num_attention_heads = 2;
+  c.text_config.max_position_embeddings = 77;
+  c.vision_config.hidden_size = 32;
+  c.vision_config.intermediate_size = 64;
+  c.vision_config.num_hidden_layers = 4;
+  c.vision_config.num_attention_heads = 2;
+  c.vision_config.image_size = 64;
+  c.projection_dim = 24;
+  c.reduce_dim = 16;
+  c.decoder_num_attention_heads = 2;
+  c.decoder_intermediate_size = 32;
+  c.extract_layers = {1, 2, 3};
+  CLIPSegForImageSegmentation<float> model(c, seed);
+  // Scale the head up so that the logits spread around 0 and several prompts win somewhere.
+  for (auto* t : {&model.decoder.tconv4.weight, &model.decoder.tconv4.bias}) {
+    Tensor<float>& w = t->data();
+    for (int64_t i = 0; i < w.numel(); ++i) w.data()[i] *= 20.0f;
+  }
+  const nlohmann::json pre = {{"do_resize", true},   {"size", {{"height", 64}, {"width", 64}}},
+                              {"resample", 2},       {"do_rescale", true},
+                              {"rescale_factor", 1 / 255.0}, {"do_normalize", true},
+                              {"image_processor_type", "ViTImageProcessor"}};
+  save_pretrained(model, folder, &pre);
+  nlohmann::json vocab = nlohmann::json::object();
+  int64_t id = 0;
+  std::string symbols;
+  for (char ch = 'a'; ch <= 'z'; ++ch) symbols += ch;
+  for (char ch = '0'; ch <= '9'; ++ch) symbols += ch;
+  for (char ch : symbols) vocab[std::string(1, ch)] = id++;
+  for (char ch : symbols) vocab[std::string(1, ch) + "</w>"] = id++;
+  for (const char* t : {"<|startoftext|>", "<|endoftext|>"}) vocab[t] = id++;
+  SEGML_CHECK(id <= c.text_config.vocab_size, "write_random_clipseg: vocabulary of ", id, " > vocab_size");
+  std::ofstream(std::filesystem::path(folder) / "vocab.json", std::ios::binary) << vocab.dump();
+  std::ofstream(std::filesystem::path(folder) / "merges.txt", std::ios::binary) << "#version: 0.2\na b\n";
+}
+
+// A random reduced CLIPSeg (write_random_clipseg), written to a temporary folder, loaded, and the
+// folder removed. preset: "tiny".
+inline ZeroShotModel random_zero_shot(const std::string& preset, uint64_t seed = 0) {
+  if (preset != "tiny") fail("random_zero_shot: unknown preset '", preset, "' (tiny)");
+  namespace fs = std::filesystem;
+  static std::atomic<int> counter{0};
+  const fs::path dir = fs::temp_directory_path() /
+                       ("segml-demo-clipseg-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
+  struct Remove {
+    fs::path p;
+    ~Remove() {
+      std::error_code ec;
+      fs::remove_all(p, ec);
+    }
+  } remove{dir};
+  write_random_clipseg(dir.string(), seed);
+  ZeroShotModel m = load_zero_shot(dir.string());
+  m.name = "random-" + preset + "-clipseg";
+  return m;
 }
 
 namespace detail {
@@ -220,11 +334,54 @@ struct HttpError : std::runtime_error {
 
 inline void send_json(httplib::Response& res, int status, const nlohmann::json& body) {
   res.status = status;
-  res.set_content(body.dump(), "application/json");
+  // Invalid UTF-8 (e.g. a client's text quoted in an error) becomes U+FFFD rather than an exception.
+  res.set_content(body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace), "application/json");
 }
 
 inline void send_error(httplib::Response& res, int status, const std::string& message) {
   send_json(res, status, {{"error", message}, {"status", status}});
+}
+
+// "road; a car\nsky" -> {"road", "a car", "sky"}: prompts separated by ';' or line breaks, trimmed.
+// 400 for an empty prompt (naming its position), more than kMaxPrompts prompts, or more than
+// kMaxPromptText bytes of text.
+inline std::vector<std::string> split_prompts(const std::string& text) {
+  if (text.size() > kMaxPromptText)
+    throw HttpError(400, "prompts: " + std::to_string(text.size()) + " bytes of text; at most " +
+                             std::to_string(kMaxPromptText) + " are accepted");
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (true) {
+    const size_t end = text.find_first_of(";\n", start);
+    std::string p = text.substr(start, end == std::string::npos ? std::string::npos : end - start);
+    const size_t a = p.find_first_not_of(" \t\r\n"), b = p.find_last_not_of(" \t\r\n");
+    p = a == std::string::npos ? "" : p.substr(a, b - a + 1);
+    const bool last = end == std::string::npos;
+    // A trailing separator ("road; car;") ends the list; an empty prompt elsewhere is an error.
+    if (p.empty() && !(last && !out.empty()))
+      throw HttpError(400, "prompts: prompt " + std::to_string(out.size() + 1) +
+                               " is empty (give text prompts separated by ';' or line breaks, e.g. 'road; car; sky')");
+    if (!p.empty()) out.push_back(p);
+    if (out.size() > size_t(kMaxPrompts))
+      throw HttpError(400, "prompts: more than " + std::to_string(kMaxPrompts) + " prompts; at most " +
+                               std::to_string(kMaxPrompts) + " per request");
+    if (last) break;
+    start = end + 1;
+  }
+  return out;
+}
+
+// The label map as RGBA: prompt k's palette colour, opaque; "nothing" (0) fully transparent.
+inline Image zero_shot_mask(const LabelMap& labels) {
+  Image out(labels.height, labels.width, 4);
+  for (int64_t p = 0; p < labels.numel(); ++p) {
+    const int64_t k = labels[p];
+    if (k == 0) continue;
+    const Rgb c = palette_color(k);
+    for (int64_t ch = 0; ch < 3; ++ch) out.data[size_t(p * 4 + ch)] = c[size_t(ch)];
+    out.data[size_t(p * 4 + 3)] = 255;
+  }
+  return out;
 }
 
 // Bounded admission: at most `capacity` holders at a time; try_enter() never waits.
@@ -312,16 +469,21 @@ class PixelBudget {
 
 class DemoServer {
  public:
-  DemoServer(SegformerForSemanticSegmentation<float> model, SegformerImageProcessor processor, std::string model_name,
-             ServerOptions options = {}, std::vector<Asset> assets = {})
-      : model_(std::move(model)),
-        engine_(model_),
-        processor_(std::move(processor)),
-        name_(std::move(model_name)),
-        opt_(std::move(options)),
-        assets_(std::move(assets)),
-        admission_(std::max(0, opt_.queue_size)) {
-    model_.eval();
+  // Either model or both: `segformer` for /api/segment, `zero_shot` for /api/zero_shot.
+  DemoServer(std::optional<LoadedModel> segformer, std::optional<ZeroShotModel> zero_shot, ServerOptions options = {},
+             std::vector<Asset> assets = {})
+      : opt_(std::move(options)), assets_(std::move(assets)), admission_(std::max(0, opt_.queue_size)) {
+    SEGML_CHECK(segformer || zero_shot,
+                "demo_server: no model to serve: give a SegFormer (--model) or a CLIPSeg (--zero-shot-model), or both");
+    if (segformer) {
+      seg_ = std::make_unique<Segformer>(std::move(*segformer));
+      seg_->model.eval();
+    }
+    if (zero_shot) {
+      SEGML_CHECK(zero_shot->engine, "demo_server: the zero-shot model has no engine");
+      zs_ = std::make_unique<ZeroShotModel>(std::move(*zero_shot));
+    }
+    name_ = seg_ ? seg_->name : zs_->name;
     SEGML_CHECK(opt_.max_image_mb > 0, "demo_server: --max-image-mb must be positive, got ", opt_.max_image_mb);
     SEGML_CHECK(opt_.tls_cert.empty() == opt_.tls_key.empty(), "demo_server: HTTPS needs both --tls-cert and --tls-key");
     SEGML_CHECK(opt_.max_connections >= 1, "demo_server: --max-connections must be >= 1, got ", opt_.max_connections);
@@ -353,7 +515,10 @@ class DemoServer {
     setup_routes();
   }
   DemoServer(LoadedModel loaded, ServerOptions options = {}, std::vector<Asset> assets = {})
-      : DemoServer(std::move(loaded.model), std::move(loaded.processor), std::move(loaded.name), std::move(options),
+      : DemoServer(std::optional<LoadedModel>(std::move(loaded)), std::nullopt, std::move(options), std::move(assets)) {}
+  DemoServer(SegformerForSemanticSegmentation<float> model, SegformerImageProcessor processor, std::string model_name,
+             ServerOptions options = {}, std::vector<Asset> assets = {})
+      : DemoServer(LoadedModel{std::move(model), std::move(processor), std::move(model_name)}, std::move(options),
                    std::move(assets)) {}
   DemoServer(const DemoServer&) = delete;
   DemoServer& operator=(const DemoServer&) = delete;
@@ -380,27 +545,54 @@ class DemoServer {
   double warm_up() {
     const auto t0 = Clock::now();
     std::lock_guard<std::mutex> lock(model_mutex_);
-    engine_.run(Tensor<float>::zeros({1, 3, processor_.height, processor_.width}));
+    if (seg_) seg_->engine.run(Tensor<float>::zeros({1, 3, seg_->processor.height, seg_->processor.width}));
+    if (zs_) {
+      std::vector<std::vector<int64_t>> ids;
+      for (const std::string& p : detail::split_prompts(kDefaultPrompts)) ids.push_back(zs_->tokenizer.encode(p));
+      zs_->engine->run(Tensor<float>::zeros({1, 3, zs_->processor.height, zs_->processor.width}), ids);
+    }
     return ms(t0, Clock::now());
   }
 
+  bool has_segformer() const { return seg_ != nullptr; }
+  bool has_zero_shot() const { return zs_ != nullptr; }
+
+  // The SegFormer's fields (model, num_labels, classes, input_size, architecture) when it is served,
+  // "modes" (["segment"], ["zero_shot"] or both) and, with a CLIPSeg, "zero_shot": its name, input
+  // size, the default prompts and threshold, and the prompt limits.
   nlohmann::json info() const {
-    nlohmann::json classes = nlohmann::json::array();
-    for (const auto& [id, label] : model_.config.id2label) {
-      const Rgb c = palette_color(id);
-      classes.push_back({{"id", id}, {"name", label}, {"color", {c[0], c[1], c[2]}}});
+    nlohmann::json out = {{"model", name_},
+                          {"modes", nlohmann::json::array()},
+                          {"threads", num_threads()},
+                          {"queue_size", admission_.capacity()},
+                          {"max_image_mb", opt_.max_image_mb},
+                          {"max_pixels", opt_.max_pixels},
+                          {"max_connections", opt_.max_connections}};
+    if (seg_) {
+      nlohmann::json classes = nlohmann::json::array();
+      for (const auto& [id, label] : seg_->model.config.id2label) {
+        const Rgb c = palette_color(id);
+        classes.push_back({{"id", id}, {"name", label}, {"color", {c[0], c[1], c[2]}}});
+      }
+      const auto& cfg = seg_->model.config;
+      out["modes"].push_back("segment");
+      out["num_labels"] = cfg.num_labels;
+      out["classes"] = classes;
+      out["input_size"] = {seg_->processor.height, seg_->processor.width};
+      out["architecture"] = {{"hidden_sizes", cfg.hidden_sizes}, {"depths", cfg.depths}};
     }
-    const auto& cfg = model_.config;
-    return {{"model", name_},
-            {"num_labels", cfg.num_labels},
-            {"classes", classes},
-            {"input_size", {processor_.height, processor_.width}},
-            {"architecture", {{"hidden_sizes", cfg.hidden_sizes}, {"depths", cfg.depths}}},
-            {"threads", num_threads()},
-            {"queue_size", admission_.capacity()},
-            {"max_image_mb", opt_.max_image_mb},
-            {"max_pixels", opt_.max_pixels},
-            {"max_connections", opt_.max_connections}};
+    if (zs_) {
+      out["modes"].push_back("zero_shot");
+      const CLIPSegConfig& c = zs_->engine->config();
+      out["zero_shot"] = {{"model", zs_->name},
+                          {"input_size", {zs_->processor.height, zs_->processor.width}},
+                          {"default_prompts", kDefaultPrompts},
+                          {"default_threshold", kDefaultZeroShotThreshold},
+                          {"max_prompts", kMaxPrompts},
+                          {"max_prompt_tokens", c.text_config.max_position_embeddings},
+                          {"max_prompt_text", kMaxPromptText}};
+    }
+    return out;
   }
 
  private:
@@ -444,6 +636,7 @@ class DemoServer {
     http_->Get("/api/info", [this](const httplib::Request&, httplib::Response& res) { detail::send_json(res, 200, info()); });
     http_->Post("/api/segment", [this](const httplib::Request& req, httplib::Response& res) { handle(req, res, false); });
     http_->Post("/api/overlay", [this](const httplib::Request& req, httplib::Response& res) { handle(req, res, true); });
+    http_->Post("/api/zero_shot", [this](const httplib::Request& req, httplib::Response& res) { handle_zero_shot(req, res); });
 
     // Errors httplib raises itself (404, 413 for an oversized body, 400 for a malformed request)
     // get a JSON body; responses our handlers already filled are left alone.
@@ -477,7 +670,7 @@ class DemoServer {
         if (conn->body_too_large()) res.status = 413;
       }
       if (res.status == 404)
-        detail::send_error(res, 404, "no such path: " + req.path + " (see GET /api/info, POST /api/segment)");
+        detail::send_error(res, 404, "no such path: " + req.path + " (see GET /api/info, POST /api/segment, POST /api/zero_shot)");
       else if (res.status == 413 && req.get_header_value("Content-Type") == "application/x-www-form-urlencoded")
         detail::send_error(res, 413,
                            "form-encoded bodies are limited to 8 KB: send the image with Content-Type image/jpeg or "
@@ -570,6 +763,147 @@ class DemoServer {
     }
   }
 
+  void handle_zero_shot(const httplib::Request& req, httplib::Response& res) {
+    try {
+      detail::send_json(res, 200, zero_shot(req));
+      ++served_;
+    } catch (const detail::HttpError& e) {
+      if (e.status == 503) res.set_header("Retry-After", "1");
+      detail::send_error(res, e.status, e.what());
+    } catch (const std::bad_alloc&) {
+      res.set_header("Retry-After", "1");
+      detail::send_error(res, 503, "out of memory while segmenting this image; retry shortly, or send a smaller image");
+    } catch (const std::exception& e) {
+      detail::send_error(res, 500, std::string("internal error: ") + e.what());
+    }
+  }
+
+  // A text field of the request: the multipart field `key`, else the query parameter; `fallback`
+  // when neither is there.
+  static std::string text_field(const httplib::Request& req, const char* key, const std::string& fallback) {
+    if (req.is_multipart_form_data() && req.has_file(key)) return req.get_file_value(key).content;
+    if (req.has_param(key)) return req.get_param_value(key);
+    return fallback;
+  }
+
+  // The prompts of a zero-shot request, tokenised and checked: 400 naming the prompt that is not
+  // valid text or is longer than the text model's positions.
+  std::vector<std::vector<int64_t>> tokenize_prompts(const std::vector<std::string>& prompts) const {
+    const int64_t max_tokens = zs_->engine->config().text_config.max_position_embeddings;
+    // A prompt quoted in an error: at most 60 bytes of it.
+    const auto quoted = [](const std::string& p) { return p.size() <= 60 ? p : p.substr(0, 60) + "..."; };
+    std::vector<std::vector<int64_t>> ids;
+    for (size_t k = 0; k < prompts.size(); ++k) {
+      try {
+        ids.push_back(zs_->tokenizer.encode(prompts[k]));
+      } catch (const Error& e) {
+        throw detail::HttpError(400, "prompts: prompt " + std::to_string(k + 1) + " ('" + quoted(prompts[k]) +
+                                         "') cannot be tokenised: " + e.what());
+      }
+      if (int64_t(ids.back().size()) > max_tokens)
+        throw detail::HttpError(400, "prompts: prompt " + std::to_string(k + 1) + " ('" + quoted(prompts[k]) + "') is " +
+                                         std::to_string(ids.back().size()) + " tokens; the text model takes at most " +
+                                         std::to_string(max_tokens) + " (with the start and end tokens)");
+    }
+    return ids;
+  }
+
+  // POST /api/zero_shot: the image as for /api/segment, the prompts (multipart field or query
+  // "prompts"), query threshold, overlay, mask, labels, alpha. See docs/demo.md.
+  nlohmann::json zero_shot(const httplib::Request& req) {
+    if (!zs_)
+      throw detail::HttpError(404, "this server runs no zero-shot model (start demo_server with --zero-shot-model DIR)");
+    const auto t0 = Clock::now();
+    const CheckedUpload up = check_upload(req);
+    const std::vector<std::string> prompts = detail::split_prompts(text_field(req, "prompts", kDefaultPrompts));
+    const auto t_tok0 = Clock::now();
+    const std::vector<std::vector<int64_t>> ids = tokenize_prompts(prompts);
+    const double tokenize_ms = ms(t_tok0, Clock::now());
+    const double threshold = query_number(req, "threshold", kDefaultZeroShotThreshold, 0, 1);
+    const bool want_overlay = query_number(req, "overlay", 1, 0, 1) != 0;
+    const bool want_mask = query_number(req, "mask", 0, 0, 1) != 0;
+    const bool want_labels = query_number(req, "labels", 0, 0, 1) != 0;
+    const double alpha = query_number(req, "alpha", 0.5, 0, 1);
+
+    std::optional<detail::Admission::Ticket> ticket = enter_queue();
+    const detail::PixelBudget::Lease pixels = pixel_budget_.acquire(int64_t(up.width) * up.height);
+    const auto t_decode0 = Clock::now();
+    Image image = decode(up);
+    const auto t_decoded = Clock::now();
+    const Tensor<float> pixel_values = zs_->processor.preprocess(image);
+    const auto t_pre = Clock::now();
+    Tensor<float> logits;
+    Clock::time_point t_start;
+    CLIPSegTimings engine_ms;
+    {
+      // One inference at a time on the machine, whichever the model (the engines are not thread-safe).
+      std::lock_guard<std::mutex> lock(model_mutex_);
+      t_start = Clock::now();
+      if (opt_.on_inference) opt_.on_inference();
+      const Tensor<float> cond = zs_->engine->text_features(ids);  // cached per prompt
+      engine_ms.text = zs_->engine->timings().text;
+      const auto features = zs_->engine->encode_image(pixel_values);
+      engine_ms.vision = zs_->engine->timings().vision;
+      logits = zs_->engine->decode(features, cond);
+      engine_ms.decoder = zs_->engine->timings().decoder;
+    }
+    const auto t_model = Clock::now();
+    LabelMap labels = post_process_zero_shot(logits, threshold, image.height, image.width);
+    const auto histogram = class_histogram(labels);
+    const auto t_post = Clock::now();
+    ticket.reset();
+
+    std::vector<int64_t> count(prompts.size() + 1, 0);
+    for (const auto& [id, n] : histogram) count[size_t(id)] = n;
+    std::vector<size_t> order(prompts.size());
+    for (size_t k = 0; k < order.size(); ++k) order[k] = k;
+    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return count[a + 1] > count[b + 1]; });
+    const double total_px = double(labels.numel());
+    nlohmann::json classes = nlohmann::json::array();
+    for (size_t k : order) {  // every prompt, most pixels first
+      const int64_t id = int64_t(k) + 1;
+      const Rgb c = palette_color(id);
+      classes.push_back({{"id", id},
+                         {"name", prompts[k]},
+                         {"color", {c[0], c[1], c[2]}},
+                         {"pixels", count[size_t(id)]},
+                         {"share", double(count[size_t(id)]) / total_px},
+                         {"tokens", ids[k].size()}});
+    }
+    nlohmann::json out = {{"width", labels.width},
+                          {"height", labels.height},
+                          {"model", zs_->name},
+                          {"model_input", {pixel_values.size(2), pixel_values.size(3)}},
+                          {"logits_size", {logits.size(0), logits.size(1), logits.size(2)}},
+                          {"format", up.format},
+                          {"threshold", threshold},
+                          {"prompts", prompts},
+                          {"classes", classes},
+                          {"nothing", {{"pixels", count[0]}, {"share", double(count[0]) / total_px}}}};
+    if (want_labels) out["labels_png"] = detail::base64(detail::encode_png(labels.narrow));
+    if (want_mask) out["mask_png"] = detail::base64(detail::encode_png(detail::zero_shot_mask(labels)));
+    if (want_overlay) {
+      overlay_in_place(image, labels, alpha, /*transparent=*/0);
+      out["overlay_png"] = detail::base64(detail::encode_png(image));
+    }
+    image = Image();
+    labels = LabelMap();
+    const auto t_end = Clock::now();
+    const double model_ms = ms(t_start, t_model);
+    out["timings_ms"] = {{"decode", ms(t_decode0, t_decoded)},
+                         {"preprocess", ms(t_decoded, t_pre)},
+                         {"tokenize", tokenize_ms},
+                         {"queue", ms(t_pre, t_start)},
+                         {"text", tokenize_ms + engine_ms.text},
+                         {"vision", engine_ms.vision},
+                         {"decoder", engine_ms.decoder},
+                         {"model", model_ms},
+                         {"postprocess", ms(t_model, t_post)},
+                         {"encode", ms(t_post, t_end)},
+                         {"total", ms(t0, t_end)}};
+    return out;
+  }
+
   // The upload's bytes: a multipart field "image" (or its only file), else the raw body.
   static const std::string& upload_bytes(const httplib::Request& req) {
     if (!req.is_multipart_form_data()) return req.body;
@@ -591,9 +925,14 @@ class DemoServer {
                                      ", " + std::to_string(hi) + "], got '" + v + "'");
   }
 
-  // Decode, queue, run, post-process. With `png_res`, writes the overlay PNG there instead of JSON.
-  nlohmann::json segment(const httplib::Request& req, httplib::Response* png_res) {
-    const auto t0 = Clock::now();
+  // An upload checked from its bytes and header alone (before admission): its format and size.
+  struct CheckedUpload {
+    const std::string& bytes;
+    const char* format;
+    int width, height;
+  };
+
+  CheckedUpload check_upload(const httplib::Request& req) const {
     const std::string& bytes = upload_bytes(req);
     if (bytes.empty())
       throw detail::HttpError(400, "empty upload: send a JPEG or PNG as the request body or as multipart field 'image'");
@@ -614,25 +953,44 @@ class DemoServer {
     if (!stbi_info_from_memory(reinterpret_cast<const unsigned char*>(bytes.data()), static_cast<int>(bytes.size()), &w, &h, &n))
       throw detail::HttpError(400, std::string("corrupt ") + format + ": cannot read its header");
     too_many_pixels(w, h);
-    const bool want_overlay = png_res || query_number(req, "overlay", 1, 0, 1) != 0;
-    const bool want_mask = !png_res && query_number(req, "mask", 0, 0, 1) != 0;
-    const double alpha = query_number(req, "alpha", 0.5, 0, 1);
+    return {bytes, format, w, h};
+  }
 
+  // A place in the queue (given back when the ticket is reset or destroyed), else 503.
+  std::optional<detail::Admission::Ticket> enter_queue() {
     std::optional<detail::Admission::Ticket> ticket = admission_.try_enter();
     if (!ticket)
       throw detail::HttpError(503, "busy: " + std::to_string(admission_.capacity()) +
                                        " requests are already queued; retry shortly");
+    return ticket;
+  }
+
+  Image decode(const CheckedUpload& up) const {
+    try {
+      return load_image_from_memory(up.bytes, "upload", opt_.max_pixels);
+    } catch (const Error& e) {
+      throw detail::HttpError(400, std::string("corrupt ") + up.format + ": " + e.what());
+    }
+  }
+
+  // Decode, queue, run, post-process. With `png_res`, writes the overlay PNG there instead of JSON.
+  nlohmann::json segment(const httplib::Request& req, httplib::Response* png_res) {
+    if (!seg_)
+      throw detail::HttpError(404, "this server runs no SegFormer (start demo_server with --model): use POST /api/zero_shot");
+    const auto t0 = Clock::now();
+    const CheckedUpload up = check_upload(req);
+    const char* format = up.format;
+    const bool want_overlay = png_res || query_number(req, "overlay", 1, 0, 1) != 0;
+    const bool want_mask = !png_res && query_number(req, "mask", 0, 0, 1) != 0;
+    const double alpha = query_number(req, "alpha", 0.5, 0, 1);
+
+    std::optional<detail::Admission::Ticket> ticket = enter_queue();
     // Decoding, post-processing and encoding hold image-sized buffers: at most max_pixels of them
     // at once across all requests (the lease is given back when this function returns).
-    const detail::PixelBudget::Lease pixels = pixel_budget_.acquire(int64_t(w) * h);
-    Image image;
-    try {
-      image = load_image_from_memory(bytes, "upload", opt_.max_pixels);
-    } catch (const Error& e) {
-      throw detail::HttpError(400, std::string("corrupt ") + format + ": " + e.what());
-    }
+    const detail::PixelBudget::Lease pixels = pixel_budget_.acquire(int64_t(up.width) * up.height);
+    Image image = decode(up);
     const auto t_decoded = Clock::now();
-    const Tensor<float> pixel_values = processor_.preprocess(image);
+    const Tensor<float> pixel_values = seg_->processor.preprocess(image);
     const auto t_pre = Clock::now();
     Tensor<float> logits;
     Clock::time_point t_start;
@@ -640,11 +998,11 @@ class DemoServer {
       std::lock_guard<std::mutex> lock(model_mutex_);
       t_start = Clock::now();
       if (opt_.on_inference) opt_.on_inference();
-      logits = engine_.run(pixel_values);
+      logits = seg_->engine.run(pixel_values);
     }
     const auto t_model = Clock::now();
     // Streamed to the image size, 1 byte per pixel (never classes x H x W floats, nor int64 ids).
-    LabelMap labels = processor_.post_process_label_map(logits, 0, image.height, image.width);
+    LabelMap labels = seg_->processor.post_process_label_map(logits, 0, image.height, image.width);
     const auto histogram = class_histogram(labels);
     const auto t_post = Clock::now();
     ticket.reset();
@@ -660,9 +1018,9 @@ class DemoServer {
     const double total_px = double(labels.numel());
     for (const auto& [id, count] : histogram) {  // most frequent first
       const Rgb c = palette_color(id);
-      const auto it = model_.config.id2label.find(id);
+      const auto it = seg_->model.config.id2label.find(id);
       classes.push_back({{"id", id},
-                         {"name", it == model_.config.id2label.end() ? "class " + std::to_string(id) : it->second},
+                         {"name", it == seg_->model.config.id2label.end() ? "class " + std::to_string(id) : it->second},
                          {"color", {c[0], c[1], c[2]}},
                          {"pixels", count},
                          {"share", double(count) / total_px}});
@@ -692,10 +1050,17 @@ class DemoServer {
     return out;
   }
 
-  SegformerForSemanticSegmentation<float> model_;
-  SegformerInference<float> engine_;
-  SegformerImageProcessor processor_;
-  std::string name_;
+  struct Segformer {
+    explicit Segformer(LoadedModel m)
+        : model(std::move(m.model)), engine(model), processor(std::move(m.processor)), name(std::move(m.name)) {}
+    SegformerForSemanticSegmentation<float> model;
+    SegformerInference<float> engine;
+    SegformerImageProcessor processor;
+    std::string name;
+  };
+  std::unique_ptr<Segformer> seg_;  // null: no SegFormer served
+  std::unique_ptr<ZeroShotModel> zs_;  // null: no zero-shot mode
+  std::string name_;  // the SegFormer's, else the CLIPSeg's
   ServerOptions opt_;
   std::vector<Asset> assets_;
   detail::Admission admission_;

@@ -1,14 +1,19 @@
 // End-to-end test of the demo page: starts demo_server, opens the page in headless Debian Chromium
 // (driven by playwright-core), uploads a street photo, waits for the overlay, checks the legend,
 // the latency panel and the view toggles, checks that a bad upload shows an error, runs the live
-// mode on Chromium's fake camera, and saves screenshots (laptop, phone and live). Then serves on all
-// interfaces, where an access token is asked: opening the printed ?token= address must just work
-// (the page's own requests carry the token in a cookie), and requests without it get 401.
+// mode on Chromium's fake camera, and saves screenshots (laptop, phone and live). The server also
+// has a CLIPSeg: the zero-shot mode is switched on, prompts typed and run, the legend must list
+// them with their shares and the latency panel the CLI's split (preprocess, vision tower, text,
+// decoder, post-process); the live camera runs in that mode too; a server with only a CLIPSeg shows
+// only that mode. Then serves on all interfaces, where an access token is asked: opening the
+// printed ?token= address must just work (the page's own requests carry the token in a cookie),
+// and requests without it get 401.
 //
-//   node e2e.mjs --server build/examples/demo_server [--model DIR] [--image street.jpg] [--out DIR]
+//   node e2e.mjs --server build/examples/demo_server [--model DIR] [--zero-shot-model DIR] [--image street.jpg] [--out DIR]
 //
 // --model (or $SEGML_DEMO_MODEL): the checkpoint to serve; default a random tiny model (the test is
-// about the page, not the predictions). --image (or $SEGML_DEMO_IMAGE): default the first CamVid val
+// about the page, not the predictions). --zero-shot-model (or $SEGML_DEMO_ZERO_SHOT_MODEL): the
+// CLIPSeg folder; default a random reduced one (demo_server --zero-shot-random-init tiny). --image (or $SEGML_DEMO_IMAGE): default the first CamVid val
 // image in ../shared/data/camvid, else a synthetic scene from runs/synthetic-scenes (written by
 // examples/finetune_sidewalk), else tests/data/street_375x500.png. --out: where the screenshots go.
 // Exit code 77 (ctest: skipped) when chromium or node_modules/playwright-core is missing.
@@ -78,6 +83,8 @@ async function main() {
   const serverBin = arg('server', process.env.SEGML_DEMO_SERVER);
   const outDir = path.resolve(arg('out', path.join(repo, 'build', 'demo_server_browser')));
   const model = arg('model', process.env.SEGML_DEMO_MODEL);
+  const zeroShotModel = arg('zero-shot-model', process.env.SEGML_DEMO_ZERO_SHOT_MODEL);
+  const zeroShotArgs = zeroShotModel ? ['--zero-shot-model', zeroShotModel] : ['--zero-shot-random-init', 'tiny'];
   if (!serverBin || !fs.existsSync(serverBin)) skip(`demo_server binary not found (--server ${serverBin})`);
   if (!fs.existsSync(CHROMIUM)) skip(`${CHROMIUM} not found (apt-get install chromium)`);
   let chromium;
@@ -92,7 +99,8 @@ async function main() {
 
   const port = await freePort();
   const url = `http://127.0.0.1:${port}`;
-  const serverArgs = ['--host', '127.0.0.1', '--port', String(port), ...(model ? ['--model', model] : ['--random-init', 'tiny'])];
+  const serverArgs = ['--host', '127.0.0.1', '--port', String(port), ...(model ? ['--model', model] : ['--random-init', 'tiny']),
+                      ...zeroShotArgs];
   console.log(`starting ${serverBin} ${serverArgs.join(' ')}`);
   const server = spawn(serverBin, serverArgs, {stdio: ['ignore', 'inherit', 'inherit']});
   let browser;
@@ -188,6 +196,9 @@ async function main() {
     await livePage.click('#live-button');
     check(await livePage.$eval('#fps', (el) => el.hidden), 'stopping the live mode hides the FPS badge');
 
+    await checkZeroShot(browser, url, image, outDir, pageErrors);
+    await checkZeroShotOnly(browser, serverBin, zeroShotArgs, image);
+
     const unexpected = pageErrors.filter((e) => !/status of 400/.test(e));  // the corrupt upload's 400
     check(unexpected.length === 0, `no errors in the page's console${unexpected.length ? `: ${unexpected.join('; ')}` : ''}`);
 
@@ -195,6 +206,107 @@ async function main() {
     console.log('PASS');
   } finally {
     if (browser) await browser.close();
+    server.kill('SIGTERM');
+  }
+}
+
+// The zero-shot mode on the server with both models: switch to it, type prompts, run them on a photo,
+// check the legend (the prompts with their shares), the latency panel's split and the threshold;
+// then the live camera in that mode.
+async function checkZeroShot(browser, url, image, outDir, pageErrors) {
+  const context = await browser.newContext({viewport: {width: 1280, height: 900}, permissions: ['camera']});
+  const page = await context.newPage();
+  page.on('pageerror', (e) => pageErrors.push(String(e)));
+  page.on('console', (m) => { if (m.type() === 'error') pageErrors.push(m.text()); });
+  await page.goto(url);
+  await page.waitForFunction(() => !document.getElementById('model-name').textContent.includes('connecting'));
+  check(await page.isVisible('#mode-switch'), 'with both models the mode switch is shown');
+  check(await page.isHidden('#zs-card'), 'the SegFormer mode comes first: no prompt box');
+  await page.click('[data-mode="zero_shot"]');
+  check(await page.isVisible('#zs-card'), 'the zero-shot mode shows the prompt box');
+  const defaults = await page.inputValue('#prompts');
+  check(/road/.test(defaults) && /traffic light/.test(defaults), `the prompt box holds the street defaults: "${defaults}"`);
+  check((await page.textContent('#threshold-value')) === '0.10', 'the threshold starts at 0.10');
+  check(/zero-shot/.test(await page.textContent('#model-name')), 'the header names the zero-shot model');
+
+  // A photo first (runs the defaults), then our own prompts with Run.
+  await page.setInputFiles('#file-input', image);
+  await page.waitForSelector('body[data-state="ready"]', {timeout: 180000});
+  const prompts = ['road', 'sky', 'a parked car', 'tree'];
+  await page.fill('#prompts', prompts.join('; '));
+  const before = await page.$$eval('#legend li .name', (els) => els.map((e) => e.textContent).join('|'));
+  await page.click('#zs-run');
+  await page.waitForFunction((b) => [...document.querySelectorAll('#legend li .name')].map((e) => e.textContent).join('|') !== b,
+                             before, {timeout: 180000});
+  await page.waitForSelector('body:not(.is-busy)', {timeout: 180000});
+  const legend = await page.$$eval('#legend li', (lis) => lis.map((li) => ({
+    name: li.querySelector('.name')?.textContent, share: li.querySelector('.share')?.textContent,
+  })));
+  const names = legend.map((l) => l.name);
+  check(prompts.every((p) => names.includes(p)) && names.includes('nothing') && legend.length === prompts.length + 1,
+        `the legend lists the prompts and "nothing": ${legend.map((l) => `${l.name} ${l.share}`).join(', ')}`);
+  const total = legend.reduce((s, l) => s + parseFloat(l.share), 0);
+  check(legend.every((l) => /%$/.test(l.share)) && Math.abs(total - 100) < 2, `the shares add up to 100% (${total.toFixed(1)})`);
+  const keys = ['upload', 'preprocess', 'vision', 'text', 'decoder', 'postprocess', 'render', 'total'];
+  const timings = Object.fromEntries(await Promise.all(keys.map(async (k) => [k, await page.textContent(`#t-${k}`)])));
+  check(Object.values(timings).every((t) => /ms$/.test(t)), `the latency panel has the zero-shot split: ${JSON.stringify(timings)}`);
+  const rows = await page.$$eval('.latency-list dt', (els) => els.map((e) => e.textContent));
+  check(['Preprocess', 'Vision tower', 'Text', 'Decoder', 'Post-process'].every((r) => rows.includes(r)),
+        `with its labels: ${rows.join(', ')}`);
+  const shot = path.join(outDir, 'demo_screenshot_zero_shot.png');
+  await page.screenshot({path: shot, fullPage: true});
+  console.log(`screenshot: ${shot}`);
+
+  // A threshold of 0.9: more pixels are "nothing" (random or not, sigmoids rarely pass 0.9 everywhere).
+  const nothingShare = async () => parseFloat(await page.$eval('#legend li.nothing .share', (e) => e.textContent));
+  const lowNothing = await nothingShare();
+  await page.$eval('#threshold', (el) => { el.value = '0.9'; el.dispatchEvent(new Event('input')); el.dispatchEvent(new Event('change')); });
+  await page.waitForFunction((v) => {
+    const e = document.querySelector('#legend li.nothing .share');
+    return e && parseFloat(e.textContent) !== v && !document.body.classList.contains('is-busy');
+  }, lowNothing, {timeout: 180000}).catch(() => {});
+  const highNothing = await nothingShare();
+  check(highNothing >= lowNothing, `a higher threshold leaves more pixels to "nothing" (${lowNothing}% -> ${highNothing}%)`);
+
+  // An empty prompt: the server's 400 message in a toast.
+  await page.fill('#prompts', 'road;;car');
+  await page.click('#zs-run');
+  await page.waitForSelector('#toast:not([hidden])', {timeout: 30000});
+  check(/prompt 2 is empty/.test(await page.textContent('#toast')), 'an empty prompt shows the server\'s error');
+
+  // The live camera in the zero-shot mode, with the prompts of the box.
+  await page.fill('#prompts', 'road; sky');
+  await page.click('#live-button');
+  await page.waitForFunction(() => /^[\d.]+ fps$/.test(document.getElementById('fps').textContent), null, {timeout: 180000});
+  const liveNames = await page.$$eval('#legend li .name', (els) => els.map((e) => e.textContent));
+  check(liveNames.includes('road') && liveNames.includes('sky') && liveNames.length === 3,
+        `the live camera runs the prompts too: ${liveNames.join(', ')}`);
+  await page.click('#live-button');
+  await context.close();
+}
+
+// A server with only a CLIPSeg: the page has the zero-shot mode alone, no switch.
+async function checkZeroShotOnly(browser, serverBin, zeroShotArgs, image) {
+  const port = await freePort();
+  const url = `http://127.0.0.1:${port}`;
+  const serverArgs = ['--host', '127.0.0.1', '--port', String(port), ...zeroShotArgs];
+  console.log(`starting ${serverBin} ${serverArgs.join(' ')}`);
+  const server = spawn(serverBin, serverArgs, {stdio: ['ignore', 'inherit', 'inherit']});
+  try {
+    await waitForHealth(url, server, 60000);
+    const context = await browser.newContext({viewport: {width: 390, height: 844}, isMobile: true, hasTouch: true});
+    const page = await context.newPage();
+    await page.goto(url);
+    await page.waitForFunction(() => !document.getElementById('model-name').textContent.includes('connecting'));
+    check(await page.isHidden('#mode-switch') && await page.isVisible('#zs-card'),
+          'with only a CLIPSeg the page is in the zero-shot mode, without a switch');
+    await page.setInputFiles('#file-input', image);
+    await page.waitForSelector('body[data-state="ready"]', {timeout: 180000});
+    check((await page.$$('#legend li .name')).length === 10, 'and segments a photo with the 9 default prompts');
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    check(overflow <= 0, `no horizontal scrolling on a phone in the zero-shot mode (overflow ${overflow} px)`);
+    await context.close();
+  } finally {
     server.kill('SIGTERM');
   }
 }

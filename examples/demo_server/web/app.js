@@ -1,6 +1,8 @@
 // The demo page's logic: get an image (file, drop, paste, phone camera or a live video frame),
-// POST it to /api/segment, and draw the answer: the photo, the class colours over it, the legend
-// and where the time went. Plain browser JavaScript, no dependencies.
+// POST it to /api/segment (SegFormer mode) or, with the prompts and threshold, to /api/zero_shot
+// (zero-shot mode: a CLIPSeg), and draw the answer: the photo, the class colours over it, the
+// legend and where the time went. /api/info says which modes the server has; with one, the mode
+// switch stays hidden. Plain browser JavaScript, no dependencies.
 'use strict';
 
 const MAX_SIDE = 1024;        // photos are scaled down to this before upload
@@ -11,7 +13,15 @@ const ui = {
   stage: $('stage'), canvas: $('canvas'), video: $('video'), placeholder: $('placeholder'),
   fps: $('fps'), busy: $('busy'), legend: $('legend'), toast: $('toast'),
   opacity: $('opacity'), opacityValue: $('opacity-value'), liveButton: $('live-button'), liveLabel: $('live-label'),
-  views: document.querySelectorAll('[data-view]'),
+  views: document.querySelectorAll('[data-view]'), modes: document.querySelectorAll('[data-mode]'),
+  prompts: $('prompts'), threshold: $('threshold'), thresholdValue: $('threshold-value'),
+};
+
+// The latency panel's rows per mode: [key, label]; the server's share is split as the CLI's is.
+const LATENCY_ROWS = {
+  segment: [['upload', 'Upload'], ['server', 'Pre/post-processing'], ['model', 'Model'], ['render', 'Render']],
+  zero_shot: [['upload', 'Upload'], ['preprocess', 'Preprocess'], ['vision', 'Vision tower'], ['text', 'Text'],
+              ['decoder', 'Decoder'], ['postprocess', 'Post-process'], ['render', 'Render']],
 };
 
 const state = {
@@ -21,6 +31,9 @@ const state = {
   mask: null,     // the colour mask (ImageBitmap), same size as the image
   live: null,     // {stream, running, frames, fps, last}
   busy: false,
+  mode: 'segment', // or 'zero_shot'
+  info: null,     // /api/info
+  blob: null,     // the last photo sent, to run again when the mode or the prompts change
 };
 
 // ---- server -----------------------------------------------------------------------------------
@@ -28,22 +41,72 @@ const state = {
 async function loadInfo() {
   try {
     const info = await (await fetch('api/info')).json();
-    const [h, w] = info.input_size;
-    $('model-name').textContent = `${info.model.split('/').filter(Boolean).pop()} · ${info.num_labels} classes · ${w}×${h}`;
+    state.info = info;
+    const modes = info.modes || ['segment'];
+    if (info.zero_shot) {
+      ui.prompts.value = info.zero_shot.default_prompts;
+      setThreshold(info.zero_shot.default_threshold);
+    }
+    ui.modes.forEach((b) => { b.hidden = !modes.includes(b.dataset.mode); });
+    $('mode-switch').hidden = modes.length < 2;
+    if (info.classes) $('all-classes').textContent = 'Model classes: ' + info.classes.map((c) => c.name).join(', ');
     $('health-dot').classList.add('ok');
-    $('all-classes').textContent = 'Model classes: ' + info.classes.map((c) => c.name).join(', ');
+    setMode(modes.includes('segment') ? 'segment' : 'zero_shot', false);
   } catch (e) {
     $('model-name').textContent = 'server unreachable';
     $('health-dot').classList.add('bad');
   }
 }
 
-// Sends an image blob, returns {result, uploadMs} or throws with the server's message.
+const baseName = (path) => path.split('/').filter(Boolean).pop();
+
+// The header's model line for the current mode.
+function showModel() {
+  const info = state.info;
+  if (!info) return;
+  if (state.mode === 'zero_shot') {
+    const [h, w] = info.zero_shot.input_size;
+    $('model-name').textContent = `${baseName(info.zero_shot.model)} · zero-shot · ${w}×${h}`;
+  } else {
+    const [h, w] = info.input_size;
+    $('model-name').textContent = `${baseName(info.model)} · ${info.num_labels} classes · ${w}×${h}`;
+  }
+}
+
+function setThreshold(v) {
+  ui.threshold.value = String(v);
+  ui.thresholdValue.textContent = Number(v).toFixed(2);
+}
+
+// Switches between the SegFormer and the zero-shot mode; runs the current photo again in the new one.
+function setMode(mode, rerun = true) {
+  state.mode = mode;
+  document.body.dataset.mode = mode;
+  ui.modes.forEach((b) => b.setAttribute('aria-checked', String(b.dataset.mode === mode)));
+  $('zs-card').hidden = mode !== 'zero_shot';
+  $('legend-title').textContent = mode === 'zero_shot' ? 'Prompts in this image' : 'Classes in this image';
+  $('subtitle-model').textContent = mode === 'zero_shot' ? 'CLIPSeg zero-shot' : 'SegFormer';
+  layoutLatency(mode);
+  showModel();
+  if (rerun && state.blob && !state.live) runOnce(state.image, state.blob);
+}
+
+// Sends an image blob to the current mode's endpoint, returns {result, networkMs} or throws with the
+// server's message.
 async function segment(blob) {
   const t0 = performance.now();
-  const response = await fetch('api/segment?overlay=0&mask=1', {
-    method: 'POST', body: blob, headers: {'Content-Type': blob.type || 'application/octet-stream'},
-  });
+  let response;
+  if (state.mode === 'zero_shot') {
+    const form = new FormData();
+    form.append('image', blob, 'image.jpg');
+    form.append('prompts', ui.prompts.value);
+    response = await fetch(`api/zero_shot?overlay=0&mask=1&threshold=${encodeURIComponent(ui.threshold.value)}`,
+                           {method: 'POST', body: form});
+  } else {
+    response = await fetch('api/segment?overlay=0&mask=1', {
+      method: 'POST', body: blob, headers: {'Content-Type': blob.type || 'application/octet-stream'},
+    });
+  }
   let body;
   try {
     body = await response.json();
@@ -101,6 +164,7 @@ async function segmentFile(file) {
 }
 
 async function runOnce(canvas, blob) {
+  state.blob = blob;
   setBusy(true);
   try {
     const {result, networkMs} = await segment(blob);
@@ -158,9 +222,28 @@ function draw() {
 
 const fmtMs = (ms) => (ms >= 100 ? `${Math.round(ms)} ms` : `${ms.toFixed(1)} ms`);
 
+// The latency panel's rows for `mode` (ids t-<key>), and the total.
+function layoutLatency(mode) {
+  const rows = LATENCY_ROWS[mode].map(([key, label]) => {
+    const div = document.createElement('div');
+    div.innerHTML = `<dt><i class="c-${key}"></i></dt><dd id="t-${key}">–</dd>`;
+    div.querySelector('dt').append(label);
+    return div;
+  });
+  const total = document.createElement('div');
+  total.className = 'total';
+  total.innerHTML = '<dt>End to end</dt><dd id="t-total">–</dd>';
+  document.querySelector('.latency-list').replaceChildren(...rows, total);
+  $('latency-bar').replaceChildren();
+}
+
 function showResult(result, networkMs, renderMs, bytes) {
-  // Legend: classes present, largest share first.
-  ui.legend.replaceChildren(...result.classes.map((c) => {
+  const zeroShot = result.prompts !== undefined;
+  // Legend: classes present (zero-shot: every prompt), largest share first.
+  const entries = zeroShot
+    ? [...result.classes, {id: 0, name: 'nothing', color: [60, 66, 76], share: result.nothing.share, nothing: true}]
+    : result.classes;
+  ui.legend.replaceChildren(...entries.map((c) => {
     const li = document.createElement('li');
     const pct = c.share * 100;
     const color = `rgb(${c.color.join(',')})`;
@@ -173,18 +256,21 @@ function showResult(result, networkMs, renderMs, bytes) {
     bar.style.width = `${Math.max(1, pct)}%`;
     bar.style.background = color;
     li.dataset.classId = c.id;
+    if (c.nothing) li.classList.add('nothing');
     return li;
   }));
 
-  // Latency: network (upload + download), server pre/post-processing, model, render.
+  // Latency: network (upload + download), the server's phases, render.
   const t = result.timings_ms;
-  const server = t.total - t.model;
-  const parts = [['upload', networkMs], ['server', server], ['model', t.model], ['render', renderMs]];
+  const mode = zeroShot ? 'zero_shot' : 'segment';
+  if (!document.getElementById(zeroShot ? 't-vision' : 't-server')) layoutLatency(mode);
+  const values = zeroShot
+    ? {upload: networkMs, preprocess: t.decode + t.preprocess, vision: t.vision, text: t.text, decoder: t.decoder,
+       postprocess: t.postprocess + t.encode, render: renderMs}
+    : {upload: networkMs, server: t.total - t.model, model: t.model, render: renderMs};
+  const parts = LATENCY_ROWS[mode].map(([key]) => [key, values[key]]);
   const total = parts.reduce((s, [, v]) => s + v, 0);
-  $('t-upload').textContent = fmtMs(networkMs);
-  $('t-server').textContent = fmtMs(server);
-  $('t-model').textContent = fmtMs(t.model);
-  $('t-render').textContent = fmtMs(renderMs);
+  for (const [key, v] of parts) $(`t-${key}`).textContent = fmtMs(v);
   $('t-total').textContent = fmtMs(total);
   $('latency-bar').replaceChildren(...parts.map(([name, v]) => {
     const span = document.createElement('span');
@@ -193,6 +279,12 @@ function showResult(result, networkMs, renderMs, bytes) {
     span.title = `${name}: ${fmtMs(v)}`;
     return span;
   }));
+  if (zeroShot) {
+    const cached = result.classes.length && t.text - t.tokenize < 0.05 ? ' (cached prompts)' : '';
+    const random = /^random-/.test(baseName(state.info?.zero_shot?.model || ''));
+    $('zs-hint').textContent = `${result.prompts.length} prompts, threshold ${result.threshold.toFixed(2)}; ` +
+        `text ${fmtMs(t.text)}${cached}.` + (random ? ' A random model: its masks are noise.' : '');
+  }
   $('size-info').textContent =
       `${result.width}×${result.height} px, ${(bytes / 1024).toFixed(0)} KB sent; model input ` +
       `${result.model_input[1]}×${result.model_input[0]}` + (t.queue > 1 ? `; waited ${fmtMs(t.queue)} in the queue` : '');
@@ -240,6 +332,7 @@ async function startLive() {
   ui.video.srcObject = stream;
   await ui.video.play();
   state.live = {stream, running: true, fps: 0, last: 0};
+  state.blob = null;  // the frames are not kept
   ui.liveButton.setAttribute('aria-pressed', 'true');
   ui.liveLabel.textContent = 'Stop live';
   ui.fps.hidden = false;
@@ -302,6 +395,18 @@ $('file-input').addEventListener('change', (e) => { segmentFile(e.target.files[0
 $('camera-input').addEventListener('change', (e) => { segmentFile(e.target.files[0]); e.target.value = ''; });
 ui.liveButton.addEventListener('click', () => (state.live ? stopLive() : startLive()));
 ui.views.forEach((b) => b.addEventListener('click', () => setView(b.dataset.view)));
+ui.modes.forEach((b) => b.addEventListener('click', () => { if (b.dataset.mode !== state.mode) setMode(b.dataset.mode); }));
+ui.threshold.addEventListener('input', () => setThreshold(ui.threshold.value));
+ui.threshold.addEventListener('change', () => { if (state.blob && !state.live) runOnce(state.image, state.blob); });
+$('zs-run').addEventListener('click', () => {
+  if (state.live) return;  // the live loop picks the new prompts up with its next frame
+  if (!state.blob) toast('Choose a photo first (or go live with the camera): the prompts are run on it.');
+  else runOnce(state.image, state.blob);
+});
+// Ctrl/Cmd+Enter in the prompt box runs the prompts.
+ui.prompts.addEventListener('keydown', (e) => {
+  if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) { e.preventDefault(); $('zs-run').click(); }
+});
 ui.opacity.addEventListener('input', () => {
   state.opacity = ui.opacity.value / 100;
   ui.opacityValue.textContent = `${ui.opacity.value}%`;
@@ -326,7 +431,7 @@ window.addEventListener('paste', (e) => {
 });
 // Keyboard: 1/2/3 switch the view.
 window.addEventListener('keydown', (e) => {
-  if (e.target instanceof HTMLInputElement) return;
+  if (e.target instanceof HTMLInputElement || e.target instanceof HTMLTextAreaElement) return;
   const view = {1: 'original', 2: 'overlay', 3: 'mask'}[e.key];
   if (view) setView(view);
 });
