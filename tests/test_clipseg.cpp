@@ -374,6 +374,16 @@ TEST_CASE("clipseg inference engine: logits match PyTorch on every ISA (square, 
     const Tensor<double> want = fx.get<double>("text.conditional_embeddings");
     test::compare("text cache row 0", cond.narrow(0, 0, 1), want.narrow(0, 2, 1), 1e-4);
     test::compare("text cache row 1", cond.narrow(0, 1, 1), want.narrow(0, 0, 1), 1e-4);
+    // A call whose new prompts overflow the cache (4096 prompts) still gets its cached ones.
+    if (which == Isa::scalar) {
+      CLIPSegInference<float> full(model);
+      std::vector<std::vector<int64_t>> many;
+      for (int64_t a = 0; a < 64 && many.size() < 4095; ++a)
+        for (int64_t b = 0; b < 64 && many.size() < 4095; ++b) many.push_back({98, a, b, 99});
+      const Tensor<float> first = full.text_features(many).narrow(0, 0, 1).clone();
+      const Tensor<float> again = full.text_features({many[0], {98, 70, 70, 99}, {98, 71, 71, 99}});
+      CHECK(test::max_abs_diff(again.narrow(0, 0, 1), first) == 0);
+    }
     // Bad prompts are refused before anything runs, naming the problem.
     CHECK_THROWS_WITH_AS(engine.text_features({{98, 5, 500, 99}}), doctest::Contains("token id 500 at position 2"), Error);
     CHECK_THROWS_WITH_AS(engine.text_features({std::vector<int64_t>(17, 5)}), doctest::Contains("17 tokens exceeds"), Error);

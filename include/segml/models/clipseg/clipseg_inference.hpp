@@ -166,11 +166,21 @@ class CLIPSegInference {
         for (int64_t i = b; i < e; ++i) computed[size_t(i)] = text_feature(*missing[size_t(i)]);
       });
     }
+    // The rows are copied before the cache may be cleared (a cached prompt of this call would go).
+    Tensor<T> out = Tensor<T>::empty({int64_t(prompts.size()), E});
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      const auto hit = text_cache_.find(prompts[i]);
+      const T* row = nullptr;
+      if (hit != text_cache_.end()) {
+        row = hit->second.data();
+      } else {
+        for (size_t m = 0; m < missing.size() && !row; ++m)
+          if (*missing[m] == prompts[i]) row = computed[m].data();
+      }
+      std::memcpy(out.data() + int64_t(i) * E, row, size_t(E) * sizeof(T));
+    }
     if (text_cache_.size() + missing.size() > kTextCacheSize) text_cache_.clear();
     for (size_t i = 0; i < missing.size(); ++i) text_cache_.emplace(*missing[i], std::move(computed[i]));
-    Tensor<T> out = Tensor<T>::empty({int64_t(prompts.size()), E});
-    for (size_t i = 0; i < prompts.size(); ++i)
-      std::memcpy(out.data() + int64_t(i) * E, text_cache_.at(prompts[i]).data(), size_t(E) * sizeof(T));
     timings_.text = ms_since(start);
     return out;
   }
