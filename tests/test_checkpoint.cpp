@@ -551,7 +551,7 @@ TEST_CASE("checkpoint: real weights nvidia/segformer-b0-finetuned-ade-512-512 ma
   test::compare("logits[0, :3, :3, :3] (" + image_path.filename().string() + ")", got, want, atol);
 }
 
-TEST_CASE("checkpoint: a single NaN weight is refused by name; allow_non_finite loads it with a warning") {
+TEST_CASE("checkpoint: a single NaN weight is refused by name, allow_non_finite loads it with a warning") {
   TempDir dir("non_finite");
   SegformerForSemanticSegmentation<float> source = nontrivial_model(tiny_config(), 4);
   save_pretrained(source, dir.file());

@@ -159,7 +159,7 @@ TEST_CASE("clipseg model: HF's state-dict keys in PyTorch's order, and the rd64-
   CHECK(kp.size() == k.size() - 4);
 }
 
-TEST_CASE("clipseg pretrained: save_pretrained and clipseg_from_pretrained round-trip; bare CLIPSegModel; errors") {
+TEST_CASE("clipseg pretrained: save_pretrained and clipseg_from_pretrained round-trip, bare CLIPSegModel, errors") {
   const CLIPSegConfig cfg = tiny_clipseg_config();
   CLIPSegForImageSegmentation<float> model(cfg, 7);
   test::TempDir dir("clipseg");
@@ -220,7 +220,7 @@ TEST_CASE("clipseg pretrained: save_pretrained and clipseg_from_pretrained round
   CHECK_THROWS_WITH_AS(clipseg_from_pretrained<float>(dir.file("nan")), doctest::Contains("decoder.film_mul.weight: 1 NaN"), Error);
 }
 
-TEST_CASE("expand: forward and gradient match PyTorch; double-precision gradcheck") {
+TEST_CASE("expand: forward and gradient match PyTorch, double-precision gradcheck") {
   const test::Fixture fx("ops_expand");
   for (const char* name : {"batch", "tokens", "both"}) {
     const std::string p = std::string("expand.") + name + ".";
@@ -333,12 +333,12 @@ void check_model_stages(double atol, double logits_atol) {
 
 }  // namespace
 
-TEST_CASE("clipseg model: every stage matches the PyTorch reference (float32 and float64; square, resized, non-square)") {
+TEST_CASE("clipseg model: every stage matches the PyTorch reference (float32 and float64, square, resized, non-square)") {
   check_model_stages<double>(1e-10, 1e-6);  // the fixture's logits are stored as float32
   check_model_stages<float>(1e-4, 1e-4);
 }
 
-TEST_CASE("clipseg model: both EOS pooling rules as HF (legacy eos_token_id 2: argmax of ids; newer: first eos)") {
+TEST_CASE("clipseg model: both EOS pooling rules as HF (legacy eos_token_id 2: argmax of ids, newer: first eos)") {
   const test::Fixture fx("clipseg_tiny");
   for (const char* which : {"text", "text_eos3"}) {
     const CLIPSegForImageSegmentation<double> model =
@@ -356,7 +356,7 @@ TEST_CASE("clipseg model: both EOS pooling rules as HF (legacy eos_token_id 2: a
   }
 }
 
-TEST_CASE("clipseg inference engine: logits match PyTorch on every ISA (square, resized, non-square); text cache") {
+TEST_CASE("clipseg inference engine: logits match PyTorch on every ISA (square, resized, non-square), text cache") {
   const test::Fixture fx("clipseg_tiny");
   const CLIPSegForImageSegmentation<float> model = fixture_model<float>(fx);
   const std::vector<std::vector<int64_t>> prompts = id_rows(fx.get<int64_t>("text.input_ids"));

@@ -791,7 +791,7 @@ TEST_CASE("demo: connections beyond --max-connections get 503 at once, and no so
   CHECK(open_files() == files_before);
 }
 
-TEST_CASE("demo: the request bodies held at once are bounded (--max-upload-memory-mb); beyond, 503") {
+TEST_CASE("demo: the request bodies held at once are bounded (--max-upload-memory-mb), beyond, 503") {
   ServerOptions opt;
   opt.max_image_mb = 1;
   opt.max_upload_memory_mb = 2;
@@ -923,7 +923,7 @@ TEST_CASE("demo: with an access token every request but /healthz needs it: query
   CHECK(raw.closed_within(2.0));
 }
 
-TEST_CASE("demo: the access token is needed beyond loopback only; --token and --no-auth") {
+TEST_CASE("demo: the access token is needed beyond loopback only, --token and --no-auth") {
   for (const char* host : {"127.0.0.1", "127.1.2.3", "::1", "localhost", "LocalHost"}) {
     CAPTURE(host);
     CHECK(demo::detail::is_loopback_host(host));
@@ -1287,7 +1287,7 @@ TEST_CASE("demo: /api/zero_shot refuses bad prompts, thresholds and uploads with
   check_error(cli.Post("/api/segment", png, "image/png"), 404, "--model");
 }
 
-TEST_CASE("demo: /api/info lists the modes; a server with both models serves both, one with a SegFormer only 404s zero-shot") {
+TEST_CASE("demo: /api/info lists the modes, a server with both models serves both, one with a SegFormer only 404s zero-shot") {
   TempDir dir("demo_zero_shot_modes");
   const std::string folder = clipseg_folder(dir);
   {

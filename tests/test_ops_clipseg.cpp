@@ -178,7 +178,7 @@ TEST_CASE("attention (causal): optimised kernels match the scalar twin, P is exa
   }
 }
 
-TEST_CASE("attention (causal): the last query row equals non-causal attention; the first reads only key 0") {
+TEST_CASE("attention (causal): the last query row equals non-causal attention, the first reads only key 0") {
   const int64_t B = 1, N = 9, C = 16, heads = 2;
   const Tensor<float> q = test::random_tensor<float>({B, N, C}, 11, -2, 2), k = test::random_tensor<float>({B, N, C}, 12, -2, 2);
   const Tensor<float> v = test::random_tensor<float>({B, N, C}, 13);

@@ -110,7 +110,7 @@ TEST_CASE("tensor: freed large storage is recycled, never shared by two live ten
   segml::set_tensor_cache_limit(std::size_t{1} << 30);
 }
 
-TEST_CASE("tensor: zero-extent tensors are contiguous; views, copies and clones of them work") {
+TEST_CASE("tensor: zero-extent tensors are contiguous, views, copies and clones of them work") {
   using segml::Shape;
   using segml::Tensor;
   for (const Shape& s : {Shape{2, 0}, Shape{0, 3}, Shape{4, 0, 5}}) {
