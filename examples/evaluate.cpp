@@ -299,12 +299,11 @@ int main(int argc, char** argv) {
       processor = clipseg_image_processor(zero_shot_path);
     } else {
       model.emplace(from_pretrained(model_path, lo));
-      const fs::path folder = fs::is_directory(model_path) ? fs::path(model_path) : fs::path(model_path).parent_path();
-      if (fs::exists(folder / "preprocessor_config.json"))
-        processor = SegformerImageProcessor::from_json_file((folder / "preprocessor_config.json").string());
-      else
-        std::fprintf(stderr, "evaluate: no preprocessor_config.json in %s; using HF's defaults (512x512, ImageNet mean/std)\n",
-                     folder.string().c_str());
+      std::string source;
+      processor = SegformerImageProcessor::from_pretrained(model_path, &source);
+      if (source == "HF defaults")
+        std::fprintf(stderr, "evaluate: no preprocessor_config.json beside %s; using HF's defaults (512x512, ImageNet mean/std)\n",
+                     model_path.c_str());
       reduce = reduce || processor.do_reduce_labels;
     }
 

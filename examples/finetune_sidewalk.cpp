@@ -330,7 +330,7 @@ int main(int argc, char** argv) {
       LoadOptions lo;
       lo.strict = true;
       model.emplace(from_pretrained(from->state_dir.string(), lo));
-      processor = SegformerImageProcessor::from_json_file((from->state_dir / "preprocessor_config.json").string());
+      processor = SegformerImageProcessor::from_pretrained(from->state_dir.string());
       processor.do_reduce_labels = false;
       init = "resumed";
     } else if (!model_path.empty()) {
@@ -339,9 +339,7 @@ int main(int argc, char** argv) {
       lo.ignore_mismatched_sizes = true;
       lo.seed = seed;
       model.emplace(from_pretrained(model_path, lo));
-      const fs::path folder = fs::is_directory(model_path) ? fs::path(model_path) : fs::path(model_path).parent_path();
-      if (fs::exists(folder / "preprocessor_config.json"))
-        processor = SegformerImageProcessor::from_json_file((folder / "preprocessor_config.json").string());
+      processor = SegformerImageProcessor::from_pretrained(model_path);
       init = "from " + model_path;
     } else {
       SegformerConfig cfg = preset(config_name.empty() ? "b0" : config_name);

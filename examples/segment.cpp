@@ -163,13 +163,11 @@ int main(int argc, char** argv) {
     auto t0 = Clock::now();
     SegformerForSemanticSegmentation<float> model = from_pretrained<float>(model_path, opt);
     model.eval();
-    const fs::path folder = fs::is_directory(model_path) ? fs::path(model_path) : fs::path(model_path).parent_path();
-    const fs::path pre = folder / "preprocessor_config.json";
-    const SegformerImageProcessor processor =
-        fs::exists(pre) ? SegformerImageProcessor::from_json_file(pre.string()) : SegformerImageProcessor();
+    std::string processor_source;
+    const SegformerImageProcessor processor = SegformerImageProcessor::from_pretrained(model_path, &processor_source);
     std::printf("model %s: %lld labels, loaded in %.0f ms; processor %s (%lldx%lld); %d threads\n", model_path.c_str(),
                 static_cast<long long>(model.config.num_labels), ms_since(t0),
-                fs::exists(pre) ? pre.string().c_str() : "HF defaults", static_cast<long long>(processor.height),
+                processor_source.c_str(), static_cast<long long>(processor.height),
                 static_cast<long long>(processor.width), num_threads());
 
     if (!fs::is_directory(image_arg)) {

@@ -160,16 +160,12 @@ inline std::string find_model(const std::string& path, const std::string& weight
 // Loads a checkpoint to serve: strict (every tensor must match), and a checkpoint with NaN or Inf
 // weights is refused (from_pretrained's default), since it would answer one class everywhere.
 inline LoadedModel load_model(const std::string& path) {
-  namespace fs = std::filesystem;
   LoadOptions opt;
   opt.strict = true;
   opt.allow_non_finite = false;
   SegformerForSemanticSegmentation<float> model = from_pretrained<float>(path, opt);
   model.eval();
-  const fs::path folder = fs::is_directory(path) ? fs::path(path) : fs::path(path).parent_path();
-  const fs::path pre = folder / "preprocessor_config.json";
-  SegformerImageProcessor processor =
-      fs::exists(pre) ? SegformerImageProcessor::from_json_file(pre.string()) : SegformerImageProcessor();
+  SegformerImageProcessor processor = SegformerImageProcessor::from_pretrained(path);
   return {std::move(model), std::move(processor), path};
 }
 

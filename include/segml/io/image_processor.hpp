@@ -26,6 +26,7 @@
 #include <array>
 #include <cmath>
 #include <cstdint>
+#include <filesystem>
 #include <fstream>
 #include <numbers>
 #include <string>
@@ -469,6 +470,23 @@ class SegformerImageProcessor {
       fail("preprocessor config '", path, "': invalid JSON: ", e.what());
     }
     return from_json(j, path);
+  }
+
+  // HF's `SegformerImageProcessor.from_pretrained(path)`: `path` is a model folder (or a file in
+  // one); its preprocessor_config.json is read. A folder without one (a bare checkpoint) gets HF's
+  // defaults (512x512, ImageNet mean/std), and *source, when given, says which of the two was used:
+  // the file's path or "HF defaults".
+  static SegformerImageProcessor from_pretrained(const std::string& path, std::string* source = nullptr) {
+    namespace fs = std::filesystem;
+    std::error_code ec;
+    const fs::path folder = fs::is_directory(path, ec) ? fs::path(path) : fs::path(path).parent_path();
+    const fs::path file = folder / "preprocessor_config.json";
+    if (fs::exists(file, ec)) {
+      if (source) *source = file.string();
+      return from_json_file(file.string());
+    }
+    if (source) *source = "HF defaults";
+    return SegformerImageProcessor();
   }
 
   nlohmann::json to_json() const {
