@@ -9,8 +9,10 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <vector>
 
 #include <segml/core/cpu.hpp>
+#include <segml/core/parallel.hpp>
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -58,12 +60,13 @@ inline double peak_gflops(segml::Isa isa, int threads, int64_t n = 10'000'000, i
   const int lanes = isa == segml::Isa::avx512 ? 16 : 8;
   double best = 0;
   for (int rep = 0; rep < reps; ++rep) {
-    float sink = 0;
+    std::vector<float> sinks(static_cast<size_t>(threads), 0.f);
     const auto t0 = std::chrono::steady_clock::now();
-#if defined(_OPENMP)
-#pragma omp parallel num_threads(threads) reduction(+ : sink)
-#endif
-    sink += isa == segml::Isa::avx512 ? fma_chains_avx512(n) : fma_chains_avx2(n);
+    segml::parallel_run(threads, [&](int t) {
+      sinks[static_cast<size_t>(t)] = isa == segml::Isa::avx512 ? fma_chains_avx512(n) : fma_chains_avx2(n);
+    });
+    float sink = 0;
+    for (float v : sinks) sink += v;
     g_peak_sink = sink;
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     best = std::max(best, double(threads) * double(n) * kChains * lanes * 2 / s * 1e-9);

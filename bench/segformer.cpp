@@ -4,6 +4,8 @@
 //             [--model DIR]
 //   segformer --case b0_512 --threads 2 [--model DIR] [--input in.safetensors] [--save-logits out.safetensors]
 //             [--json out.json]                         (one case, in this process; used by bench/peers)
+//   segformer --cases b0_512 --threads 2 --compete 2 --wait-policies auto,passive --rounds 3
+//                                                        (segml's wait policies on a busy machine)
 //
 // Cases (batch 1 unless stated; 150 labels as ADE20K; random weights unless --model):
 //   b0_512, b1_512, b2_512, b0_1024   inference through SegformerInference::run (no autograd)
@@ -24,12 +26,21 @@
 // With --model DIR every case uses the checkpoint's architecture and weights (the case name then
 // only picks the input size, batch and mode). With --input, pixel_values (and, for training, labels)
 // come from a safetensors file; otherwise they are random with a fixed seed.
+// A busy machine (--compete N): while a case is timed (warm-up included), a second process runs N
+// CPU-bound threads (this program with --burn N), as a browser or a build would on a laptop or a CI
+// runner. --wait-policy P (one case) or --wait-policies P,Q (driver) sets how segml's idle threads
+// wait (core/thread_pool.hpp: auto, passive, active; without it, SEGML_WAIT_POLICY / OMP_WAIT_POLICY
+// or auto). --rounds R runs every (case, threads, policy) child R times, interleaved, and pools their
+// times, so the machine's drift hits every policy alike; the report gives each policy's median
+// against the first policy's.
 // What it does not do: check the logits against a reference (bench/peers does that across engines).
 #include <CLI/CLI.hpp>
 
 #include "../examples/cli_checks.hpp"
 #include <nlohmann/json.hpp>
 
+#include <signal.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -46,6 +57,7 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <segml/core/cpu.hpp>
@@ -209,7 +221,67 @@ struct Options {
   std::string model_dir, input, save_logits, json_out;
   int64_t prompts = 0;  // CLIPSeg cases: overrides the case's prompt count
   bool child = false;
+  int compete = 0;                         // CPU-bound threads of a competing process while timing
+  std::string wait_policy;                 // --case: auto | passive | active ("" = the environment's)
+  std::vector<std::string> wait_policies;  // driver: one child per policy
+  int rounds = 1;                          // driver: interleaved repetitions of every child
+  int burn = 0;                            // internal: be the competing process, with this many threads
 };
+
+// The competing process: `threads` threads of dependent floating-point work, until killed. It dies
+// with its parent (PR_SET_PDEATHSIG), so a crashed benchmark leaves nothing spinning.
+[[noreturn]] void burn(int threads) {
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (getppid() == 1) _exit(0);
+  auto spin = [] {
+    volatile double x = 1.0;
+    for (;;) x = x * 1.0000001 + 1e-9;
+  };
+  std::vector<std::thread> pool;
+  for (int t = 1; t < threads; ++t) pool.emplace_back(spin);
+  spin();
+  _exit(0);  // not reached
+}
+
+// Runs `--burn N` beside this process for its lifetime (RAII); N = 0 does nothing.
+class Competitor {
+ public:
+  explicit Competitor(int threads) {
+    if (threads <= 0) return;
+    std::string a0 = "/proc/self/exe", a1 = "--burn", a2 = std::to_string(threads);
+    char* argv[] = {a0.data(), a1.data(), a2.data(), nullptr};
+    std::fflush(stdout);
+    pid_ = fork();
+    if (pid_ < 0) segml::fail("--compete: fork failed");
+    if (pid_ == 0) {
+      execv("/proc/self/exe", argv);
+      _exit(127);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));  // let its threads get going
+  }
+  ~Competitor() {
+    if (pid_ <= 0) return;
+    kill(pid_, SIGKILL);
+    waitpid(pid_, nullptr, 0);
+  }
+  Competitor(const Competitor&) = delete;
+  Competitor& operator=(const Competitor&) = delete;
+
+ private:
+  pid_t pid_ = 0;
+};
+
+void apply_wait_policy(const std::string& p) {
+  if (p.empty()) return;
+  if (p == "auto") segml::set_wait_policy(segml::WaitPolicy::automatic);
+  else if (p == "passive") segml::set_wait_policy(segml::WaitPolicy::passive);
+  else if (p == "active") segml::set_wait_policy(segml::WaitPolicy::active);
+  else throw CLI::ValidationError("--wait-policy: '" + p + "' is not one of auto, passive, active");
+}
+
+const char* wait_policy_name(segml::WaitPolicy p) {
+  return p == segml::WaitPolicy::passive ? "passive" : p == segml::WaitPolicy::active ? "active" : "auto";
+}
 
 double peak_rss_mb() {
   rusage ru{};
@@ -292,6 +364,7 @@ nlohmann::json run_clipseg_case(const Case& cs, const Options& opt) {
     engine.clear_text_cache();  // every timed run pays for its prompts' text tower
     logits = engine.run(pixels, prompts);
   };
+  const Competitor competitor(opt.compete);
   for (int i = 0; i < opt.warmup; ++i) step();
   std::vector<double> times;
   for (int i = 0; i < opt.repeats; ++i) {
@@ -317,6 +390,8 @@ nlohmann::json run_clipseg_case(const Case& cs, const Options& opt) {
   r["threads"] = threads;
   r["isa"] = segml::isa_name(segml::isa());
   r["config"] = {{"isa", segml::isa_name(segml::isa())}, {"threads", threads}};
+  r["wait_policy"] = wait_policy_name(segml::wait_policy());
+  r["compete"] = opt.compete;
   r["warmup"] = opt.warmup;
   r["times_ms"] = times;
   r["median_ms"] = med;
@@ -397,6 +472,7 @@ nlohmann::json run_case(const Case& cs, const Options& opt) {
     step = [&] { logits = engine.run(pixels); };
   }
 
+  const Competitor competitor(opt.compete);
   for (int i = 0; i < opt.warmup; ++i) step();
   std::vector<double> times;
   for (int i = 0; i < opt.repeats; ++i) {
@@ -417,6 +493,8 @@ nlohmann::json run_case(const Case& cs, const Options& opt) {
   r["input"] = pixel_shape;
   r["threads"] = threads;
   r["isa"] = segml::isa_name(segml::isa());
+  r["wait_policy"] = wait_policy_name(segml::wait_policy());
+  r["compete"] = opt.compete;
   r["warmup"] = opt.warmup;
   r["times_ms"] = times;
   r["median_ms"] = med;
@@ -432,14 +510,16 @@ nlohmann::json run_case(const Case& cs, const Options& opt) {
 }
 
 // ---- the driver: every (case, threads) in a fresh child process -----------------------------------
-nlohmann::json run_child(const Case& cs, int threads, const Options& opt, const fs::path& tmp) {
-  const fs::path out = tmp / (cs.name + "_t" + std::to_string(threads) + ".json");
+nlohmann::json run_child(const Case& cs, int threads, const std::string& policy, const Options& opt, const fs::path& tmp) {
+  const fs::path out = tmp / (cs.name + "_t" + std::to_string(threads) + "_" + policy + ".json");
   std::vector<std::string> args = {"/proc/self/exe", "--child",   "--case",   cs.name,
                                    "--threads",      std::to_string(threads), "--repeats", std::to_string(opt.repeats),
                                    "--warmup",       std::to_string(opt.warmup), "--json", out.string()};
   if (!opt.model_dir.empty()) args.insert(args.end(), {"--model", opt.model_dir});
   if (opt.prompts > 0) args.insert(args.end(), {"--prompts", std::to_string(opt.prompts)});
   if (!opt.input.empty()) args.insert(args.end(), {"--input", opt.input});
+  if (!policy.empty()) args.insert(args.end(), {"--wait-policy", policy});
+  if (opt.compete > 0) args.insert(args.end(), {"--compete", std::to_string(opt.compete)});
   std::vector<char*> argv;
   for (std::string& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
@@ -463,11 +543,12 @@ nlohmann::json run_child(const Case& cs, int threads, const Options& opt, const 
 }
 
 void print_table(const nlohmann::json& results, const std::map<int, double>& peak) {
-  std::printf("\n| case | threads | median ms | min ms | images/s | GFLOP/s (nominal / folded) | %% of peak (folded) | peak RSS MB |\n");
-  std::printf("|---|---|---|---|---|---|---|---|\n");
+  std::printf("\n| case | threads | wait policy | competing threads | median ms | min ms | images/s | GFLOP/s (nominal / folded) | %% of peak (folded) | peak RSS MB |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|\n");
   for (const auto& r : results) {
     const int t = r["threads"];
-    std::printf("| %s | %d | %.1f | %.1f | %.2f | %.1f / %.1f | %.1f | %.0f |\n", r["case"].get<std::string>().c_str(), t,
+    std::printf("| %s | %d | %s | %d | %.1f | %.1f | %.2f | %.1f / %.1f | %.1f | %.0f |\n", r["case"].get<std::string>().c_str(), t,
+                r["wait_policy"].get<std::string>().c_str(), r["compete"].get<int>(),
                 r["median_ms"].get<double>(), r["min_ms"].get<double>(), r["images_per_s"].get<double>(),
                 r["gflops_nominal"].get<double>(), r["gflops_folded"].get<double>(),
                 peak.at(t) > 0 ? 100.0 * r["gflops_folded"].get<double>() / peak.at(t) : 0.0,
@@ -488,6 +569,8 @@ int drive(const Options& opt) {
   doc["omp_max_threads"] = segml::num_threads();
   doc["repeats"] = opt.repeats;
   doc["warmup"] = opt.warmup;
+  doc["rounds"] = opt.rounds;
+  doc["compete"] = opt.compete;
   std::map<int, double> peak;
   for (int t : threads) {
     peak[t] = peak_gflops(t);
@@ -526,21 +609,65 @@ int drive(const Options& opt) {
 
   const fs::path tmp = fs::temp_directory_path() / ("segml_bench_" + std::to_string(getpid()));
   fs::create_directories(tmp);
-  nlohmann::json results = nlohmann::json::array();
-  for (const std::string& n : names)
-    for (int t : threads) {
-      nlohmann::json r = run_child(find_case(n), t, opt, tmp);
-      r["pct_peak_nominal"] = peak[t] > 0 ? 100.0 * r["gflops_nominal"].get<double>() / peak[t] : 0.0;
-      r["pct_peak_folded"] = peak[t] > 0 ? 100.0 * r["gflops_folded"].get<double>() / peak[t] : 0.0;
-      std::printf("  %-13s %d thread%s: median %.1f ms, min %.1f ms, peak RSS %.0f MB\n", n.c_str(), t, t == 1 ? " " : "s",
-                  r["median_ms"].get<double>(), r["min_ms"].get<double>(), r["peak_rss_mb"].get<double>());
-      results.push_back(r);
-    }
+  const std::vector<std::string> policies = opt.wait_policies.empty() ? std::vector<std::string>{""} : opt.wait_policies;
+  if (opt.compete > 0)
+    std::printf("a competing process runs %d CPU-bound thread%s while each case is timed\n", opt.compete, opt.compete == 1 ? "" : "s");
+  // Round-robin over (case, threads, policy), `rounds` times: each child's times join its key's.
+  std::map<std::string, nlohmann::json> pooled;
+  std::vector<std::string> order;
+  for (int round = 0; round < opt.rounds; ++round)
+    for (const std::string& n : names)
+      for (int t : threads)
+        for (const std::string& p : policies) {
+          nlohmann::json r = run_child(find_case(n), t, p, opt, tmp);
+          const std::string key = n + "/" + std::to_string(t) + "/" + p;
+          std::printf("  %-13s %d thread%s%s%s: median %.1f ms, min %.1f ms, peak RSS %.0f MB\n", n.c_str(), t, t == 1 ? " " : "s",
+                      p.empty() ? "" : ", wait ", p.c_str(), r["median_ms"].get<double>(), r["min_ms"].get<double>(),
+                      r["peak_rss_mb"].get<double>());
+          if (!pooled.count(key)) {
+            order.push_back(key);
+            pooled[key] = r;
+            continue;
+          }
+          nlohmann::json& acc = pooled[key];
+          for (const auto& x : r["times_ms"]) acc["times_ms"].push_back(x);
+          acc["peak_rss_mb"] = std::max(acc["peak_rss_mb"].get<double>(), r["peak_rss_mb"].get<double>());
+        }
   fs::remove_all(tmp);
+  nlohmann::json results = nlohmann::json::array();
+  for (const std::string& key : order) {
+    nlohmann::json r = pooled[key];
+    const std::vector<double> times = r["times_ms"].get<std::vector<double>>();
+    const double med = median(times), scale = r["median_ms"].get<double>() / med;
+    r["median_ms"] = med;
+    r["min_ms"] = *std::min_element(times.begin(), times.end());
+    r["images_per_s"] = r["images_per_s"].get<double>() * scale;
+    r["gflops_nominal"] = r["gflops_nominal"].get<double>() * scale;
+    r["gflops_folded"] = r["gflops_folded"].get<double>() * scale;
+    const int t = r["threads"];
+    r["pct_peak_nominal"] = peak[t] > 0 ? 100.0 * r["gflops_nominal"].get<double>() / peak[t] : 0.0;
+    r["pct_peak_folded"] = peak[t] > 0 ? 100.0 * r["gflops_folded"].get<double>() / peak[t] : 0.0;
+    results.push_back(r);
+  }
   doc["results"] = results;
 
   print_table(results, peak);
-  if (threads.size() > 1) {
+  if (policies.size() > 1) {
+    std::printf("\nWait policies (median / median with wait policy %s, %d round%s pooled):\n", policies.front().c_str(), opt.rounds,
+                opt.rounds == 1 ? "" : "s");
+    for (const std::string& n : names)
+      for (int t : threads) {
+        const double base = pooled[n + "/" + std::to_string(t) + "/" + policies.front()]["median_ms"].get<double>();
+        for (const auto& r : results)
+          if (r["case"] == n && r["threads"] == t) {
+            const double ratio = r["median_ms"].get<double>() / base;
+            std::printf("  %-13s %d thread%s, %-8s %.2fx\n", n.c_str(), t, t == 1 ? " " : "s",
+                        r["wait_policy"].get<std::string>().c_str(), ratio);
+            doc["wait_policy_ratio"][n][std::to_string(t)][r["wait_policy"].get<std::string>()] = ratio;
+          }
+      }
+  }
+  if (threads.size() > 1 && policies.size() == 1) {
     std::printf("\nScaling (median at %d thread(s) / median at %d threads):\n", threads.front(), threads.back());
     for (const std::string& n : names) {
       double first = 0, last = 0;
@@ -578,10 +705,22 @@ int main(int argc, char** argv) {
   app.add_option("--prompts", opt.prompts, "CLIPSeg cases: the number of prompts (default: the case's)")
       ->check(segml::cli::whole(1, 255));
   app.add_option("--json", opt.json_out, "write the results as JSON");
+  app.add_option("--compete", opt.compete, "run a competing process with this many CPU-bound threads while timing (a busy machine)")
+      ->check(segml::cli::whole(0, 1024));
+  app.add_option("--wait-policy", opt.wait_policy, "with --case: how idle segml threads wait: auto, passive or active (default: the environment's)")
+      ->check(CLI::IsMember({"auto", "passive", "active"}));
+  app.add_option("--wait-policies", opt.wait_policies, "driver: run every case under each of these wait policies (e.g. auto,passive)")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"auto", "passive", "active"}));
+  app.add_option("--rounds", opt.rounds, "driver: run every (case, threads, policy) child this many times, interleaved, pooling the times")
+      ->check(segml::cli::whole(1, 1000));
+  app.add_option("--burn", opt.burn, "internal: be the competing process")->group("")->check(segml::cli::whole(1, 1024));
   app.add_flag("--child", opt.child, "internal: invoked by the driver")->group("");
   CLI11_PARSE(app, argc, argv);
 
+  if (opt.burn > 0) burn(opt.burn);
   try {
+    apply_wait_policy(opt.wait_policy);
     std::stringstream ss(cases_csv);
     for (std::string n; std::getline(ss, n, ',');)
       if (!n.empty()) opt.cases.push_back(find_case(n).name);

@@ -92,9 +92,17 @@ inline void scale_c(int64_t M, int64_t N, T beta, const T* bias, T* C, int64_t l
     }
 }
 
-// The portable path: Eigen's blocked product (it threads itself with OpenMP when it was built so).
+// Threads for one call: all of segml::num_threads(), fewer for small products (below ~128 K
+// multiply-adds a thread is not worth it), one inside an enclosing parallel region.
+inline int gemm_threads(int64_t M, int64_t N, int64_t K) {
+  if (in_parallel()) return 1;
+  const int64_t work = M * N * K / (int64_t{1} << 17);
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), work)));
+}
+
+// The portable path: Eigen's blocked product, on one thread (eigen_gemm threads it over rows).
 template <class T>
-inline void eigen_gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
+inline void eigen_gemm_serial(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
                        const T* B, int64_t ldb, T beta, const T* bias, T* C, int64_t ldc) {
   using Mat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   using Stride = Eigen::OuterStride<>;
@@ -112,11 +120,26 @@ inline void eigen_gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t
   if (bias) c.rowwise() += Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>>(bias, N);
 }
 
+// Eigen's product with the rows of C split over gemm_threads() threads (segml's pool; Eigen's own
+// threading needs OpenMP, which segml does not use). Deterministic for a given thread count.
+template <class T>
+inline void eigen_gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
+                       const T* B, int64_t ldb, T beta, const T* bias, T* C, int64_t ldc) {
+  const int nt = static_cast<int>(std::min<int64_t>(gemm_threads(M, N, K), M));
+  if (nt <= 1) return eigen_gemm_serial(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, bias, C, ldc);
+  parallel_run(nt, [&](int t) {
+    const int64_t m0 = M * t / nt, m1 = M * (t + 1) / nt;
+    if (m1 > m0)
+      eigen_gemm_serial(trans_a, trans_b, m1 - m0, N, K, alpha, trans_a ? A + m0 : A + m0 * lda, lda, B, ldb, beta,
+                        bias, C + m0 * ldc, ldc);
+  });
+}
+
 #if defined(__x86_64__)
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
-// Grow-only, 64-byte-aligned per-thread scratch for the packed panels (OpenMP threads persist, so
+// Grow-only, 64-byte-aligned per-thread scratch for the packed panels (pool threads persist, so
 // repeated calls reuse it): slot 0 holds a thread's A block, slot 1 its B block.
 template <int Slot>
 inline float* scratch(int64_t n) {
@@ -585,7 +608,6 @@ struct PackedGemm {
   // only read (a plain A, mostly read in place; a B packed in advance) weighs half (1/2) of one
   // that is packed here (read and written, 1).
   void run(int nt) const {
-#if defined(_OPENMP)
     if (nt > 1) {
       const double wa = trans_a || rows_alias<MR>(lda) ? 1.0 : 0.5, wb = prepacked ? 0.5 : 1.0;
       int pm = nt, pn = 1;
@@ -599,34 +621,16 @@ struct PackedGemm {
         if (best < 0 || cost < best) best = cost, pm = m, pn = n;
       }
       const int64_t bm = round_up((M + pm - 1) / pm, MR), bn = round_up((N + pn - 1) / pn, NR);
-#pragma omp parallel num_threads(pm * pn)
-      {
-        const int t = omp_get_thread_num();
+      parallel_run(pm * pn, [&](int t) {
         const int64_t m0 = std::min(M, (t / pn) * bm), n0 = std::min(N, (t % pn) * bn);
         const int64_t m1 = std::min(M, m0 + bm), n1 = std::min(N, n0 + bn);
         if (m1 > m0 && n1 > n0) serial(m0, m1, n0, n1);
-      }
+      });
       return;
     }
-#else
-    (void)nt;  // without OpenMP, gemm_threads() is 1
-#endif
     serial(0, M, 0, N);
   }
 };
-
-// Threads for one call: all of segml::num_threads(), fewer for small products (below ~128 K
-// multiply-adds a thread is not worth it), one inside an enclosing parallel region.
-inline int gemm_threads(int64_t M, int64_t N, int64_t K) {
-#if defined(_OPENMP)
-  if (omp_in_parallel()) return 1;
-  const int64_t work = M * N * K / (int64_t{1} << 17);
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), work)));
-#else
-  (void)M, (void)N, (void)K;
-  return 1;
-#endif
-}
 
 template <class Kern>
 inline void gemm_packed(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
