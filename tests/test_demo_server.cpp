@@ -9,9 +9,13 @@
 // lookup in weights/. The zero-shot mode (/api/zero_shot on a reduced random CLIPSeg folder written
 // by demo::write_random_clipseg): the label map equals post_process_zero_shot of the engine's
 // logits, every prompt in the legend, the timing split, the prompt limits (400 naming the prompt),
-// 404/503 as the segment path, and servers with one or both models. Also
-// load_image_from_memory (segml/io/image.hpp). Uses a randomly initialised tiny SegFormer with a
-// 64x64 input, so the whole file runs in a few seconds.
+// 404/503 as the segment path, and servers with one or both models. The compact label map
+// (label_map=1, "rle-varint"): decoded here, it equals the pipeline's label map (SegFormer and
+// zero-shot) and its palette colours it into the server's own mask; the timing parts add up to the
+// total and match the Server-Timing header; the example scenes; a printed report of a B0's
+// server-side split at 480x360 (not a timed assertion). Also load_image_from_memory
+// (segml/io/image.hpp). Uses a randomly initialised tiny SegFormer with a 64x64 input (the report a
+// B0), so the whole file runs in a few seconds.
 #include <doctest/doctest.h>
 
 #include <openssl/evp.h>
