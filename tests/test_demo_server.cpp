@@ -9,9 +9,13 @@
 // lookup in weights/. The zero-shot mode (/api/zero_shot on a reduced random CLIPSeg folder written
 // by demo::write_random_clipseg): the label map equals post_process_zero_shot of the engine's
 // logits, every prompt in the legend, the timing split, the prompt limits (400 naming the prompt),
-// 404/503 as the segment path, and servers with one or both models. Also
-// load_image_from_memory (segml/io/image.hpp). Uses a randomly initialised tiny SegFormer with a
-// 64x64 input, so the whole file runs in a few seconds.
+// 404/503 as the segment path, and servers with one or both models. The compact label map
+// (label_map=1, "rle-varint"): decoded here, it equals the pipeline's label map (SegFormer and
+// zero-shot) and its palette colours it into the server's own mask; the timing parts add up to the
+// total and match the Server-Timing header; the example scenes; a printed report of a B0's
+// server-side split at 480x360 (not a timed assertion). Also load_image_from_memory
+// (segml/io/image.hpp). Uses a randomly initialised tiny SegFormer with a 64x64 input (the report a
+// B0), so the whole file runs in a few seconds.
 #include <doctest/doctest.h>
 
 #include <openssl/evp.h>
@@ -28,6 +32,7 @@
 #include <atomic>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <random>
 #include <semaphore>
 #include <set>
@@ -1370,4 +1375,247 @@ TEST_CASE("demo: zero-shot requests share the queue (503 beyond it) and out of m
   const auto ok = cli.Post("/api/zero_shot", zero_shot_form(png, "road"));
   REQUIRE(ok);
   CHECK(ok->status == 200);
+}
+
+// ---- the compact label map, the timings, the example scenes ------------------------------------
+
+namespace {
+
+// The "rle-varint" payload decoded here, independently of the server's encoder: runs of (label,
+// length), each an unsigned LEB128 varint. Fails the test on a malformed stream.
+std::vector<int64_t> decode_label_runs(const std::string& bytes, int64_t numel) {
+  std::vector<int64_t> out;
+  size_t i = 0;
+  const auto varint = [&]() {
+    uint64_t v = 0;
+    for (int shift = 0;; shift += 7) {
+      REQUIRE(i < bytes.size());
+      REQUIRE(shift < 64);
+      const uint8_t b = uint8_t(bytes[i++]);
+      v |= uint64_t(b & 0x7F) << shift;
+      if (!(b & 0x80)) return v;
+    }
+  };
+  while (i < bytes.size()) {
+    const uint64_t id = varint(), run = varint();
+    REQUIRE(run >= 1);
+    REQUIRE(int64_t(out.size() + run) <= numel);
+    out.insert(out.end(), run, int64_t(id));
+  }
+  CHECK(int64_t(out.size()) == numel);
+  return out;
+}
+
+std::vector<int64_t> label_vector(const LabelMap& m) {
+  std::vector<int64_t> out(size_t(m.numel()));
+  for (int64_t p = 0; p < m.numel(); ++p) out[size_t(p)] = m[p];
+  return out;
+}
+
+// The label map of an answer's "label_map" payload, checked against its declared size.
+std::vector<int64_t> label_map_of(const json& body) {
+  const json& lm = body["label_map"];
+  CHECK(lm["encoding"] == "rle-varint");
+  CHECK(lm["width"] == body["width"]);
+  CHECK(lm["height"] == body["height"]);
+  return decode_label_runs(base64_decode(lm["data"].get<std::string>()), lm["width"].get<int64_t>() * lm["height"].get<int64_t>());
+}
+
+// The label map the pipeline gives for `image`, computed directly (no server).
+LabelMap reference_label_map(const Image& image) {
+  demo::LoadedModel m = tiny_model();
+  SegformerInference<float> engine(m.model);
+  return m.processor.post_process_label_map(engine.run(m.processor.preprocess(image)), 0, image.height, image.width);
+}
+
+// The Server-Timing header "name;dur=x, ..." as name -> x.
+std::map<std::string, double> parse_server_timing(const std::string& header) {
+  std::map<std::string, double> out;
+  std::stringstream in(header);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    const size_t a = item.find_first_not_of(' '), semi = item.find(";dur=");
+    REQUIRE(semi != std::string::npos);
+    out[item.substr(a, semi - a)] = std::stod(item.substr(semi + 5));
+  }
+  return out;
+}
+
+// The server's parts add up to its total, and the Server-Timing header carries the same numbers.
+void check_timings(const httplib::Result& r) {
+  const json t = json::parse(r->body)["timings_ms"];
+  double sum = 0;
+  for (const char* part : {"decode", "preprocess", "queue", "model", "postprocess", "encode"}) {
+    CHECK_MESSAGE(t[part].get<double>() >= 0, part);
+    sum += t[part].get<double>();
+  }
+  CHECK(sum == doctest::Approx(t["total"].get<double>()).epsilon(1e-6));
+  const auto header = parse_server_timing(r->get_header_value("Server-Timing"));
+  CHECK(header.size() == t.size());
+  for (const auto& [name, v] : t.items()) {
+    CAPTURE(name);
+    REQUIRE(header.count(name));
+    CHECK(header.at(name) == doctest::Approx(v.get<double>()).epsilon(1e-3).scale(1));
+  }
+}
+
+}  // namespace
+
+TEST_CASE("demo: the rle-varint label map encoding round-trips exactly, narrow and wide, short and long runs") {
+  std::mt19937 rng(7);
+  // Noise (runs of 1), long runs (lengths needing 1 to 3 varint bytes) and ids beyond one byte.
+  LabelMap noise(37, 53, 150);
+  for (auto& v : noise.narrow.data) v = uint8_t(rng() % 150);
+  LabelMap runs(360, 480, 8);
+  for (int64_t p = 0; p < runs.numel(); ++p) runs.narrow.data[size_t(p)] = uint8_t(p < 100 ? 0 : p < 20000 ? 1 : p < 20001 ? 7 : 3);
+  LabelMap wide(20, 30, 70000);
+  for (int64_t p = 0; p < wide.numel(); ++p) wide.wide[size_t(p)] = int32_t(p / 50 % 3 == 0 ? 69999 : p / 50 % 3 == 1 ? 300 : 5);
+  for (const LabelMap* m : {&noise, &runs, &wide}) {
+    const std::string bytes = demo::detail::encode_label_runs(*m);
+    CHECK(decode_label_runs(bytes, m->numel()) == label_vector(*m));
+    const json payload = demo::detail::label_map_json(*m);
+    CHECK(decode_label_runs(base64_decode(payload["data"].get<std::string>()), m->numel()) == label_vector(*m));
+  }
+  CHECK(demo::detail::encode_label_runs(runs).size() == 2 + 4 + 2 + 4);  // 4 runs; 19900 and 152799 take 3 bytes
+  LabelMap one(360, 480, 2);
+  std::fill(one.narrow.data.begin(), one.narrow.data.end(), uint8_t(1));
+  CHECK(demo::detail::encode_label_runs(one).size() == 4);  // 172800 pixels: 1 + 3 bytes
+}
+
+TEST_CASE("demo: label_map=1 sends the pipeline's label map and the palette the mask is coloured with") {
+  TestServer ts;
+  auto cli = ts.client();
+  const std::string png = read_bytes(kDataDir + "street_375x500.png");
+  const Image image = load_image_from_memory(png);
+  auto r = cli.Post("/api/segment?overlay=0&mask=1&label_map=1", png, "image/png");
+  REQUIRE(r);
+  REQUIRE(r->status == 200);
+  const json body = json::parse(r->body);
+  const std::vector<int64_t> labels = label_map_of(body);
+  CHECK(labels == label_vector(reference_label_map(image)));
+  // The palette: one colour per class id, those of the legend and /api/info; colouring the label map
+  // with it gives the server's own mask exactly.
+  const json info = json::parse(cli.Get("/api/info")->body);
+  REQUIRE(body["palette"].size() == 8);
+  for (const auto& c : info["classes"]) CHECK(body["palette"][c["id"].get<size_t>()] == c["color"]);
+  for (const auto& c : body["classes"]) CHECK(body["palette"][c["id"].get<size_t>()] == c["color"]);
+  const Image mask = load_image_from_memory(base64_decode(body["mask_png"].get<std::string>()), "mask");
+  std::vector<std::array<int, 3>> palette;
+  for (const auto& c : body["palette"]) palette.push_back({c[0].get<int>(), c[1].get<int>(), c[2].get<int>()});
+  bool same = mask.width == 500 && mask.height == 375 && mask.channels == 3;
+  for (size_t p = 0; same && p < labels.size(); ++p)
+    for (size_t k = 0; k < 3; ++k) same = same && mask.data[p * 3 + k] == palette[size_t(labels[p])][k];
+  CHECK(same);
+  // Without label_map=1 there is neither (the answer stays as before for scripts).
+  auto plain = cli.Post("/api/segment?overlay=0", png, "image/png");
+  REQUIRE(plain);
+  CHECK(!json::parse(plain->body).contains("label_map"));
+  CHECK(!json::parse(plain->body).contains("palette"));
+  check_error(cli.Post("/api/segment?label_map=2", png, "image/png"), 400, "label_map");
+}
+
+TEST_CASE("demo: zero-shot label_map=1 equals post_process_zero_shot, with a palette per prompt") {
+  TempDir dir("demo_zero_shot_label_map");
+  const std::string folder = clipseg_folder(dir);
+  TestServer ts(std::nullopt, demo::load_zero_shot(folder));
+  auto cli = ts.client();
+  const std::string png = read_bytes(kDataDir + "street_375x500.png");
+  const Image image = load_image_from_memory(png);
+  const std::vector<std::string> prompts = {"road", "a car", "sky"};
+  auto r = cli.Post("/api/zero_shot?overlay=0&label_map=1&threshold=0.2", zero_shot_form(png, "road; a car; sky"));
+  REQUIRE(r);
+  REQUIRE_MESSAGE(r->status == 200, r->body);
+  const json body = json::parse(r->body);
+  CHECK(label_map_of(body) == label_vector(reference_zero_shot(folder, image, prompts, 0.2)));
+  REQUIRE(body["palette"].size() == prompts.size() + 1);  // id 0 is "nothing"
+  for (const auto& c : body["classes"]) CHECK(body["palette"][c["id"].get<size_t>()] == c["color"]);
+  check_timings(r);
+}
+
+TEST_CASE("demo: the timing parts add up to the total and the Server-Timing header carries them") {
+  TestServer ts;
+  auto cli = ts.client();
+  const std::string png = read_bytes(kDataDir + "street_375x500.png");
+  for (const char* query : {"/api/segment?overlay=0&label_map=1", "/api/segment", "/api/segment?mask=1&label_map=1"}) {
+    CAPTURE(query);
+    auto r = cli.Post(query, png, "image/png");
+    REQUIRE(r);
+    REQUIRE(r->status == 200);
+    check_timings(r);
+  }
+  auto ov = cli.Post("/api/overlay", png, "image/png");
+  REQUIRE(ov);
+  REQUIRE(ov->status == 200);
+  const auto header = parse_server_timing(ov->get_header_value("Server-Timing"));
+  for (const char* part : {"decode", "preprocess", "queue", "model", "postprocess", "encode", "total"}) CHECK(header.count(part));
+}
+
+TEST_CASE("demo: the example scenes are listed, rendered as 480x360 JPEGs, the same on every server, and segment") {
+  TestServer ts;
+  auto cli = ts.client();
+  auto list_r = cli.Get("/api/examples");
+  REQUIRE(list_r);
+  REQUIRE(list_r->status == 200);
+  const json list = json::parse(list_r->body)["examples"];
+  REQUIRE(list.size() == size_t(demo::detail::kNumExamples));
+  TestServer other;
+  auto cli2 = other.client();
+  for (const auto& ex : list) {
+    const std::string url = "/" + ex["url"].get<std::string>();
+    CAPTURE(url);
+    auto r = cli.Get(url);
+    REQUIRE(r);
+    REQUIRE(r->status == 200);
+    CHECK(r->get_header_value("Content-Type") == "image/jpeg");
+    const Image img = load_image_from_memory(r->body, url);
+    CHECK(img.width == ex["width"].get<int64_t>());
+    CHECK(img.height == ex["height"].get<int64_t>());
+    CHECK(img.width == 480);
+    CHECK(img.height == 360);
+    CHECK(cli2.Get(url)->body == r->body);  // rendered from fixed seeds
+    auto seg = cli.Post("/api/segment?overlay=0&label_map=1", r->body, "image/jpeg");
+    REQUIRE(seg);
+    CHECK(seg->status == 200);
+  }
+  // The scenes differ from one another.
+  CHECK(cli.Get("/api/examples/1.jpg")->body != cli.Get("/api/examples/2.jpg")->body);
+  check_error(cli.Get("/api/examples/0.jpg"), 404, "no example 0");
+  check_error(cli.Get("/api/examples/99.jpg"), 404, "there are 4");
+}
+
+// Not a timed assertion: prints where a B0's request goes at 480x360 (the figure docs/demo.md
+// quotes), for the page's payload (label_map=1) and for the PNG mask it replaced. Checks only that
+// both answers are complete.
+TEST_CASE("demo: report: server-side time beyond the model, B0 on a 480x360 scene") {
+  TestServer ts(demo::random_model("b0", 1), std::nullopt);
+  auto cli = ts.client();
+  const std::string jpeg = jpeg_bytes(generate_scene(42, 480, 360).image);
+  ts.server.warm_up();
+  const int repeats = 5;
+  for (const char* query : {"/api/segment?overlay=0&label_map=1", "/api/segment?overlay=0&mask=1"}) {
+    std::map<std::string, std::vector<double>> t;
+    size_t payload = 0;
+    for (int i = 0; i < repeats; ++i) {
+      auto r = cli.Post(query, jpeg, "image/jpeg");
+      REQUIRE(r);
+      REQUIRE(r->status == 200);
+      const json body = json::parse(r->body);
+      REQUIRE((body.contains("label_map") || body.contains("mask_png")));
+      payload = r->body.size();
+      for (const auto& [k, v] : body["timings_ms"].items()) t[k].push_back(v.get<double>());
+    }
+    const auto median = [&](const char* k) {
+      std::vector<double> v = t[k];
+      std::sort(v.begin(), v.end());
+      return v[v.size() / 2];
+    };
+    const double model = median("model"), beyond = median("total") - model - median("queue");
+    char line[512];
+    std::snprintf(line, sizeof line,
+                  "%s (B0, 480x360, %d threads, median of %d): decode %.1f + preprocess %.1f, model %.1f, postprocess "
+                  "%.1f, encode %.1f ms; beyond the model %.1f ms = %.2fx the model; answer %zu bytes",
+                  query, num_threads(), repeats, median("decode"), median("preprocess"), model, median("postprocess"),
+                  median("encode"), beyond, beyond / model, payload);
+    MESSAGE(line);
+  }
 }

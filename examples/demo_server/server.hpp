@@ -12,7 +12,15 @@
 //  - POST /api/segment  image bytes (the raw body, or a multipart field "image") -> JSON: the label
 //                       map size, the classes present with their pixel share (largest first), the
 //                       server-side timings, and base64 PNGs: the blended overlay (overlay=1, the
-//                       default) and the colour mask (mask=1). Query: overlay, mask, alpha.
+//                       default) and the colour mask (mask=1); with label_map=1 the label map itself,
+//                       run-length encoded ("rle-varint", see detail::encode_label_runs), and the
+//                       palette of every class id (what the page asks for: it colours the map
+//                       itself). Query: overlay, mask, label_map, alpha.
+//  - Timings: decode, preprocess, queue, model, postprocess and encode add up to total (the server's
+//    time from the received body to the answer); also sent as a Server-Timing header.
+//  - Colours: class_colors() is the one place they are chosen (legend, /api/info, palette, PNGs).
+//  - GET /api/examples, /api/examples/N.jpg  the page's example scenes: segml's street renderer at
+//                       480x360 from fixed seeds, JPEG, rendered on first request and kept.
 //  - POST /api/overlay  the same input -> the overlay PNG itself (for curl).
 //  - POST /api/zero_shot the same image input, plus the prompts (multipart field or query
 //                       "prompts", separated by ';' or line breaks; default kDefaultPrompts) ->
@@ -20,7 +28,8 @@
 //                       share first), the "nothing" share, the timings split as examples/zero_shot's
 //                       (preprocess, text, vision, decoder, postprocess), and base64 PNGs: overlay
 //                       (overlay=1, default), RGBA mask with "nothing" transparent (mask=1), 8-bit
-//                       label map 0 = nothing, k = prompt k (labels=1). Query: threshold (default
+//                       label map 0 = nothing, k = prompt k (labels=1); label_map=1 as for
+//                       /api/segment (palette id 0 = nothing). Query: threshold (default
 //                       0.1), alpha. 400 for more than kMaxPrompts prompts, an empty one, more than
 //                       kMaxPromptText bytes of text, or a prompt over the text model's positions
 //                       (77 tokens), naming the prompt. With only one of the two models, the other
@@ -67,6 +76,7 @@
 #include <utility>
 #include <vector>
 
+#include <segml/data/synthetic_scenes.hpp>
 #include <segml/io/checkpoint.hpp>
 #include <segml/io/image.hpp>
 #include <segml/io/image_processor.hpp>
@@ -278,6 +288,17 @@ inline ZeroShotModel random_zero_shot(const std::string& preset, uint64_t seed =
   return m;
 }
 
+// The colours of a request's classes: names[id] is class id's name, the answer colors[id]. The one
+// place the server picks colours: the legend, /api/info, the palette sent with the label map (by
+// which the page colours it) and the server-side PNGs all take them from here. Today: the palette
+// by class number, palette_color(id).
+inline std::vector<Rgb> class_colors(const std::vector<std::string>& names) {
+  std::vector<Rgb> out;
+  out.reserve(names.size());
+  for (size_t id = 0; id < names.size(); ++id) out.push_back(palette_color(int64_t(id)));
+  return out;
+}
+
 namespace detail {
 
 inline std::string base64(const std::string& in) {
@@ -367,18 +388,137 @@ inline std::vector<std::string> split_prompts(const std::string& text) {
   return out;
 }
 
-// The label map as RGBA: prompt k's palette colour, opaque; "nothing" (0) fully transparent.
-inline Image zero_shot_mask(const LabelMap& labels) {
+// The label map as RGBA: prompt k's colour colors[k], opaque; "nothing" (0) fully transparent.
+inline Image zero_shot_mask(const LabelMap& labels, const std::vector<Rgb>& colors) {
   Image out(labels.height, labels.width, 4);
   for (int64_t p = 0; p < labels.numel(); ++p) {
     const int64_t k = labels[p];
     if (k == 0) continue;
-    const Rgb c = palette_color(k);
+    const Rgb c = colors[size_t(k)];
     for (int64_t ch = 0; ch < 3; ++ch) out.data[size_t(p * 4 + ch)] = c[size_t(ch)];
     out.data[size_t(p * 4 + 3)] = 255;
   }
   return out;
 }
+
+// ---- the compact label map ----------------------------------------------------------------------
+// "rle-varint" (docs/demo.md, "The label map payload"): the label map in row-major order as runs,
+// each run two unsigned LEB128 varints: the label, then the run's length (>= 1; runs go on across
+// rows). A 480x360 street scene takes a few KB; a map of noise at most 2 bytes per pixel for ids
+// below 128. base64 in the JSON. Encoding is one pass over the bytes: well under 1 ms at 480x360.
+inline void put_varint(std::string& out, uint64_t v) {
+  while (v >= 0x80) {
+    out += char(uint8_t(v & 0x7F) | 0x80);
+    v >>= 7;
+  }
+  out += char(uint8_t(v));
+}
+
+inline std::string encode_label_runs(const LabelMap& labels) {
+  std::string out;
+  const int64_t n = labels.numel();
+  int64_t p = 0;
+  while (p < n) {
+    const int64_t id = labels[p];
+    int64_t q = p + 1;
+    if (labels.is_narrow()) {
+      const uint8_t* d = labels.narrow.data.data();
+      while (q < n && d[q] == d[p]) ++q;
+    } else {
+      while (q < n && labels.wide[size_t(q)] == labels.wide[size_t(p)]) ++q;
+    }
+    put_varint(out, uint64_t(id));
+    put_varint(out, uint64_t(q - p));
+    p = q;
+  }
+  return out;
+}
+
+// {"encoding": "rle-varint", "width", "height", "data": base64 of encode_label_runs}.
+inline nlohmann::json label_map_json(const LabelMap& labels) {
+  return {{"encoding", "rle-varint"},
+          {"width", labels.width},
+          {"height", labels.height},
+          {"data", base64(encode_label_runs(labels))}};
+}
+
+// The palette of a payload: colors[id] as [r, g, b], for every id the model can answer.
+inline nlohmann::json palette_json(const std::vector<Rgb>& colors) {
+  nlohmann::json out = nlohmann::json::array();
+  for (const Rgb& c : colors) out.push_back({c[0], c[1], c[2]});
+  return out;
+}
+
+// The server-side pictures, coloured by `colors` (the one palette of a request, see class_colors):
+// the overlay (1 - alpha) * pixel + alpha * colour, rounded (overlay()'s formula), leaving label
+// `transparent` as it is; and the colour mask.
+inline void paint_overlay(Image& rgb, const LabelMap& labels, const std::vector<Rgb>& colors, double alpha,
+                          int64_t transparent = -1) {
+  SEGML_CHECK(rgb.channels == 3 && rgb.height == labels.height && rgb.width == labels.width,
+              "paint_overlay: the image is ", rgb.height, "x", rgb.width, "x", rgb.channels, ", the labels ", labels.height,
+              "x", labels.width);
+  for (int64_t p = 0; p < labels.numel(); ++p) {
+    const int64_t id = labels[p];
+    if (id == transparent) continue;
+    const Rgb& c = colors[size_t(id)];
+    uint8_t* px = rgb.data.data() + 3 * p;
+    for (size_t k = 0; k < 3; ++k) px[k] = static_cast<uint8_t>(std::lround((1.0 - alpha) * px[k] + alpha * c[k]));
+  }
+}
+
+inline void paint_mask(Image& rgb, const LabelMap& labels, const std::vector<Rgb>& colors) {
+  SEGML_CHECK(rgb.channels == 3 && rgb.height == labels.height && rgb.width == labels.width,
+              "paint_mask: the image is ", rgb.height, "x", rgb.width, "x", rgb.channels, ", the labels ", labels.height,
+              "x", labels.width);
+  for (int64_t p = 0; p < labels.numel(); ++p) {
+    const Rgb& c = colors[size_t(labels[p])];
+    std::copy(c.begin(), c.end(), rgb.data.begin() + 3 * p);
+  }
+}
+
+// The Server-Timing header (W3C) of a timings_ms object: "decode;dur=3.1, model;dur=80.2, ...".
+inline std::string server_timing(const nlohmann::json& timings_ms) {
+  std::string out;
+  for (const auto& [name, v] : timings_ms.items()) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%s%s;dur=%.3f", out.empty() ? "" : ", ", name.c_str(), v.get<double>());
+    out += buf;
+  }
+  return out;
+}
+
+// ---- example scenes -----------------------------------------------------------------------------
+// The page's example photos: street scenes of the built-in renderer (data/synthetic_scenes.hpp),
+// 480x360 JPEG, rendered on first request and kept (a few tens of KB each).
+constexpr int kExampleWidth = 480, kExampleHeight = 360;
+inline constexpr uint64_t kExampleSeeds[] = {11, 23, 42, 77};
+constexpr int kNumExamples = int(sizeof(kExampleSeeds) / sizeof(kExampleSeeds[0]));
+
+inline std::string encode_jpeg(const Image& img, int quality) {
+  std::string bytes;
+  const auto append = [](void* ctx, void* data, int size) {
+    static_cast<std::string*>(ctx)->append(static_cast<const char*>(data), static_cast<size_t>(size));
+  };
+  if (!stbi_write_jpg_to_func(append, &bytes, static_cast<int>(img.width), static_cast<int>(img.height),
+                              static_cast<int>(img.channels), img.data.data(), quality))
+    fail("encode_jpeg: JPEG encoding failed");
+  return bytes;
+}
+
+class ExampleScenes {
+ public:
+  // Example k (0-based, < kNumExamples) as JPEG bytes.
+  const std::string& jpeg(int k) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::string& bytes = cache_[size_t(k)];
+    if (bytes.empty()) bytes = encode_jpeg(generate_scene(kExampleSeeds[k], kExampleWidth, kExampleHeight).image, 90);
+    return bytes;
+  }
+
+ private:
+  std::mutex mutex_;
+  std::string cache_[kNumExamples];
+};
 
 // Bounded admission: at most `capacity` holders at a time; try_enter() never waits.
 class Admission {
@@ -567,7 +707,8 @@ class DemoServer {
     if (seg_) {
       nlohmann::json classes = nlohmann::json::array();
       for (const auto& [id, label] : seg_->model.config.id2label) {
-        const Rgb c = palette_color(id);
+        if (id < 0 || id >= int64_t(seg_->colors.size())) continue;
+        const Rgb c = seg_->colors[size_t(id)];
         classes.push_back({{"id", id}, {"name", label}, {"color", {c[0], c[1], c[2]}}});
       }
       const auto& cfg = seg_->model.config;
@@ -630,6 +771,25 @@ class DemoServer {
                          {"uptime_s", std::chrono::duration<double>(Clock::now() - started_).count()}});
     });
     http_->Get("/api/info", [this](const httplib::Request&, httplib::Response& res) { detail::send_json(res, 200, info()); });
+    http_->Get("/api/examples", [](const httplib::Request&, httplib::Response& res) {
+      nlohmann::json list = nlohmann::json::array();
+      for (int k = 1; k <= detail::kNumExamples; ++k)
+        list.push_back({{"id", k},
+                        {"name", "Street scene " + std::to_string(k)},
+                        {"url", "api/examples/" + std::to_string(k) + ".jpg"},
+                        {"width", detail::kExampleWidth},
+                        {"height", detail::kExampleHeight}});
+      detail::send_json(res, 200, {{"examples", list}});
+    });
+    http_->Get(R"(/api/examples/(\d{1,3})\.jpg)", [this](const httplib::Request& req, httplib::Response& res) {
+      const int k = std::stoi(req.matches[1].str());
+      if (k < 1 || k > detail::kNumExamples)
+        return detail::send_error(res, 404, "no example " + std::to_string(k) + ": there are " +
+                                                std::to_string(detail::kNumExamples) + " (see GET /api/examples)");
+      const std::string& jpeg = examples_.jpeg(k - 1);
+      res.set_content(jpeg.data(), jpeg.size(), "image/jpeg");
+      res.set_header("Cache-Control", "max-age=3600");
+    });
     http_->Post("/api/segment", [this](const httplib::Request& req, httplib::Response& res) { handle(req, res, false); });
     http_->Post("/api/overlay", [this](const httplib::Request& req, httplib::Response& res) { handle(req, res, true); });
     http_->Post("/api/zero_shot", [this](const httplib::Request& req, httplib::Response& res) { handle_zero_shot(req, res); });
@@ -746,7 +906,10 @@ class DemoServer {
   void handle(const httplib::Request& req, httplib::Response& res, bool png_only) {
     try {
       const nlohmann::json body = segment(req, png_only ? &res : nullptr);
-      if (!png_only) detail::send_json(res, 200, body);
+      if (!png_only) {
+        res.set_header("Server-Timing", detail::server_timing(body["timings_ms"]));
+        detail::send_json(res, 200, body);
+      }
       ++served_;
     } catch (const detail::HttpError& e) {
       if (e.status == 503) res.set_header("Retry-After", "1");
@@ -761,7 +924,9 @@ class DemoServer {
 
   void handle_zero_shot(const httplib::Request& req, httplib::Response& res) {
     try {
-      detail::send_json(res, 200, zero_shot(req));
+      const nlohmann::json body = zero_shot(req);
+      res.set_header("Server-Timing", detail::server_timing(body["timings_ms"]));
+      detail::send_json(res, 200, body);
       ++served_;
     } catch (const detail::HttpError& e) {
       if (e.status == 503) res.set_header("Retry-After", "1");
@@ -819,11 +984,11 @@ class DemoServer {
     const bool want_overlay = query_number(req, "overlay", 1, 0, 1) != 0;
     const bool want_mask = query_number(req, "mask", 0, 0, 1) != 0;
     const bool want_labels = query_number(req, "labels", 0, 0, 1) != 0;
+    const bool want_label_map = query_number(req, "label_map", 0, 0, 1) != 0;
     const double alpha = query_number(req, "alpha", 0.5, 0, 1);
 
     std::optional<detail::Admission::Ticket> ticket = enter_queue();
     const detail::PixelBudget::Lease pixels = pixel_budget_.acquire(int64_t(up.width) * up.height);
-    const auto t_decode0 = Clock::now();
     Image image = decode(up);
     const auto t_decoded = Clock::now();
     const Tensor<float> pixel_values = zs_->processor.preprocess(image);
@@ -855,10 +1020,13 @@ class DemoServer {
     for (size_t k = 0; k < order.size(); ++k) order[k] = k;
     std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return count[a + 1] > count[b + 1]; });
     const double total_px = double(labels.numel());
+    std::vector<std::string> names = {"nothing"};
+    names.insert(names.end(), prompts.begin(), prompts.end());
+    const std::vector<Rgb> colors = class_colors(names);
     nlohmann::json classes = nlohmann::json::array();
     for (size_t k : order) {  // every prompt, most pixels first
       const int64_t id = int64_t(k) + 1;
-      const Rgb c = palette_color(id);
+      const Rgb c = colors[size_t(id)];
       classes.push_back({{"id", id},
                          {"name", prompts[k]},
                          {"color", {c[0], c[1], c[2]}},
@@ -876,24 +1044,31 @@ class DemoServer {
                           {"prompts", prompts},
                           {"classes", classes},
                           {"nothing", {{"pixels", count[0]}, {"share", double(count[0]) / total_px}}}};
+    if (want_label_map) {
+      out["label_map"] = detail::label_map_json(labels);
+      out["palette"] = detail::palette_json(colors);  // id 0, "nothing", is left uncoloured
+    }
     if (want_labels) out["labels_png"] = detail::base64(detail::encode_png(labels.narrow));
-    if (want_mask) out["mask_png"] = detail::base64(detail::encode_png(detail::zero_shot_mask(labels)));
+    if (want_mask) out["mask_png"] = detail::base64(detail::encode_png(detail::zero_shot_mask(labels, colors)));
     if (want_overlay) {
-      overlay_in_place(image, labels, alpha, /*transparent=*/0);
+      detail::paint_overlay(image, labels, colors, alpha, /*transparent=*/0);
       out["overlay_png"] = detail::base64(detail::encode_png(image));
     }
     image = Image();
     labels = LabelMap();
     const auto t_end = Clock::now();
     const double model_ms = ms(t_start, t_model);
-    out["timings_ms"] = {{"decode", ms(t_decode0, t_decoded)},
+    // The parts decode, preprocess, queue, model, postprocess and encode add up to total: the
+    // tokenization counts in the model's text part, the rest before decoding (checking the upload,
+    // the admission) in decode.
+    out["timings_ms"] = {{"decode", ms(t0, t_decoded) - tokenize_ms},
                          {"preprocess", ms(t_decoded, t_pre)},
                          {"tokenize", tokenize_ms},
                          {"queue", ms(t_pre, t_start)},
                          {"text", tokenize_ms + engine_ms.text},
                          {"vision", engine_ms.vision},
                          {"decoder", engine_ms.decoder},
-                         {"model", model_ms},
+                         {"model", tokenize_ms + model_ms},
                          {"postprocess", ms(t_model, t_post)},
                          {"encode", ms(t_post, t_end)},
                          {"total", ms(t0, t_end)}};
@@ -978,6 +1153,7 @@ class DemoServer {
     const char* format = up.format;
     const bool want_overlay = png_res || query_number(req, "overlay", 1, 0, 1) != 0;
     const bool want_mask = !png_res && query_number(req, "mask", 0, 0, 1) != 0;
+    const bool want_label_map = !png_res && query_number(req, "label_map", 0, 0, 1) != 0;
     const double alpha = query_number(req, "alpha", 0.5, 0, 1);
 
     std::optional<detail::Admission::Ticket> ticket = enter_queue();
@@ -1004,19 +1180,27 @@ class DemoServer {
     ticket.reset();
 
     // The overlay is blended into the decoded image itself (the original is not needed after it).
+    const std::vector<Rgb>& colors = seg_->colors;
     if (png_res) {
-      overlay_in_place(image, labels, alpha);
+      detail::paint_overlay(image, labels, colors, alpha);
       labels = LabelMap();
       png_res->set_content(detail::encode_png(image), "image/png");
+      const auto t_end = Clock::now();
+      png_res->set_header("Server-Timing", detail::server_timing({{"decode", ms(t0, t_decoded)},
+                                                                  {"preprocess", ms(t_decoded, t_pre)},
+                                                                  {"queue", ms(t_pre, t_start)},
+                                                                  {"model", ms(t_start, t_model)},
+                                                                  {"postprocess", ms(t_model, t_post)},
+                                                                  {"encode", ms(t_post, t_end)},
+                                                                  {"total", ms(t0, t_end)}}));
       return {};
     }
     nlohmann::json classes = nlohmann::json::array();
     const double total_px = double(labels.numel());
     for (const auto& [id, count] : histogram) {  // most frequent first
-      const Rgb c = palette_color(id);
-      const auto it = seg_->model.config.id2label.find(id);
+      const Rgb c = colors[size_t(id)];
       classes.push_back({{"id", id},
-                         {"name", it == seg_->model.config.id2label.end() ? "class " + std::to_string(id) : it->second},
+                         {"name", seg_->names[size_t(id)]},
                          {"color", {c[0], c[1], c[2]}},
                          {"pixels", count},
                          {"share", double(count) / total_px}});
@@ -1028,12 +1212,16 @@ class DemoServer {
                           {"format", format},
                           {"classes", classes}};
     // The decoded image's buffer holds the overlay, then the mask: no other full-size image.
+    if (want_label_map) {
+      out["label_map"] = detail::label_map_json(labels);
+      out["palette"] = detail::palette_json(colors);
+    }
     if (want_overlay) {
-      overlay_in_place(image, labels, alpha);
+      detail::paint_overlay(image, labels, colors, alpha);
       out["overlay_png"] = detail::base64(detail::encode_png(image));
     }
     if (want_mask) {
-      colorize_in_place(image, labels);
+      detail::paint_mask(image, labels, colors);
       out["mask_png"] = detail::base64(detail::encode_png(image));
     }
     image = Image();
@@ -1048,17 +1236,26 @@ class DemoServer {
 
   struct Segformer {
     explicit Segformer(LoadedModel m)
-        : model(std::move(m.model)), engine(model), processor(std::move(m.processor)), name(std::move(m.name)) {}
+        : model(std::move(m.model)), engine(model), processor(std::move(m.processor)), name(std::move(m.name)) {
+      for (int64_t id = 0; id < model.config.num_labels; ++id) {
+        const auto it = model.config.id2label.find(id);
+        names.push_back(it == model.config.id2label.end() ? "class " + std::to_string(id) : it->second);
+      }
+      colors = class_colors(names);
+    }
     SegformerForSemanticSegmentation<float> model;
     SegformerInference<float> engine;
     SegformerImageProcessor processor;
     std::string name;
+    std::vector<std::string> names;  // by class id, 0..num_labels-1
+    std::vector<Rgb> colors;         // class_colors(names)
   };
   std::unique_ptr<Segformer> seg_;  // null: no SegFormer served
   std::unique_ptr<ZeroShotModel> zs_;  // null: no zero-shot mode
   std::string name_;  // the SegFormer's, else the CLIPSeg's
   ServerOptions opt_;
   std::vector<Asset> assets_;
+  detail::ExampleScenes examples_;
   detail::Admission admission_;
   detail::PixelBudget pixel_budget_{opt_.max_pixels};
   std::mutex model_mutex_;

@@ -1,10 +1,13 @@
 // End-to-end test of the demo page: starts demo_server, opens the page in headless Debian Chromium
 // (driven by playwright-core), uploads a street photo, waits for the overlay, checks the legend,
-// the latency panel and the view toggles, checks that a bad upload shows an error, runs the live
-// mode on Chromium's fake camera, and saves screenshots (laptop, phone and live). The server also
+// the latency panel (its six parts: decode, model, post-process, encode, network, render, adding
+// up to the end-to-end time), that the page colours the label map the server sends exactly as the
+// server's own colour mask, the view toggles, the download button (a PNG of the overlay), the
+// example scenes, that a bad upload shows an error, the phone wording ("tap", not "drop"), runs
+// the live mode on Chromium's fake camera, and saves screenshots (laptop, phone and live). The server also
 // has a CLIPSeg: the zero-shot mode is switched on, prompts typed and run, the legend must list
-// them with their shares and the latency panel the CLI's split (preprocess, vision tower, text,
-// decoder, post-process); the live camera runs in that mode too; a server with only a CLIPSeg shows
+// them with their shares, the latency panel the same six parts with the model's (text, vision
+// tower, decoder) under it, and the colours; the live camera runs in that mode too; a server with only a CLIPSeg shows
 // only that mode. Then serves on all interfaces, where an access token is asked: opening the
 // printed ?token= address must just work (the page's own requests carry the token in a cookie),
 // and requests without it get 401.
@@ -120,10 +123,15 @@ async function main() {
     page.on('pageerror', (e) => pageErrors.push(String(e)));
     page.on('console', (m) => { if (m.type() === 'error') pageErrors.push(m.text()); });
 
+    // The page's answers, each with the server's own colour mask of the same upload added (mask=1).
+    const answers = await watchAnswers(page);
+
     await page.goto(url);
     await page.waitForFunction(() => !document.getElementById('model-name').textContent.includes('connecting'));
     const modelText = await page.textContent('#model-name');
     check(/classes/.test(modelText), `header shows the model: "${modelText}"`);
+    check(/drop/i.test(await page.textContent('#placeholder-title')), 'on a laptop the page says "drop"');
+    check(await page.isDisabled('#download'), 'the download button waits for a result');
 
     // Upload the photo and wait for the overlay.
     console.log(`uploading ${image}`);
@@ -137,9 +145,17 @@ async function main() {
     })));
     check(legend.length > 0 && legend.every((l) => l.name && l.share && l.color),
           `legend lists ${legend.length} classes: ${legend.map((l) => `${l.name} ${l.share}`).join(', ')}`);
-    const timings = Object.fromEntries(await Promise.all(['upload', 'server', 'model', 'render', 'total'].map(
-        async (k) => [k, await page.textContent(`#t-${k}`)])));
-    check(Object.values(timings).every((t) => /ms$/.test(t)), `latency panel filled: ${JSON.stringify(timings)}`);
+    await checkLatencyPanel(page, []);
+
+    // The page colours the label map it is sent exactly as the server colours it (mask=1).
+    await checkColours(page, answers);
+
+    // The download button saves the overlay as a PNG of the photo's size.
+    const [download] = await Promise.all([page.waitForEvent('download'), page.click('#download')]);
+    const png = fs.readFileSync(await download.path());
+    check(png.subarray(1, 4).toString() === 'PNG' && png.readUInt32BE(16) === canvas.w && png.readUInt32BE(20) === canvas.h,
+          `the download button saves the overlay as a ${png.readUInt32BE(16)}x${png.readUInt32BE(20)} PNG ` +
+          `(${download.suggestedFilename()}, ${png.length} bytes)`);
 
     // The view toggles and the opacity slider change the picture.
     const pixels = () => page.$eval('#canvas', (c) => {
@@ -170,10 +186,23 @@ async function main() {
     check(/not an image/.test(toast), `a corrupt upload shows the server's error: "${toast}"`);
     check((await page.$$('#legend li .name')).length === legend.length, 'the previous result stays on screen');
 
-    // The phone layout: one column, the toolbar under the image.
+    // The example scenes: thumbnails that segment when clicked.
+    const examples = await page.$$('#examples .example');
+    check(examples.length >= 3, `${examples.length} example scenes are offered`);
+    const beforeExample = await page.$eval('#size-info', (e) => e.textContent);
+    await page.click('#examples .example:nth-child(2)');
+    await page.waitForFunction((b) => document.getElementById('size-info').textContent !== b &&
+                                      !document.body.classList.contains('is-busy'), beforeExample, {timeout: 120000});
+    const exampleInfo = await page.textContent('#size-info');
+    check(/^480×360 px/.test(exampleInfo) && (await page.$$('#legend li .name')).length > 0,
+          `clicking an example scene segments it: "${exampleInfo}"`);
+
+    // The phone layout: one column, the toolbar under the image; "tap" rather than "drop".
     const phone = await browser.newContext({viewport: {width: 390, height: 844}, deviceScaleFactor: 2, isMobile: true, hasTouch: true});
     const phonePage = await phone.newPage();
     await phonePage.goto(url);
+    const phoneWords = await phonePage.textContent('#placeholder');
+    check(/tap/i.test(phoneWords) && !/drop/i.test(phoneWords), `on a phone the page says "tap": "${phoneWords.trim().replace(/\s+/g, ' ')}"`);
     await phonePage.setInputFiles('#file-input', image);
     await phonePage.waitForSelector('body[data-state="ready"]', {timeout: 120000});
     const overflow = await phonePage.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
@@ -210,6 +239,117 @@ async function main() {
   }
 }
 
+// The latency panel: the six parts, named, each filled, adding up to the end-to-end time; in the
+// zero-shot mode the model's own parts (`subParts`) under it.
+async function checkLatencyPanel(page, subParts) {
+  const parts = ['decode', 'model', 'postprocess', 'encode', 'network', 'render'];
+  const rows = await page.$$eval('.latency-list > div:not([hidden]):not(.sub):not(.total)', (els) => els.map((e) => ({
+    label: e.querySelector('dt').textContent, value: e.querySelector('dd').textContent, id: e.querySelector('dd').id,
+  })));
+  check(rows.length === 6 && parts.every((p, i) => rows[i].id === `t-${p}`),
+        `the latency panel shows six parts: ${rows.map((r) => `${r.label} ${r.value}`).join(', ')}`);
+  const labels = rows.map((r) => r.label).join('|');
+  check(/Decode \(server\)/.test(labels) && /Model/.test(labels) && /Post-process/.test(labels) && /Encode \(server\)/.test(labels) &&
+        /Network/.test(labels) && /Render/.test(labels), 'named decode (server), model, post-process, encode (server), network, render');
+  const ms = (t) => (/ ms$/.test(t) ? parseFloat(t) : NaN);
+  const values = rows.map((r) => ms(r.value));
+  const total = ms(await page.textContent('#t-total'));
+  const sum = values.reduce((a, b) => a + b, 0);
+  check(values.every((v) => v >= 0) && Math.abs(sum - total) <= 0.5 * (rows.length + 1),
+        `the parts add up to the end-to-end time (${sum.toFixed(1)} vs ${total} ms)`);
+  for (const sub of subParts) check(ms(await page.textContent(`#t-${sub}`)) >= 0, `the model's part "${sub}" is shown`);
+}
+
+// The page's segmentation requests go out with mask=1 added, so each answer also holds the colour
+// mask the server paints itself for the very upload the page sent; the page ignores it. Returns
+// {last}: the last answer (its Response).
+async function watchAnswers(page) {
+  const answers = {last: null};
+  await page.route(/\/api\/(segment|zero_shot)\?/, (route) => route.continue({url: `${route.request().url()}&mask=1`}));
+  page.on('response', (r) => {
+    if (/\/api\/(segment|zero_shot)\?/.test(r.url()) && r.status() === 200) answers.last = r;
+  });
+  return answers;
+}
+
+// The label map payload decoded here, independently of the page: base64 of runs, each two LEB128
+// varints (the class id, the run's length).
+function decodeRuns(payload) {
+  const bytes = Buffer.from(payload.data, 'base64');
+  const n = payload.width * payload.height;
+  const out = new Uint32Array(n);
+  let i = 0, p = 0;
+  const varint = () => {
+    let v = 0, scale = 1, b;
+    do {
+      if (i >= bytes.length) throw new Error('label map: truncated');
+      b = bytes[i++];
+      v += (b & 0x7f) * scale;
+      scale *= 128;
+    } while (b & 0x80);
+    return v;
+  };
+  while (i < bytes.length) {
+    const id = varint(), run = varint();
+    if (run < 1 || p + run > n) throw new Error('label map: runs beyond its size');
+    out.fill(id, p, p + run);
+    p += run;
+  }
+  if (p !== n) throw new Error(`label map: ${p} of ${n} pixels`);
+  return out;
+}
+
+// The canvas in the mask view against (1) the label map of the last answer coloured here by its
+// palette ("nothing", id 0 of the zero-shot mode, transparent) and (2) the colour mask the server
+// painted itself for the same upload: every pixel must match both, so the page decodes the label map
+// and colours it exactly.
+async function checkColours(page, answers) {
+  check(answers.last !== null, 'the page\'s answer was seen');
+  const answer = await answers.last.json();
+  check(answer.label_map && answer.palette && answer.mask_png, 'it holds the label map, the palette and the server\'s mask');
+  const labels = decodeRuns(answer.label_map);
+  const zeroShot = answer.prompts !== undefined;
+  const want = Buffer.alloc(labels.length * 4);
+  for (let p = 0; p < labels.length; ++p) {
+    if (zeroShot && labels[p] === 0) continue;
+    const [r, g, b] = answer.palette[labels[p]];
+    want[p * 4] = r;
+    want[p * 4 + 1] = g;
+    want[p * 4 + 2] = b;
+    want[p * 4 + 3] = 255;
+  }
+  await page.click('[data-view="mask"]');
+  const result = await page.evaluate(async ({wantB64, maskB64, w, h}) => {
+    const decode = (b64) => Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+    const png = decode(maskB64);
+    const bmp = await createImageBitmap(new Blob([png], {type: 'image/png'}),
+                                        {premultiplyAlpha: 'none', colorSpaceConversion: 'none'});
+    const ref = document.createElement('canvas');
+    ref.width = bmp.width;
+    ref.height = bmp.height;
+    ref.getContext('2d').drawImage(bmp, 0, 0);
+    const server = ref.getContext('2d').getImageData(0, 0, ref.width, ref.height).data;
+    const mine = decode(wantB64);
+    const shown = document.getElementById('canvas');
+    if (shown.width !== w || shown.height !== h || bmp.width !== w || bmp.height !== h)
+      return {size: `${shown.width}x${shown.height} shown, ${bmp.width}x${bmp.height} server mask, ${w}x${h} label map`};
+    const got = shown.getContext('2d').getImageData(0, 0, w, h).data;
+    const differ = (want) => {
+      let n = 0;
+      for (let i = 0; i < got.length; i += 4) {
+        if (got[i + 3] === 0 && want[i + 3] === 0) continue;  // transparent either way ("nothing")
+        if (got[i] !== want[i] || got[i + 1] !== want[i + 1] || got[i + 2] !== want[i + 2] || got[i + 3] !== want[i + 3]) ++n;
+      }
+      return n;
+    };
+    return {mine: differ(mine), server: differ(server)};
+  }, {wantB64: want.toString('base64'), maskB64: answer.mask_png, w: answer.label_map.width, h: answer.label_map.height});
+  check(result.mine === 0 && result.server === 0,
+        `the page renders the ${answer.label_map.width}x${answer.label_map.height} label map to its palette's colours ` +
+        `(${result.size || `${result.mine} pixels differ from the label map coloured here, ${result.server} from the server's mask`})`);
+  await page.click('[data-view="overlay"]');
+}
+
 // The zero-shot mode on the server with both models: switch to it, type prompts, run them on a photo,
 // check the legend (the prompts with their shares), the latency panel's split and the threshold;
 // then the live camera in that mode.
@@ -218,6 +358,7 @@ async function checkZeroShot(browser, url, image, outDir, pageErrors) {
   const page = await context.newPage();
   page.on('pageerror', (e) => pageErrors.push(String(e)));
   page.on('console', (m) => { if (m.type() === 'error') pageErrors.push(m.text()); });
+  const answers = await watchAnswers(page);
   await page.goto(url);
   await page.waitForFunction(() => !document.getElementById('model-name').textContent.includes('connecting'));
   check(await page.isVisible('#mode-switch'), 'with both models the mode switch is shown');
@@ -247,12 +388,8 @@ async function checkZeroShot(browser, url, image, outDir, pageErrors) {
         `the legend lists the prompts and "nothing": ${legend.map((l) => `${l.name} ${l.share}`).join(', ')}`);
   const total = legend.reduce((s, l) => s + parseFloat(l.share), 0);
   check(legend.every((l) => /%$/.test(l.share)) && Math.abs(total - 100) < 2, `the shares add up to 100% (${total.toFixed(1)})`);
-  const keys = ['upload', 'preprocess', 'vision', 'text', 'decoder', 'postprocess', 'render', 'total'];
-  const timings = Object.fromEntries(await Promise.all(keys.map(async (k) => [k, await page.textContent(`#t-${k}`)])));
-  check(Object.values(timings).every((t) => /ms$/.test(t)), `the latency panel has the zero-shot split: ${JSON.stringify(timings)}`);
-  const rows = await page.$$eval('.latency-list dt', (els) => els.map((e) => e.textContent));
-  check(['Preprocess', 'Vision tower', 'Text', 'Decoder', 'Post-process'].every((r) => rows.includes(r)),
-        `with its labels: ${rows.join(', ')}`);
+  await checkLatencyPanel(page, ['text', 'vision', 'decoder']);
+  await checkColours(page, answers);
   const shot = path.join(outDir, 'demo_screenshot_zero_shot.png');
   await page.screenshot({path: shot, fullPage: true});
   console.log(`screenshot: ${shot}`);

@@ -1,11 +1,16 @@
-// The demo page's logic: get an image (file, drop, paste, phone camera or a live video frame),
-// POST it to /api/segment (SegFormer mode) or, with the prompts and threshold, to /api/zero_shot
-// (zero-shot mode: a CLIPSeg), and draw the answer: the photo, the class colours over it, the
-// legend and where the time went. /api/info says which modes the server has; with one, the mode
-// switch stays hidden. Plain browser JavaScript, no dependencies.
+// The demo page's logic: get an image (file, drop, paste, phone camera, an example scene or a live
+// video frame), POST it to /api/segment (SegFormer mode) or, with the prompts and threshold, to
+// /api/zero_shot (zero-shot mode: a CLIPSeg), and draw the answer: the server sends the label map
+// run-length encoded with its palette (label_map=1, see docs/demo.md); the page colours it, blends
+// it over the photo, and can download that overlay as PNG. The legend, and where the time went:
+// the server's parts (decode, model, post-process, encode) from its answer, the network (the round
+// trip minus the server's time) and the rendering measured here. /api/info says which modes the
+// server has; with one, the mode switch stays hidden. Plain browser JavaScript, no dependencies.
 'use strict';
 
 const MAX_SIDE = 1024;        // photos are scaled down to this before upload
+// A phone or tablet: "tap" rather than "drop" (a touch screen is the primary pointer).
+const TOUCH = window.matchMedia('(pointer: coarse)').matches;
 const LIVE_MAX_SIDE = 512;    // live frames are smaller, for frame rate
 const $ = (id) => document.getElementById(id);
 
@@ -17,18 +22,25 @@ const ui = {
   prompts: $('prompts'), threshold: $('threshold'), thresholdValue: $('threshold-value'),
 };
 
-// The latency panel's rows per mode: [key, label]; the server's share is split as the CLI's is.
-const LATENCY_ROWS = {
-  segment: [['upload', 'Upload'], ['server', 'Pre/post-processing'], ['model', 'Model'], ['render', 'Render']],
-  zero_shot: [['upload', 'Upload'], ['preprocess', 'Preprocess'], ['vision', 'Vision tower'], ['text', 'Text'],
-              ['decoder', 'Decoder'], ['postprocess', 'Post-process'], ['render', 'Render']],
-};
+// The latency panel's rows: [key, label, title]; they add up to the end-to-end time. "queue" is shown
+// only when a request waited for the model. In the zero-shot mode the model's row is split further
+// (SUB_ROWS, indented, not added again).
+const LATENCY_ROWS = [
+  ['decode', 'Decode (server)', 'the server decodes the upload, resizes and normalises it for the model'],
+  ['queue', 'Waiting for the model', 'other requests were using the model'],
+  ['model', 'Model', 'the network itself, on the server'],
+  ['postprocess', 'Post-process', 'upsampling the logits to the photo, per-pixel argmax, class shares'],
+  ['encode', 'Encode (server)', 'the label map run-length encoded, base64'],
+  ['network', 'Network', 'the round trip measured here minus the server\'s time: upload, download, JSON'],
+  ['render', 'Render (browser)', 'decoding and colouring the label map, drawing it over the photo'],
+];
+const SUB_ROWS = {zero_shot: [['text', 'text'], ['vision', 'vision tower'], ['decoder', 'decoder']]};
 
 const state = {
   view: 'overlay',
   opacity: 0.55,
   image: null,    // the photo as sent (canvas)
-  mask: null,     // the colour mask (ImageBitmap), same size as the image
+  mask: null,     // the colour mask (canvas, transparent where nothing is coloured), same size as the image
   live: null,     // {stream, running, frames, fps, last}
   busy: false,
   mode: 'segment', // or 'zero_shot'
@@ -100,10 +112,10 @@ async function segment(blob) {
     const form = new FormData();
     form.append('image', blob, 'image.jpg');
     form.append('prompts', ui.prompts.value);
-    response = await fetch(`api/zero_shot?overlay=0&mask=1&threshold=${encodeURIComponent(ui.threshold.value)}`,
+    response = await fetch(`api/zero_shot?overlay=0&label_map=1&threshold=${encodeURIComponent(ui.threshold.value)}`,
                            {method: 'POST', body: form});
   } else {
-    response = await fetch('api/segment?overlay=0&mask=1', {
+    response = await fetch('api/segment?overlay=0&label_map=1', {
       method: 'POST', body: blob, headers: {'Content-Type': blob.type || 'application/octet-stream'},
     });
   }
@@ -137,9 +149,54 @@ function toCanvas(source, width, height, maxSide) {
 const toJpeg = (canvas, quality) => new Promise((resolve, reject) =>
   canvas.toBlob((b) => (b ? resolve(b) : reject(new Error('could not encode the image'))), 'image/jpeg', quality));
 
-async function base64ToBitmap(b64) {
-  const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
-  return createImageBitmap(new Blob([bytes], {type: 'image/png'}));
+// The label map payload {encoding: 'rle-varint', width, height, data} -> Uint32Array of class ids:
+// data is base64 of runs, each two LEB128 varints (the label, then the run's length).
+function decodeLabelMap(payload) {
+  if (payload.encoding !== 'rle-varint') throw new Error(`unknown label map encoding '${payload.encoding}'`);
+  const bin = atob(payload.data);
+  const n = payload.width * payload.height;
+  const out = new Uint32Array(n);
+  let i = 0, p = 0;
+  const varint = () => {
+    let v = 0, scale = 1, b;
+    do {
+      if (i >= bin.length) throw new Error('label map: truncated run');
+      b = bin.charCodeAt(i++);
+      v += (b & 0x7f) * scale;
+      scale *= 128;
+    } while (b & 0x80);
+    return v;
+  };
+  while (i < bin.length) {
+    const id = varint(), run = varint();
+    if (run < 1 || p + run > n) throw new Error('label map: runs do not add up to its size');
+    out.fill(id, p, p + run);
+    p += run;
+  }
+  if (p !== n) throw new Error(`label map: ${p} of ${n} pixels`);
+  return out;
+}
+
+// Class ids -> a canvas of their palette colours (RGBA), ids in `transparent` left clear.
+function colourLabels(labels, width, height, palette, transparent = new Set()) {
+  const lut = new Uint32Array(palette.length);  // RGBA packed as the canvas stores it (little-endian)
+  palette.forEach(([r, g, b], id) => { lut[id] = transparent.has(id) ? 0 : ((255 << 24) | (b << 16) | (g << 8) | r) >>> 0; });
+  const canvas = document.createElement('canvas');
+  canvas.width = width;
+  canvas.height = height;
+  const ctx = canvas.getContext('2d');
+  const img = ctx.createImageData(width, height);
+  const px = new Uint32Array(img.data.buffer);
+  for (let p = 0; p < labels.length; ++p) px[p] = lut[labels[p]] ?? 0;
+  ctx.putImageData(img, 0, 0);
+  return canvas;
+}
+
+// The answer's colour mask: zero-shot's "nothing" (id 0) stays uncoloured.
+function maskOf(result) {
+  const labels = decodeLabelMap(result.label_map);
+  const transparent = result.prompts !== undefined ? new Set([0]) : new Set();
+  return colourLabels(labels, result.label_map.width, result.label_map.height, result.palette, transparent);
 }
 
 // ---- one photo --------------------------------------------------------------------------------
@@ -169,7 +226,7 @@ async function runOnce(canvas, blob) {
   try {
     const {result, networkMs} = await segment(blob);
     const t0 = performance.now();
-    state.mask = await base64ToBitmap(result.mask_png);
+    state.mask = maskOf(result);
     state.image = canvas || (await fallbackImage(blob, result));
     draw();
     const renderMs = performance.now() - t0;
@@ -199,9 +256,8 @@ async function fallbackImage(blob, result) {
 
 // ---- drawing ----------------------------------------------------------------------------------
 
-function draw() {
-  if (!state.image) return;
-  const {canvas} = ui;
+// The photo and/or its mask as `view` shows them, on `canvas` (resized to the photo).
+function compose(canvas, view) {
   const w = state.image.width, h = state.image.height;
   if (canvas.width !== w || canvas.height !== h) {
     canvas.width = w;
@@ -210,26 +266,63 @@ function draw() {
   const ctx = canvas.getContext('2d');
   ctx.globalAlpha = 1;
   ctx.clearRect(0, 0, w, h);
-  if (state.view !== 'mask') ctx.drawImage(state.image, 0, 0, w, h);
-  if (state.mask && state.view !== 'original') {
-    ctx.globalAlpha = state.view === 'mask' ? 1 : state.opacity;
+  if (view !== 'mask') ctx.drawImage(state.image, 0, 0, w, h);
+  if (state.mask && view !== 'original') {
+    ctx.imageSmoothingEnabled = false;  // label maps are not interpolated
+    ctx.globalAlpha = view === 'mask' ? 1 : state.opacity;
     ctx.drawImage(state.mask, 0, 0, w, h);
     ctx.globalAlpha = 1;
+    ctx.imageSmoothingEnabled = true;
   }
-  canvas.hidden = false;
+}
+
+function draw() {
+  if (!state.image) return;
+  compose(ui.canvas, state.view);
+  ui.canvas.hidden = false;
   ui.placeholder.hidden = true;
+  $('download').disabled = !state.mask;
+}
+
+// The overlay (the photo with the colours at the current opacity) as a PNG file, made here.
+function downloadOverlay() {
+  if (!state.image || !state.mask) return;
+  const canvas = document.createElement('canvas');
+  compose(canvas, 'overlay');
+  canvas.toBlob((blob) => {
+    if (!blob) return toast('could not make the PNG');
+    const a = document.createElement('a');
+    a.href = URL.createObjectURL(blob);
+    a.download = `segml-${state.mode === 'zero_shot' ? 'zero-shot' : 'segformer'}-overlay.png`;
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(a.href), 10000);
+  }, 'image/png');
 }
 
 const fmtMs = (ms) => (ms >= 100 ? `${Math.round(ms)} ms` : `${ms.toFixed(1)} ms`);
 
 // The latency panel's rows for `mode` (ids t-<key>), and the total.
 function layoutLatency(mode) {
-  const rows = LATENCY_ROWS[mode].map(([key, label]) => {
+  const rows = [];
+  for (const [key, label, title] of LATENCY_ROWS) {
     const div = document.createElement('div');
     div.innerHTML = `<dt><i class="c-${key}"></i></dt><dd id="t-${key}">–</dd>`;
     div.querySelector('dt').append(label);
-    return div;
-  });
+    div.title = title;
+    div.dataset.part = key;
+    if (key === 'queue') div.hidden = true;
+    rows.push(div);
+    if (key === 'model')
+      for (const [sub, subLabel] of SUB_ROWS[mode] || []) {
+        const d = document.createElement('div');
+        d.className = 'sub';
+        d.innerHTML = `<dt></dt><dd id="t-${sub}">–</dd>`;
+        d.querySelector('dt').append(subLabel);
+        rows.push(d);
+      }
+  }
   const total = document.createElement('div');
   total.className = 'total';
   total.innerHTML = '<dt>End to end</dt><dd id="t-total">–</dd>';
@@ -260,17 +353,19 @@ function showResult(result, networkMs, renderMs, bytes) {
     return li;
   }));
 
-  // Latency: network (upload + download), the server's phases, render.
+  // Latency: the server's parts as it reports them (they add up to its total), the network (the
+  // round trip minus the server's total), the rendering here.
   const t = result.timings_ms;
   const mode = zeroShot ? 'zero_shot' : 'segment';
-  if (!document.getElementById(zeroShot ? 't-vision' : 't-server')) layoutLatency(mode);
-  const values = zeroShot
-    ? {upload: networkMs, preprocess: t.decode + t.preprocess, vision: t.vision, text: t.text, decoder: t.decoder,
-       postprocess: t.postprocess + t.encode, render: renderMs}
-    : {upload: networkMs, server: t.total - t.model, model: t.model, render: renderMs};
-  const parts = LATENCY_ROWS[mode].map(([key]) => [key, values[key]]);
+  if (!!document.getElementById('t-vision') !== zeroShot) layoutLatency(mode);
+  const values = {decode: t.decode + t.preprocess, queue: t.queue, model: t.model, postprocess: t.postprocess,
+                  encode: t.encode, network: networkMs, render: renderMs};
+  const parts = LATENCY_ROWS.map(([key]) => [key, values[key]]).filter(([key, v]) => key !== 'queue' || v >= 0.5);
+  const queueRow = document.querySelector('[data-part="queue"]');
+  if (queueRow) queueRow.hidden = !(t.queue >= 0.5);
   const total = parts.reduce((s, [, v]) => s + v, 0);
   for (const [key, v] of parts) $(`t-${key}`).textContent = fmtMs(v);
+  for (const [sub] of SUB_ROWS[mode] || []) $(`t-${sub}`).textContent = fmtMs(t[sub]);
   $('t-total').textContent = fmtMs(total);
   $('latency-bar').replaceChildren(...parts.map(([name, v]) => {
     const span = document.createElement('span');
@@ -286,8 +381,9 @@ function showResult(result, networkMs, renderMs, bytes) {
         `text ${fmtMs(t.text)}${cached}.` + (random ? ' A random model: its masks are noise.' : '');
   }
   $('size-info').textContent =
-      `${result.width}×${result.height} px, ${(bytes / 1024).toFixed(0)} KB sent; model input ` +
-      `${result.model_input[1]}×${result.model_input[0]}` + (t.queue > 1 ? `; waited ${fmtMs(t.queue)} in the queue` : '');
+      `${result.width}×${result.height} px, ${(bytes / 1024).toFixed(0)} KB sent, ` +
+      `${(result.label_map.data.length / 1024).toFixed(0)} KB of labels back; model input ` +
+      `${result.model_input[1]}×${result.model_input[0]}`;
 }
 
 function setView(view) {
@@ -366,7 +462,7 @@ async function liveLoop(live) {
       const {result, networkMs} = await segment(blob);
       if (!live.running) break;
       const t0 = performance.now();
-      state.mask = await base64ToBitmap(result.mask_png);
+      state.mask = maskOf(result);
       state.image = frame;
       draw();
       showResult(result, networkMs, performance.now() - t0, blob.size);
@@ -389,7 +485,56 @@ async function liveLoop(live) {
   }
 }
 
+// ---- example scenes ---------------------------------------------------------------------------
+
+// The server's example photos (street scenes of segml's renderer) as buttons: a tap or click runs one.
+async function loadExamples() {
+  let examples = [];
+  try {
+    ({examples} = await (await fetch('api/examples')).json());
+  } catch (e) {
+    return;  // an older server: no examples
+  }
+  $('examples').replaceChildren(...examples.map((ex) => {
+    const b = document.createElement('button');
+    b.type = 'button';
+    b.className = 'example';
+    b.title = ex.name;
+    b.dataset.example = ex.id;
+    const img = document.createElement('img');
+    img.src = ex.url;
+    img.alt = ex.name;
+    img.width = 96;
+    img.height = Math.round(96 * ex.height / ex.width);
+    b.append(img);
+    b.addEventListener('click', () => runExample(ex));
+    return b;
+  }));
+  $('examples-row').hidden = examples.length === 0;
+}
+
+async function runExample(ex) {
+  try {
+    const r = await fetch(ex.url);
+    if (!r.ok) throw new Error(`example ${ex.id}: HTTP ${r.status}`);
+    const blob = await r.blob();
+    await segmentFile(new File([blob], `example-${ex.id}.jpg`, {type: 'image/jpeg'}));
+  } catch (e) {
+    toast(e.message);
+  }
+}
+
 // ---- wiring -----------------------------------------------------------------------------------
+
+if (TOUCH) {
+  document.body.classList.add('touch');
+  $('placeholder-title').textContent = 'Tap here to choose a street photo';
+  $('placeholder-more').textContent = 'or take a photo, go live with the camera, or tap an example below.';
+  ui.stage.setAttribute('aria-label', 'Image: tap to choose a photo');
+}
+// The empty stage opens the file picker (a tap on a phone, a click elsewhere).
+ui.stage.addEventListener('click', () => { if (!state.image && !state.live) $('file-input').click(); });
+$('download').addEventListener('click', downloadOverlay);
 
 $('file-input').addEventListener('change', (e) => { segmentFile(e.target.files[0]); e.target.value = ''; });
 $('camera-input').addEventListener('change', (e) => { segmentFile(e.target.files[0]); e.target.value = ''; });
@@ -437,3 +582,4 @@ window.addEventListener('keydown', (e) => {
 });
 
 loadInfo();
+loadExamples();
