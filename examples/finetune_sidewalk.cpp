@@ -115,13 +115,21 @@ class OptionFlags {
     CLI::Option* alias = nullptr;
   };
 
-  // Adds the rows with info.hf == hf to `group` (their aliases to `alias_group`).
-  void add(CLI::App& app, bool hf, const std::string& group, const std::string& alias_group) {
+  // Adds the rows with info.hf == hf to `group`.
+  void add(CLI::App& app, bool hf, const std::string& group) { add_rows(app, hf, false, group); }
+  // Adds the aliases of every row to `group` (after the other groups, so --help lists them last).
+  void add_aliases(CLI::App& app, const std::string& group) {
+    add_rows(app, true, true, group);
+    add_rows(app, false, true, group);
+  }
+
+ private:
+  void add_rows(CLI::App& app, bool hf, bool aliases, const std::string& group) {
     const train::TrainOptions defaults;
     train::for_each_option(defaults, [&](const train::OptionInfo& info, const auto& def) {
       if (!info.cli || info.hf != hf) return;
       Flag& f = flags_[info.name];
-      order_.push_back(info.name);
+      if (!aliases) order_.push_back(info.name);
       using T = std::decay_t<decltype(def)>;
       auto bind = [&](const std::string& flag, std::string& text, bool& on, const std::string& help) -> CLI::Option* {
         CLI::Option* o = nullptr;
@@ -134,27 +142,32 @@ class OptionFlags {
           } else if constexpr (std::is_same_v<T, uint64_t>) {
             o->check(seed_check());
           } else if constexpr (std::is_integral_v<T>) {
+            o->type_name("INT");
             o->check(cli::whole(static_cast<int64_t>(info.lo),
                                 info.hi >= train::kNoLimit ? std::numeric_limits<int64_t>::max() : static_cast<int64_t>(info.hi)));
           } else {
+            o->type_name("FLOAT");
             o->check(cli::real(info.lo, info.hi, info.open_low));
           }
         }
         return o;
       };
-      std::ostringstream help;
-      help << info.help;
-      if constexpr (!std::is_same_v<T, bool>) help << " [default: " << nlohmann::json(def).dump() << "]";
-      if (*info.alias) help << " (alias: --" << info.alias << ")";
-      f.name = bind("--" + std::string(info.name), f.name_text, f.name_flag, help.str());
-      f.name->group(group);
-      if (*info.alias) {
+      if (!aliases) {
+        std::ostringstream help;
+        help << info.help;
+        if constexpr (!std::is_same_v<T, bool>) help << " [default: " << nlohmann::json(def).dump() << "]";
+        if (*info.alias) help << " (alias: --" << info.alias << ")";
+        f.name = bind("--" + std::string(info.name), f.name_text, f.name_flag, help.str());
+        f.name->group(group);
+      } else if (*info.alias) {
         f.alias = bind("--" + std::string(info.alias), f.alias_text, f.alias_flag,
                        "Alias of --" + std::string(info.name) + " (segml's earlier name)");
-        f.alias->group(alias_group);
+        f.alias->group(group);
       }
     });
   }
+
+ public:
 
   // The flag as typed (the HF name or the alias) and its value text, if given; both given with
   // different values is an error naming both.
@@ -225,7 +238,14 @@ int main(int argc, char** argv) {
   const std::string hf_group = "HuggingFace TrainingArguments", segml_group = "segml",
                     alias_group = "Aliases (segml's earlier names of the options above)";
   OptionFlags flags;
-  flags.add(app, /*hf=*/true, hf_group, alias_group);
+  flags.add(app, /*hf=*/true, hf_group);
+  // This program's own defaults where they differ from the table's.
+  app.get_option("--learning_rate")->description(app.get_option("--learning_rate")->get_description() +
+                                                 "; this program without --model: 1e-3");
+  app.get_option("--num_train_epochs")->description(app.get_option("--num_train_epochs")->get_description() +
+                                                    "; this program without either: 10 epochs (1000 steps on the built-in data)");
+  app.get_option("--eval_steps")->description(app.get_option("--eval_steps")->get_description() +
+                                              "; this program when not given: 5 evaluations per run");
   app.add_option("--resume_from_checkpoint", resume,
                  "Continue a run: a run folder (its latest complete checkpoint), one of its checkpoint-<step> folders, "
                  "or 'true' for the latest checkpoint of --output_dir. Its options are reused; the run continues in "
@@ -242,7 +262,7 @@ int main(int argc, char** argv) {
                  "Dataset folder (id2label.json + {train,val,test}/{images,labels} or images/ + labels/). "
                  "Default: built-in synthetic street scenes, generated once into runs/synthetic-scenes")
       ->group(segml_group);
-  flags.add(app, /*hf=*/false, segml_group, alias_group);
+  flags.add(app, /*hf=*/false, segml_group);
   app.add_option("--crop-size", crop, "Training crop H or HxW; also the evaluation resize (default 512; 160 on the built-in data, so the default run takes a few minutes)")
       ->check(crop_size_check())
       ->group(segml_group);
@@ -262,6 +282,7 @@ int main(int argc, char** argv) {
       ->check(cli::positive_whole())
       ->group(segml_group);
   app.add_option("--class-map", class_map, "JSON remapping the dataset's class ids (see docs/datasets.md)")->group(segml_group);
+  flags.add_aliases(app, alias_group);
   app.add_option("--resume", resume, "Alias of --resume_from_checkpoint (segml's earlier name)")->group(alias_group);
   CLI11_PARSE(app, argc, argv);
   auto given = [&](const char* flag) { return app.count(flag) > 0; };

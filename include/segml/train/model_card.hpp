@@ -99,7 +99,8 @@ struct ModelCard {
         md += "- Per Category Iou:";
         for (size_t c = 0; c < final_row->metrics.per_category_iou.size(); ++c)
           md += (c ? ", " : " ") + (c < class_names.size() ? class_names[c] : std::to_string(c)) + " " +
-                figure(final_row->metrics.per_category_iou[c]);
+                (std::isnan(final_row->metrics.per_category_iou[c]) ? std::string("nan")  // absent from labels and predictions
+                                                                    : figure(final_row->metrics.per_category_iou[c]));
         md += "\n";
       }
     } else {
