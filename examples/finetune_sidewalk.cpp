@@ -520,8 +520,14 @@ int main(int argc, char** argv) {
       std::printf("Loss: %.4f at step %lld -> %.4f at step %lld\n", h.front().loss, static_cast<long long>(h.front().step),
                   h.back().loss, static_cast<long long>(h.back().step));
     if (!trainer.evals().empty()) {
-      std::printf("Validation (%s split, %zu images):\n", "val", val_ds->size());
-      std::printf("%s", train::metrics_table(trainer.evals().back().metrics, labels).c_str());
+      // With load_best_model_at_end the output folder holds the best evaluation's weights: show that one.
+      const train::EvalRecord* shown = &trainer.evals().back();
+      if (opt.load_best_model_at_end)
+        for (const train::EvalRecord& e : trainer.evals())
+          if (e.step == trainer.best_step()) shown = &e;
+      std::printf("Validation (val split, %zu images, step %lld%s):\n", val_ds->size(), static_cast<long long>(shown->step),
+                  opt.load_best_model_at_end ? (", the best by " + opt.best_metric_key()).c_str() : "");
+      std::printf("%s", train::metrics_table(shown->metrics, labels).c_str());
     }
     std::printf("Saved the model to %s (config.json, model.safetensors, preprocessor_config.json) and the full state\n"
                 "to %s/checkpoint-%lld; the log to %s/train_log.jsonl, the curves to %s/training_curves.svg and the\n"
