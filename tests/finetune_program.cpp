@@ -382,7 +382,7 @@ TEST_CASE("finetune_sidewalk: a checkpoint mixing files of two saves is refused 
   check_log(run_dir / "train_log.jsonl", 4);
 }
 
-TEST_CASE("finetune_sidewalk: numeric flags out of range are refused naming the flag and the value and the range") {
+TEST_CASE("finetune_sidewalk: flags out of range or outside their list are refused naming the flag, the value and what is allowed") {
   test::TempDir tmp("flags");
   const std::string out = tmp.file("run");
   for (const std::vector<std::string>& flags : std::vector<std::vector<std::string>>{
@@ -396,7 +396,9 @@ TEST_CASE("finetune_sidewalk: numeric flags out of range are refused naming the 
            {"--warmup_ratio", "1.5"}, {"--warmup_steps", "-1"}, {"--per_device_train_batch_size", "0"},
            {"--per_device_eval_batch_size", "0"}, {"--gradient_accumulation_steps", "0"}, {"--logging_steps", "0"},
            {"--eval_steps", "-1"}, {"--save_steps", "-1"}, {"--save_total_limit", "-1"}, {"--dataloader_num_workers", "-1"},
-           {"--adam_beta1", "1.5"}, {"--adam_epsilon", "0"}, {"--weight_decay", "inf"}}) {
+           {"--adam_beta1", "1.5"}, {"--adam_epsilon", "0"}, {"--weight_decay", "inf"},
+           // Names outside HF's lists are refused with the list.
+           {"--lr_scheduler_type", "cosine_with_restarts"}, {"--schedule", "step"}, {"--metric_for_best_model", "bleu"}}) {
     // Otherwise a valid one-step run, so an ignored flag would train and exit 0.
     std::vector<std::string> args = tiny_run(out, 1);
     args.insert(args.end(), flags.begin(), flags.end());
