@@ -4,13 +4,19 @@
 // trains a randomly initialised B0 on it for a few minutes on a laptop CPU, evaluates it, and
 // writes an HF checkpoint, train_log.jsonl and training_curves.svg to runs/finetune.
 //
+// Flags: HF TrainingArguments' names (--learning_rate, --num_train_epochs, --max_steps, ...), listed
+// first in --help, come from the one table of segml/train/options.hpp, which also gives their
+// ranges; segml's earlier names (--lr, --epochs, --steps, ...) stay as aliases of the same fields.
+// An HF name and its alias given with different values are refused, naming both.
+//
 // Resuming (docs/training.md): every save is a complete checkpoint-<step>/ folder, published
-// atomically; Ctrl-C stops after the current step and saves one. `--resume RUN` continues from
-// RUN's latest complete checkpoint, `--resume RUN/checkpoint-N` from that one, into RUN (or
-// --output). The saved options are reused; --steps/--epochs, --eval-every, --save-every,
-// --save-total-limit, --workers, --output and --threads may override them (each override is
-// printed); a flag that would change the finished steps' arithmetic is refused when its value
-// differs from the saved one. Every numeric flag is range-checked (examples/cli_checks.hpp).
+// atomically; Ctrl-C stops after the current step and saves one. `--resume_from_checkpoint RUN`
+// (alias --resume) continues from RUN's latest complete checkpoint, `RUN/checkpoint-N` from that
+// one, `true` from the latest of --output_dir (HF's resume_from_checkpoint=True), into RUN (or
+// --output_dir). The saved options are reused; the table's `change` options (max_steps,
+// num_train_epochs, eval_steps, save_steps, ...) and --threads may override them (each override is
+// printed); a `keep` option is refused when its value differs from the saved one. Every numeric
+// flag is range-checked (examples/cli_checks.hpp).
 #include <CLI/CLI.hpp>
 
 #include <atomic>
@@ -21,10 +27,14 @@
 #include <cstdlib>
 #include <filesystem>
 #include <iostream>
+#include <limits>
+#include <map>
 #include <optional>
 #include <sstream>
 #include <string>
 #include <thread>
+#include <type_traits>
+#include <vector>
 
 #include <segml/segformer.hpp>
 #include <segml/train/trainer.hpp>
@@ -94,169 +104,270 @@ bool same_folder(const fs::path& a, const fs::path& b) {
   return fs::weakly_canonical(a, ec) == fs::weakly_canonical(b, ec);
 }
 
+// The command line of the TrainOptions table: --<name> and --<alias> are separate CLI11 options
+// into separate strings, so that both given with different values can be refused naming both.
+class OptionFlags {
+ public:
+  struct Flag {
+    std::string name_text, alias_text;
+    bool name_flag = false, alias_flag = false;
+    CLI::Option* name = nullptr;
+    CLI::Option* alias = nullptr;
+  };
+
+  // Adds the rows with info.hf == hf to `group`.
+  void add(CLI::App& app, bool hf, const std::string& group) { add_rows(app, hf, false, group); }
+  // Adds the aliases of every row to `group` (after the other groups, so --help lists them last).
+  void add_aliases(CLI::App& app, const std::string& group) {
+    add_rows(app, true, true, group);
+    add_rows(app, false, true, group);
+  }
+
+ private:
+  void add_rows(CLI::App& app, bool hf, bool aliases, const std::string& group) {
+    const train::TrainOptions defaults;
+    train::for_each_option(defaults, [&](const train::OptionInfo& info, const auto& def) {
+      if (!info.cli || info.hf != hf) return;
+      Flag& f = flags_[info.name];
+      if (!aliases) order_.push_back(info.name);
+      using T = std::decay_t<decltype(def)>;
+      auto bind = [&](const std::string& flag, std::string& text, bool& on, const std::string& help) -> CLI::Option* {
+        CLI::Option* o = nullptr;
+        if constexpr (std::is_same_v<T, bool>) {
+          o = app.add_flag(flag, on, help);
+        } else {
+          o = app.add_option(flag, text, help);
+          if constexpr (std::is_same_v<T, std::string>) {
+            if (*info.choices) o->check(CLI::IsMember(split(info.choices)));
+          } else if constexpr (std::is_same_v<T, uint64_t>) {
+            o->check(seed_check());
+          } else if constexpr (std::is_integral_v<T>) {
+            o->type_name("INT");
+            o->check(cli::whole(static_cast<int64_t>(info.lo),
+                                info.hi >= train::kNoLimit ? std::numeric_limits<int64_t>::max() : static_cast<int64_t>(info.hi)));
+          } else {
+            o->type_name("FLOAT");
+            o->check(cli::real(info.lo, info.hi, info.open_low));
+          }
+        }
+        return o;
+      };
+      if (!aliases) {
+        std::ostringstream help;
+        help << info.help;
+        if constexpr (!std::is_same_v<T, bool>) help << " [default: " << nlohmann::json(def).dump() << "]";
+        if (*info.alias) help << " (alias: --" << info.alias << ")";
+        f.name = bind("--" + std::string(info.name), f.name_text, f.name_flag, help.str());
+        f.name->group(group);
+      } else if (*info.alias) {
+        f.alias = bind("--" + std::string(info.alias), f.alias_text, f.alias_flag,
+                       "Alias of --" + std::string(info.name) + " (segml's earlier name)");
+        f.alias->group(group);
+      }
+    });
+  }
+
+ public:
+
+  // The flag as typed (the HF name or the alias) and its value text, if given; both given with
+  // different values is an error naming both.
+  std::optional<std::pair<std::string, std::string>> given(const std::string& name) const {
+    const Flag& f = flags_.at(name);
+    std::optional<std::pair<std::string, std::string>> by_name, by_alias;
+    if (f.name->count() > 0) by_name = std::pair{f.name->get_name(), value(f, false)};
+    if (f.alias && f.alias->count() > 0) by_alias = std::pair{f.alias->get_name(), value(f, true)};
+    if (by_name && by_alias) {
+      train::TrainOptions a, b;
+      set(a, name, by_name->second), set(b, name, by_alias->second);
+      if (a.to_json().at(name) != b.to_json().at(name))
+        fail(by_name->first, " ", by_name->second, " and its alias ", by_alias->first, " ", by_alias->second,
+             " are given with different values: give one of them");
+    }
+    return by_name ? by_name : by_alias;
+  }
+
+  // Sets option `name` of `o` from its command-line text.
+  static void set(train::TrainOptions& o, const std::string& name, const std::string& text) {
+    train::for_each_option(o, [&](const train::OptionInfo& info, auto& v) {
+      if (name != info.name) return;
+      using T = std::decay_t<decltype(v)>;
+      if constexpr (std::is_same_v<T, bool>) {
+        v = text == "true";
+      } else if constexpr (std::is_same_v<T, std::string>) {
+        v = text;
+      } else if constexpr (std::is_integral_v<T>) {
+        const auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+        if (ec != std::errc() || p != text.data() + text.size()) fail("--", name, ": got '", text, "', expected a whole number");
+      } else {
+        v = std::strtod(text.c_str(), nullptr);
+      }
+    });
+  }
+
+  const std::vector<std::string>& names() const { return order_; }
+
+ private:
+  static std::string value(const Flag& f, bool alias) {
+    const CLI::Option* o = alias ? f.alias : f.name;
+    if (o->get_expected_min() == 0) return (alias ? f.alias_flag : f.name_flag) ? "true" : "false";
+    return alias ? f.alias_text : f.name_text;
+  }
+  static std::vector<std::string> split(const std::string& words) {
+    std::vector<std::string> out;
+    size_t at = 0;
+    for (size_t bar; (bar = words.find('|', at)) != std::string::npos; at = bar + 1) out.push_back(words.substr(at, bar - at));
+    out.push_back(words.substr(at));
+    return out;
+  }
+  std::map<std::string, Flag> flags_;
+  std::vector<std::string> order_;
+};
+
 }  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"Fine-tune a SegFormer for semantic segmentation on the CPU (see docs/training.md).\n"
                "Without arguments: B0 from scratch on built-in procedural street scenes, a few minutes."};
-  std::string model_path, config_name, data_dir, output = "runs/finetune", resume, class_map, crop = "";
-  std::string optimizer = "adamw", schedule = "linear";
-  int64_t epochs = 0, steps = 0, batch_size = 2, warmup = 0, grad_accum = 1, subset = 0, eval_every = -1,
-          save_every = 0, save_total_limit = 0;
-  double lr = 0, momentum = 0.9, weight_decay = 0.0, head_lr_mult = 1.0, clip = 0.0;
-  bool no_augment = false, no_decay_norm_bias = false, reduce = false;
-  uint64_t seed = 0;
-  int threads = 0, workers = 2;
+  std::string model_path, config_name, data_dir, resume, class_map, crop = "";
+  int64_t subset = 0;
+  bool no_augment = false;
+  int threads = 0;
   int64_t max_pixels = kDefaultMaxPixels;
 
+  // HF TrainingArguments' names first, then segml's own flags, then the aliases.
+  const std::string hf_group = "HuggingFace TrainingArguments", segml_group = "segml",
+                    alias_group = "Aliases (segml's earlier names of the options above)";
+  OptionFlags flags;
+  flags.add(app, /*hf=*/true, hf_group);
+  // This program's own defaults where they differ from the table's.
+  app.get_option("--learning_rate")->description(app.get_option("--learning_rate")->get_description() +
+                                                 "; this program without --model: 1e-3");
+  app.get_option("--num_train_epochs")->description(app.get_option("--num_train_epochs")->get_description() +
+                                                    "; this program without either: 10 epochs (1000 steps on the built-in data)");
+  app.get_option("--eval_steps")->description(app.get_option("--eval_steps")->get_description() +
+                                              "; this program when not given: 5 evaluations per run");
+  app.add_option("--resume_from_checkpoint", resume,
+                 "Continue a run: a run folder (its latest complete checkpoint), one of its checkpoint-<step> folders, "
+                 "or 'true' for the latest checkpoint of --output_dir. Its options are reused; the run continues in "
+                 "that folder unless --output_dir is given (alias: --resume)")
+      ->group(hf_group);
   app.add_option("--model", model_path,
                  "HF checkpoint folder or .safetensors to start from (e.g. weights/mit-b0; an encoder-only "
-                 "checkpoint gets a fresh decode head for the dataset's labels), or an earlier run's output");
+                 "checkpoint gets a fresh decode head for the dataset's labels), or an earlier run's output")
+      ->group(segml_group);
   app.add_option("--config", config_name, "Random initialisation from a preset instead: b0..b5 (default without --model: b0)")
-      ->check(CLI::IsMember({"b0", "b1", "b2", "b3", "b4", "b5"}));
+      ->check(CLI::IsMember({"b0", "b1", "b2", "b3", "b4", "b5"}))
+      ->group(segml_group);
   app.add_option("--data", data_dir,
                  "Dataset folder (id2label.json + {train,val,test}/{images,labels} or images/ + labels/). "
-                 "Default: built-in synthetic street scenes, generated once into runs/synthetic-scenes");
-  app.add_option("--output", output,
-                 "Output folder: checkpoints, train_log.jsonl, training_curves.svg (with --resume: default the run resumed)")
-      ->capture_default_str();
-  app.add_option("--epochs", epochs, "Epochs to train (default: 10 on your data; ignored when --steps is given)")
-      ->check(cli::whole(1, 1000000));
-  app.add_option("--steps", steps, "Optimizer steps to train (default on the built-in data: 1000)")
-      ->check(cli::positive_whole());
-  app.add_option("--batch-size", batch_size, "Images per micro-batch")->capture_default_str()->check(cli::whole(1, 65536));
-  app.add_option("--lr", lr,
-                 "Peak learning rate. Default 6e-5 (HF's tutorial) with --model; 1e-3 for a randomly initialised "
-                 "model, which learns far too slowly at 6e-5 to show progress in a few minutes")
-      ->check(cli::real(0.0, 100.0, /*open_low=*/true));
-  app.add_option("--optimizer", optimizer, "adamw or sgd")->check(CLI::IsMember({"adamw", "sgd"}))->capture_default_str();
-  app.add_option("--momentum", momentum, "SGD momentum")->capture_default_str()->check(cli::real(0.0, 1.0));
-  app.add_option("--weight-decay", weight_decay, "Weight decay (AdamW: decoupled), HF Trainer default 0")
-      ->capture_default_str()
-      ->check(cli::real(0.0, 100.0));
-  app.add_flag("--no-decay-norm-bias", no_decay_norm_bias, "No weight decay on norm weights and biases");
-  app.add_option("--head-lr-mult", head_lr_mult, "Learning-rate multiplier of the decode head (SegFormer recipe: 10)")
-      ->capture_default_str()
-      ->check(cli::real(0.0, 10000.0, /*open_low=*/true));
-  app.add_option("--schedule", schedule, "linear (HF Trainer), poly (SegFormer recipe, power 1) or constant")
-      ->check(CLI::IsMember({"linear", "poly", "constant"}))
-      ->capture_default_str();
-  app.add_option("--warmup-steps", warmup, "Linear warm-up steps")->capture_default_str()->check(cli::non_negative_whole());
-  app.add_option("--grad-accum", grad_accum, "Micro-batches per optimizer step (the loss is averaged)")
-      ->capture_default_str()
-      ->check(cli::whole(1, 65536));
-  app.add_option("--clip-grad-norm", clip, "Clip the total gradient L2 norm to this value (0 = off)")
-      ->check(cli::non_negative_real());
+                 "Default: built-in synthetic street scenes, generated once into runs/synthetic-scenes")
+      ->group(segml_group);
+  flags.add(app, /*hf=*/false, segml_group);
   app.add_option("--crop-size", crop, "Training crop H or HxW; also the evaluation resize (default 512; 160 on the built-in data, so the default run takes a few minutes)")
-      ->check(crop_size_check());
+      ->check(crop_size_check())
+      ->group(segml_group);
   app.add_flag("--no-augment", no_augment,
                "No augmentation: resize whole images to the crop size (HF's tutorial) instead of random "
-               "resize 0.5-2, crop (cat_max_ratio 0.75), flip, photometric distortion");
+               "resize 0.5-2, crop (cat_max_ratio 0.75), flip, photometric distortion")
+      ->group(segml_group);
   app.add_option("--subset", subset, "Train on the first N training images only (e.g. to overfit a few)")
-      ->check(cli::positive_whole());
-  app.add_option("--eval-every", eval_every, "Evaluate on the val split every N steps (default: 5 times per run; 0 = only at the end)")
-      ->check(cli::non_negative_whole());
-  app.add_option("--save-every", save_every,
-                 "Save a complete state checkpoint-<step>/ every N steps (0 = only at the end; the last step always gets one)")
-      ->check(cli::non_negative_whole());
-  app.add_option("--save-total-limit", save_total_limit, "Keep only the newest K checkpoint-<step>/ folders (default: all)")
-      ->check(cli::positive_whole());
-  app.add_option("--resume", resume,
-                 "Continue a run: DIR is a run folder (its latest complete checkpoint) or one of its checkpoint-<step> "
-                 "folders. Its options are reused; the run continues in DIR unless --output is given");
-  app.add_option("--seed", seed, "Seed of the initialisation, data order, augmentation and dropout")
-      ->capture_default_str()
-      ->check(seed_check());
-  app.add_option("--threads", threads, "Compute threads (default: all cores / OMP_NUM_THREADS; with --resume: the saved run's)")
-      ->check(cli::whole(1, 4096));
-  app.add_option("--workers", workers, "Data-loading threads")->capture_default_str()->check(cli::whole(1, 1024));
+      ->check(cli::positive_whole())
+      ->group(segml_group);
+  app.add_option("--threads", threads, "Compute threads (default: all cores / OMP_NUM_THREADS; with a resumed run: the saved run's)")
+      ->check(cli::whole(1, 4096))
+      ->group(segml_group);
   app.add_option("--max-pixels", max_pixels,
                  "Refuse dataset images with more pixels than this (read from the header, before decoding)")
       ->capture_default_str()
-      ->check(cli::positive_whole());
-  app.add_option("--class-map", class_map, "JSON remapping the dataset's class ids (see docs/datasets.md)");
-  app.add_flag("--reduce-labels", reduce, "HF's reduce_labels: id 0 (background) becomes ignore, k becomes k-1");
+      ->check(cli::positive_whole())
+      ->group(segml_group);
+  app.add_option("--class-map", class_map, "JSON remapping the dataset's class ids (see docs/datasets.md)")->group(segml_group);
+  flags.add_aliases(app, alias_group);
+  app.add_option("--resume", resume, "Alias of --resume_from_checkpoint (segml's earlier name)")->group(alias_group);
   CLI11_PARSE(app, argc, argv);
   auto given = [&](const char* flag) { return app.count(flag) > 0; };
-  auto given_value = [&](const char* flag) {  // " VALUE" as typed ("" for a switch)
-    std::string v;
-    for (const std::string& r : app.get_option(flag)->results()) v += " " + r;
-    return app.get_option(flag)->get_expected_min() == 0 ? std::string() : v;
-  };
 
   try {
+    if (given("--resume") && given("--resume_from_checkpoint"))
+      fail("--resume_from_checkpoint and its alias --resume: give one of them");
+    // Every table option given on the command line: name -> (flag as typed, value text).
+    std::map<std::string, std::pair<std::string, std::string>> typed;
+    for (const std::string& name : flags.names())
+      if (const auto g = flags.given(name)) typed[name] = *g;
+    auto has = [&](const char* name) { return typed.count(name) > 0; };
+    const std::string output = has("output_dir") ? typed.at("output_dir").second : train::TrainOptions().output_dir;
+    if (resume == "true" || resume == "True") resume = output;  // HF: the latest checkpoint of output_dir
+
     train::TrainOptions opt;
     std::string init;  // what the weights start from, for the log
     std::optional<train::ResumePoint> from;
     if (!resume.empty()) {
       from = train::resolve_resume(resume);
       for (const std::string& why : from->passed_over) std::printf("Passed over: %s\n", why.c_str());
-      const nlohmann::json state = detail::read_json_file(from->state_dir / "trainer_state.json", "trainer state");
+      const nlohmann::json state = detail::read_json_file(from->state_dir / "trainer_state.json", "trainer state").at("segml");
       opt = train::TrainOptions::from_json(state.at("options"));
       const int64_t done = from->step;
-
-      // Flags that would change the arithmetic of the finished steps: refused when they differ.
-      auto keep = [&](const char* flag, bool same, const std::string& was) {
-        if (given(flag) && !same)
-          fail(flag, given_value(flag), " differs from the resumed run's ", was, ": it would change the ",
-               "arithmetic of the ", done, " finished steps, so a resumed run keeps its value. To train on with other ",
-               "settings, start a new run from its weights: --model ", from->state_dir.string());
+      auto refuse = [&](const std::string& flag, const std::string& value, const std::string& was) {
+        fail(flag, value.empty() ? "" : " " + value, " differs from the resumed run's ", was, ": it would change the ",
+             "arithmetic of the ", done, " finished steps, so a resumed run keeps its value. To train on with other ",
+             "settings, start a new run from its weights: --model ", from->state_dir.string());
       };
+      auto overridden = [&](const std::string& flag, const std::string& was, const std::string& now) {
+        if (was != now) std::printf("%s: %s (the saved run had %s)\n", flag.c_str(), now.c_str(), was.c_str());
+      };
+      // The table's options: `keep` ones refused when they differ, `change` ones taken and printed.
+      if (has("max_steps") && has("num_train_epochs"))
+        fail(typed.at("max_steps").first, " and ", typed.at("num_train_epochs").first, ": give one of them to extend a resumed run");
+      for (const auto& [name, flag_value] : typed) {
+        if (name == "output_dir") continue;  // below
+        train::TrainOptions wanted = opt;
+        OptionFlags::set(wanted, name, flag_value.second);
+        const nlohmann::json was = opt.to_json().at(name), now = wanted.to_json().at(name);
+        train::OnResume rule = train::OnResume::change;
+        train::for_each_option(opt, [&](const train::OptionInfo& info, const auto&) {
+          if (name == info.name) rule = info.on_resume;
+        });
+        if (rule == train::OnResume::keep) {
+          if (was != now) refuse(flag_value.first, flag_value.second, was.dump());
+          continue;
+        }
+        if (name == "max_steps") {
+          overridden(flag_value.first, opt.max_steps > 0 ? was.dump() : nlohmann::json(opt.num_train_epochs).dump() + " epochs", now.dump());
+          wanted.num_train_epochs = 0;
+        } else if (name == "num_train_epochs") {
+          overridden(flag_value.first, opt.max_steps > 0 ? nlohmann::json(opt.max_steps).dump() + " steps" : was.dump(), now.dump());
+          wanted.max_steps = 0;
+        } else {
+          overridden(flag_value.first, was.dump(), now.dump());
+        }
+        opt = wanted;
+      }
+      // segml's program flags that would change the finished steps.
+      auto keep = [&](const char* flag, bool same, const std::string& was) {
+        if (given(flag) && !same) refuse(flag, "", was);
+      };
+      const std::string saved_data = opt.extra.value("data", ""), saved_map = opt.extra.value("class_map", "");
       auto text = [](const auto& v) {
         std::ostringstream os;
         os << v;
         return os.str();
       };
-      const std::string saved_data = opt.extra.value("data", ""), saved_map = opt.extra.value("class_map", "");
-      keep("--lr", lr == opt.lr, text(opt.lr));
-      keep("--batch-size", batch_size == opt.batch_size, text(opt.batch_size));
-      keep("--grad-accum", grad_accum == opt.grad_accum, text(opt.grad_accum));
-      keep("--optimizer", optimizer == opt.optimizer, opt.optimizer);
-      keep("--momentum", momentum == opt.momentum, text(opt.momentum));
-      keep("--weight-decay", weight_decay == opt.weight_decay, text(opt.weight_decay));
-      keep("--no-decay-norm-bias", no_decay_norm_bias == opt.no_decay_norm_bias, opt.no_decay_norm_bias ? "on" : "off");
-      keep("--head-lr-mult", head_lr_mult == opt.head_lr_mult, text(opt.head_lr_mult));
-      keep("--schedule", schedule == opt.schedule, opt.schedule);
-      keep("--warmup-steps", warmup == opt.warmup_steps, text(opt.warmup_steps));
-      keep("--clip-grad-norm", clip == opt.clip_grad_norm, text(opt.clip_grad_norm));
       keep("--crop-size", given("--crop-size") && *parse_size(crop) == std::pair{opt.crop_height, opt.crop_width},
            text(opt.crop_height) + "x" + text(opt.crop_width));
       keep("--no-augment", no_augment == !opt.augment, opt.augment ? "augmentation on" : "--no-augment");
-      keep("--seed", seed == opt.seed, text(opt.seed));
-      keep("--reduce-labels", reduce == opt.reduce_labels, opt.reduce_labels ? "on" : "off");
       keep("--subset", subset == opt.extra.value("subset", int64_t{0}), text(opt.extra.value("subset", int64_t{0})));
       keep("--data", !saved_data.empty() && same_folder(data_dir, saved_data), saved_data.empty() ? "built-in data" : saved_data);
       keep("--class-map", !saved_map.empty() && same_folder(class_map, saved_map), saved_map.empty() ? "none" : saved_map);
       keep("--model", model_path == opt.extra.value("model", ""), opt.extra.value("model", "") == "" ? "none" : opt.extra.value("model", ""));
       keep("--config", config_name == opt.extra.value("config", ""), opt.extra.value("config", "") == "" ? "none" : opt.extra.value("config", ""));
 
-      // Flags that may change: each override is printed.
-      auto overridden = [&](const char* flag, const std::string& was, const std::string& now) {
-        if (was != now) std::printf("%s: %s (the saved run had %s)\n", flag, now.c_str(), was.c_str());
-      };
-      if (given("--steps") && given("--epochs")) fail("--steps and --epochs: give one of them to extend a resumed run");
-      if (given("--steps")) {
-        overridden("--steps", opt.steps > 0 ? text(opt.steps) : text(opt.epochs) + " epochs", text(steps));
-        opt.steps = steps, opt.epochs = 0;
-      }
-      if (given("--epochs")) {
-        overridden("--epochs", opt.steps > 0 ? text(opt.steps) + " steps" : text(opt.epochs), text(epochs));
-        opt.epochs = epochs, opt.steps = 0;
-      }
-      if (given("--eval-every")) overridden("--eval-every", text(opt.eval_every), text(eval_every)), opt.eval_every = eval_every;
-      if (given("--save-every")) overridden("--save-every", text(opt.save_every), text(save_every)), opt.save_every = save_every;
-      if (given("--save-total-limit"))
-        overridden("--save-total-limit", opt.save_total_limit > 0 ? text(opt.save_total_limit) : "no limit",
-                   text(save_total_limit)),
-            opt.save_total_limit = save_total_limit;
-      if (given("--workers")) overridden("--workers", text(opt.workers), text(workers)), opt.workers = workers;
       opt.output_dir = from->run_dir.string();
-      if (given("--output") && !same_folder(output, from->run_dir)) {
+      if (has("output_dir") && !same_folder(output, from->run_dir)) {
         const std::vector<train::CheckpointRef> there = train::list_checkpoints(output);
         if (!there.empty())
-          fail("--output ", output, " already holds a training run (", there.back().dir.filename().string(),
-               "); continue that one with --resume ", output, ", or choose an empty folder");
-        overridden("--output", opt.output_dir, output);
+          fail(typed.at("output_dir").first, " ", output, " already holds a training run (", there.back().dir.filename().string(),
+               "); continue that one with --resume_from_checkpoint ", output, ", or choose an empty folder");
+        overridden(typed.at("output_dir").first, opt.output_dir, output);
         opt.output_dir = output;
       }
       const int saved_threads = state.value("threads", 0);
@@ -271,8 +382,8 @@ int main(int argc, char** argv) {
       std::printf("Resuming %s at step %lld -> continuing in %s\n", from->state_dir.string().c_str(),
                   static_cast<long long>(done), opt.output_dir.c_str());
     } else if (!train::list_checkpoints(output).empty()) {
-      fail("--output ", output, " already holds a training run (", train::list_checkpoints(output).back().dir.filename().string(),
-           "); continue it with --resume ", output, ", or choose another --output (or delete the folder)");
+      fail("--output_dir ", output, " already holds a training run (", train::list_checkpoints(output).back().dir.filename().string(),
+           "); continue it with --resume_from_checkpoint ", output, ", or choose another --output_dir (or delete the folder)");
     }
     if (threads > 0) set_num_threads(threads);
     set_max_image_pixels(max_pixels);
@@ -285,8 +396,27 @@ int main(int argc, char** argv) {
       const bool wrote = write_synthetic_dataset(data_dir, 200, 24, 24, 320, 240, /*seed=*/0);
       std::printf("(%s: 200 train, 24 val, 24 test, 320x240)\n", wrote ? "generated" : "reused");
     }
+
+    if (!from) {
+      // segml's program defaults, then every option as given.
+      const auto [ch, cw] = *parse_size(crop.empty() ? (builtin ? "160" : "512") : crop);
+      opt.crop_height = ch, opt.crop_width = cw;
+      opt.augment = !no_augment;
+      opt.learning_rate = model_path.empty() ? 1e-3 : 6e-5;
+      if (!has("max_steps") && !has("num_train_epochs")) {
+        if (builtin)
+          opt.max_steps = 1000;
+        else
+          opt.num_train_epochs = 10;
+      }
+      for (const auto& [name, flag_value] : typed) OptionFlags::set(opt, name, flag_value.second);
+      if (opt.max_steps <= 0 && opt.num_train_epochs <= 0)
+        fail("give --max_steps > 0 or --num_train_epochs > 0 (HF: max_steps -1 means 'use num_train_epochs')");
+      opt.extra = {{"data", builtin ? "" : data_dir}, {"class_map", class_map}, {"subset", subset},
+                   {"model", model_path}, {"config", config_name}};
+    }
     DatasetOptions dopt;
-    dopt.seed = from ? opt.seed : seed;
+    dopt.seed = opt.seed;
     if (!class_map.empty()) dopt.class_map = class_map;
     SegmentationDataset train_ds = SegmentationDataset::open(data_dir, "train", dopt);
     if (subset > 0) train_ds = train_ds.subset(static_cast<size_t>(std::min<int64_t>(subset, int64_t(train_ds.size()))));
@@ -294,33 +424,7 @@ int main(int argc, char** argv) {
     if (fs::is_directory(fs::path(data_dir) / "val" / "images") || fs::is_directory(fs::path(data_dir) / "images"))
       val_ds = SegmentationDataset::open(data_dir, "val", dopt);
     if (val_ds && val_ds->size() == 0) val_ds.reset();
-
-    if (!from) {
-      const auto [ch, cw] = *parse_size(crop.empty() ? (builtin ? "160" : "512") : crop);
-      opt.output_dir = output;
-      opt.epochs = epochs > 0 ? epochs : (steps > 0 || builtin ? 0 : 10);
-      opt.steps = steps > 0 ? steps : (epochs > 0 || !builtin ? 0 : 1000);
-      opt.batch_size = batch_size;
-      opt.lr = given("--lr") ? lr : (model_path.empty() ? 1e-3 : 6e-5);
-      opt.optimizer = optimizer;
-      opt.momentum = momentum;
-      opt.weight_decay = weight_decay;
-      opt.no_decay_norm_bias = no_decay_norm_bias;
-      opt.head_lr_mult = head_lr_mult;
-      opt.schedule = schedule;
-      opt.warmup_steps = warmup;
-      opt.grad_accum = grad_accum;
-      opt.clip_grad_norm = clip;
-      opt.crop_height = ch, opt.crop_width = cw;
-      opt.augment = !no_augment;
-      opt.save_every = save_every;
-      opt.save_total_limit = save_total_limit;
-      opt.seed = seed;
-      opt.reduce_labels = reduce;
-      opt.workers = workers;
-      opt.extra = {{"data", builtin ? "" : data_dir}, {"class_map", class_map}, {"subset", subset},
-                   {"model", model_path}, {"config", config_name}};
-    }
+    const uint64_t seed = opt.seed;
     const std::vector<std::string> labels = train::class_names(train_ds.id2label(), opt.reduce_labels);
 
     // The model: a resumed run, a checkpoint, or a fresh preset.
@@ -353,13 +457,15 @@ int main(int argc, char** argv) {
     processor.do_reduce_labels = false;
 
     train::Trainer trainer(*model, processor, train_ds, val_ds, opt);
+    trainer.base_model = opt.extra.value("model", "");
+    trainer.dataset_name = opt.extra.value("data", "") == "" ? "segml's built-in synthetic street scenes" : opt.extra.value("data", "");
     if (from) {
       if (trainer.total_steps() < from->step)
-        fail(given("--steps") ? "--steps " : "--epochs ", given("--steps") ? steps : epochs, " gives ",
+        fail(has("max_steps") ? typed.at("max_steps").first : typed.count("num_train_epochs") ? typed.at("num_train_epochs").first : std::string("the saved run"), " gives ",
              trainer.total_steps(), " steps in total, fewer than the ", from->step, " the resumed run has done");
       trainer.load_state(from->state_dir.string());
     } else {
-      trainer.set_eval_every(eval_every >= 0 ? eval_every : std::max<int64_t>(1, trainer.total_steps() / 5));
+      if (!has("eval_steps")) trainer.set_eval_every(std::max<int64_t>(1, trainer.total_steps() / 5));
     }
     // A test-only pause after each file of a saved state, to land kills inside saves.
     if (const char* pause = std::getenv("SEGML_TEST_SAVE_PAUSE_MS"))
@@ -369,7 +475,7 @@ int main(int argc, char** argv) {
 
     if (from && trainer.finished()) {
       trainer.run();  // trains nothing; makes sure the output folder holds the final model
-      std::printf("The run is complete at step %lld of %lld: nothing to train. Extend it with\n  %s --resume %s --steps N  (N > %lld)\n",
+      std::printf("The run is complete at step %lld of %lld: nothing to train. Extend it with\n  %s --resume_from_checkpoint %s --max_steps N  (N > %lld)\n",
                   static_cast<long long>(trainer.step()), static_cast<long long>(trainer.total_steps()), argv[0],
                   opt.output_dir.c_str(), static_cast<long long>(trainer.step()));
       return 0;
@@ -386,19 +492,25 @@ int main(int argc, char** argv) {
                 init.c_str());
     std::printf("Training: %zu images, %s %lldx%lld, batch %lld x %lld, %lld steps, %s lr %.3g (%s), %d threads -> %s\n",
                 train_ds.size(), opt.augment ? "augmented crops" : "resized to", static_cast<long long>(opt.crop_height),
-                static_cast<long long>(opt.crop_width), static_cast<long long>(opt.batch_size),
-                static_cast<long long>(opt.grad_accum), static_cast<long long>(trainer.total_steps()),
-                opt.optimizer.c_str(), opt.lr, opt.schedule.c_str(), num_threads(), opt.output_dir.c_str());
-    if (trainer.options().eval_every > 0)
+                static_cast<long long>(opt.crop_width), static_cast<long long>(opt.per_device_train_batch_size),
+                static_cast<long long>(opt.gradient_accumulation_steps), static_cast<long long>(trainer.total_steps()),
+                opt.optimizer.c_str(), opt.learning_rate, opt.lr_scheduler_type.c_str(), num_threads(), opt.output_dir.c_str());
+    if (opt.max_grad_norm > 0)
+      std::printf("Gradient clipping: max_grad_norm %g (HF's default 1.0; segml before did not clip; 0 turns it off)\n",
+                  opt.max_grad_norm);
+    else
+      std::printf("Gradient clipping: off (max_grad_norm 0)\n");
+    if (trainer.warmup_steps() > 0) std::printf("Warm-up: %lld steps\n", static_cast<long long>(trainer.warmup_steps()));
+    if (trainer.options().eval_steps > 0)
       std::printf("Evaluating on %zu val images every %lld steps.\n", val_ds ? val_ds->size() : size_t{0},
-                  static_cast<long long>(trainer.options().eval_every));
+                  static_cast<long long>(trainer.options().eval_steps));
     std::printf("Ctrl-C stops after the current step and saves a resumable state.\n");
 
     std::signal(SIGINT, on_signal);
     std::signal(SIGTERM, on_signal);
     const bool finished = trainer.run(&g_stop);
     if (!finished) {
-      std::printf("Stopped at step %lld of %lld; state saved in %s/checkpoint-%lld. Continue with:\n  %s --resume %s\n",
+      std::printf("Stopped at step %lld of %lld; state saved in %s/checkpoint-%lld. Continue with:\n  %s --resume_from_checkpoint %s\n",
                   static_cast<long long>(trainer.step()), static_cast<long long>(trainer.total_steps()),
                   opt.output_dir.c_str(), static_cast<long long>(trainer.step()), argv[0], opt.output_dir.c_str());
       return 0;
@@ -408,13 +520,20 @@ int main(int argc, char** argv) {
       std::printf("Loss: %.4f at step %lld -> %.4f at step %lld\n", h.front().loss, static_cast<long long>(h.front().step),
                   h.back().loss, static_cast<long long>(h.back().step));
     if (!trainer.evals().empty()) {
-      std::printf("Validation (%s split, %zu images):\n", "val", val_ds->size());
-      std::printf("%s", train::metrics_table(trainer.evals().back().metrics, labels).c_str());
+      // With load_best_model_at_end the output folder holds the best evaluation's weights: show that one.
+      const train::EvalRecord* shown = &trainer.evals().back();
+      if (opt.load_best_model_at_end)
+        for (const train::EvalRecord& e : trainer.evals())
+          if (e.step == trainer.best_step()) shown = &e;
+      std::printf("Validation (val split, %zu images, step %lld%s):\n", val_ds->size(), static_cast<long long>(shown->step),
+                  opt.load_best_model_at_end ? (", the best by " + opt.best_metric_key()).c_str() : "");
+      std::printf("%s", train::metrics_table(shown->metrics, labels).c_str());
     }
     std::printf("Saved the model to %s (config.json, model.safetensors, preprocessor_config.json) and the full state\n"
-                "to %s/checkpoint-%lld; the log to %s/train_log.jsonl and the curves to %s/training_curves.svg\n",
+                "to %s/checkpoint-%lld; the log to %s/train_log.jsonl, the curves to %s/training_curves.svg and the\n"
+                "model card to %s/README.md\n",
                 opt.output_dir.c_str(), opt.output_dir.c_str(), static_cast<long long>(trainer.step()),
-                opt.output_dir.c_str(), opt.output_dir.c_str());
+                opt.output_dir.c_str(), opt.output_dir.c_str(), opt.output_dir.c_str());
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "finetune_sidewalk: error: %s\n", e.what());

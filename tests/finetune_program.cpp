@@ -1,5 +1,5 @@
 // examples/finetune_sidewalk, run as a program, against PyTorch: one step with
-//   --optimizer sgd --lr 1 --weight-decay 0 --warmup-steps 0 --no-augment --steps 1
+//   --optimizer sgd --lr 1 --weight-decay 0 --warmup-steps 0 --no-augment --steps 1 --max_grad_norm 0
 // from a saved checkpoint must give the parameters of one torch.optim.SGD step of the reference model
 // on the same batch (tools/fixtures/finetune_one_step.py, which also writes the checkpoint and the
 // two-image dataset in tests/data/finetune_one_step). Checked: the logged loss (1e-5 relative), every
@@ -14,8 +14,11 @@
 // uninterrupted run (every tensor of the final model and of the last optimizer state; the logged
 // losses, steps 1..N once each); --resume of a checkpoint-N folder into another --output; a finished
 // run not retrained and extended with --steps; arithmetic flags refused; --save-total-limit; mixed
-// states refused; every numeric flag range-checked. Built only with the examples (tests/CMakeLists.txt
-// passes the program's path as SEGML_FINETUNE_PROGRAM).
+// states refused; every numeric flag range-checked (HF's names and the aliases). HF TrainingArguments'
+// names: --help lists them first; each sets the same field as its alias (two runs, one spelled each
+// way, save the same options and the same weights); a name and its alias with different values are
+// refused naming both; --resume_from_checkpoint true. Built only with the examples
+// (tests/CMakeLists.txt passes the program's path as SEGML_FINETUNE_PROGRAM).
 #include <doctest/doctest.h>
 
 #include <chrono>
@@ -55,6 +58,7 @@ TEST_CASE("finetune_sidewalk: one SGD step (lr 1, no augmentation) == torch.opti
   std::string cmd = quote(SEGML_FINETUNE_PROGRAM) + " --model " + quote(data + "/init") + " --data " + quote(data) +
                     " --output " + quote(out.file()) + " --threads 1";
   for (const auto& a : nlohmann::json::parse(fx.file().metadata().at("args"))) cmd.append(" ").append(quote(a.get<std::string>()));
+  cmd.append(" --max_grad_norm 0");  // the reference step is torch.optim.SGD's without clipping (HF's default clips at 1.0)
   cmd.append(" > ").append(quote(out.file("stdout.txt"))).append(" 2>&1");
   MESSAGE("running: " << cmd);
   const int status = std::system(cmd.c_str());
@@ -378,15 +382,23 @@ TEST_CASE("finetune_sidewalk: a checkpoint mixing files of two saves is refused 
   check_log(run_dir / "train_log.jsonl", 4);
 }
 
-TEST_CASE("finetune_sidewalk: numeric flags out of range are refused naming the flag and the value and the range") {
+TEST_CASE("finetune_sidewalk: flags out of range or outside their list are refused naming the flag, the value and what is allowed") {
   test::TempDir tmp("flags");
   const std::string out = tmp.file("run");
   for (const std::vector<std::string>& flags : std::vector<std::vector<std::string>>{
            {"--steps", "-5"}, {"--epochs", "-1"}, {"--lr", "nan"}, {"--lr", "-1"}, {"--momentum", "nan"},
            {"--weight-decay", "-0.1"}, {"--clip-grad-norm", "-1"}, {"--warmup-steps", "-3"}, {"--save-every", "-1"},
-           {"--save-total-limit", "0"}, {"--subset", "-2"}, {"--eval-every", "-4"}, {"--threads", "0"},
-           {"--workers", "0"}, {"--batch-size", "0"}, {"--grad-accum", "0"}, {"--head-lr-mult", "0"},
-           {"--crop-size", "100000"}, {"--crop-size", "8x8"}, {"--seed", "-1"}, {"--max-pixels", "0"}}) {
+           {"--save-total-limit", "-1"}, {"--subset", "-2"}, {"--eval-every", "-4"}, {"--threads", "0"},
+           {"--workers", "-1"}, {"--batch-size", "0"}, {"--grad-accum", "0"}, {"--head-lr-mult", "0"},
+           {"--crop-size", "100000"}, {"--crop-size", "8x8"}, {"--seed", "-1"}, {"--max-pixels", "0"},
+           // HF's names get the same checks.
+           {"--learning_rate", "nan"}, {"--num_train_epochs", "-0.5"}, {"--max_steps", "-2"}, {"--max_grad_norm", "-1"},
+           {"--warmup_ratio", "1.5"}, {"--warmup_steps", "-1"}, {"--per_device_train_batch_size", "0"},
+           {"--per_device_eval_batch_size", "0"}, {"--gradient_accumulation_steps", "0"}, {"--logging_steps", "0"},
+           {"--eval_steps", "-1"}, {"--save_steps", "-1"}, {"--save_total_limit", "-1"}, {"--dataloader_num_workers", "-1"},
+           {"--adam_beta1", "1.5"}, {"--adam_epsilon", "0"}, {"--weight_decay", "inf"},
+           // Names outside HF's lists are refused with the list.
+           {"--lr_scheduler_type", "cosine_with_restarts"}, {"--schedule", "step"}, {"--metric_for_best_model", "bleu"}}) {
     // Otherwise a valid one-step run, so an ignored flag would train and exit 0.
     std::vector<std::string> args = tiny_run(out, 1);
     args.insert(args.end(), flags.begin(), flags.end());
@@ -409,4 +421,151 @@ TEST_CASE("finetune_sidewalk: a dataset image above --max-pixels is refused from
   CHECK(r.output.find(".png") != std::string::npos);
   CHECK(r.output.find("above the limit of 1000 pixels") != std::string::npos);
   CHECK(!fs::exists(tmp.path / "run" / "model.safetensors"));
+}
+
+// ---- HF TrainingArguments' names ------------------------------------------------------------------
+
+namespace {
+
+// For every option with an alias: two valid values, different from each other and from the default
+// (the tiny run stays a few steps). A row added to the table with an alias must be added here.
+const std::map<std::string, std::pair<std::string, std::string>>& alias_values() {
+  static const std::map<std::string, std::pair<std::string, std::string>> v = {
+      {"output_dir", {"", ""}},  // filled per test (a folder)
+      {"learning_rate", {"0.002", "0.001"}},
+      {"num_train_epochs", {"3", "4"}},
+      {"max_steps", {"2", "3"}},
+      {"per_device_train_batch_size", {"1", "2"}},
+      {"gradient_accumulation_steps", {"2", "3"}},
+      {"lr_scheduler_type", {"cosine", "polynomial"}},
+      {"warmup_steps", {"1", "2"}},
+      {"weight_decay", {"0.01", "0.02"}},
+      {"max_grad_norm", {"0.5", "0.25"}},
+      {"eval_steps", {"1", "2"}},
+      {"save_steps", {"1", "2"}},
+      {"save_total_limit", {"3", "4"}},
+      {"dataloader_num_workers", {"1", "2"}},
+  };
+  return v;
+}
+
+const train::TrainOptions& default_options() {
+  static const train::TrainOptions o;
+  return o;
+}
+
+std::vector<std::string> tiny_base() {
+  const std::string data = std::string(SEGML_TEST_DATA_DIR) + "/finetune_one_step";
+  return {"--model", data + "/init", "--data", data, "--threads", "1", "--crop-size", "32"};
+}
+
+nlohmann::json saved_options(const fs::path& run_dir) {
+  const train::CheckpointRef last = train::list_checkpoints(run_dir).back();
+  std::ifstream in(last.dir / "trainer_state.json");
+  return nlohmann::json::parse(in).at("segml").at("options");
+}
+
+}  // namespace
+
+TEST_CASE("finetune_sidewalk: --help lists HF TrainingArguments' names first, then segml's flags, then the aliases") {
+  test::TempDir tmp("help");
+  const Outcome r = run({"--help"}, tmp.file("help.txt"));
+  REQUIRE_MESSAGE(r.status == 0, r.output);
+  const std::string& h = r.output;
+  const size_t hf = h.find("HuggingFace TrainingArguments"), own = h.find("\nsegml"), aliases = h.find("Aliases");
+  REQUIRE(hf != std::string::npos);
+  REQUIRE(own != std::string::npos);
+  REQUIRE(aliases != std::string::npos);
+  CHECK(hf < own);
+  CHECK(own < aliases);
+  int hf_names = 0;
+  train::for_each_option(default_options(), [&](const train::OptionInfo& info, const auto&) {
+    if (!info.cli) return;
+    const size_t at = h.find("--" + std::string(info.name) + " ");
+    CHECK_MESSAGE(at != std::string::npos, "--help lacks --" << info.name);
+    if (info.hf) {
+      ++hf_names;
+      CHECK_MESSAGE((at > hf && at < own), "--" << info.name << " is not in the HF group");
+    }
+    if (*info.alias) {
+      const size_t a = h.find("--" + std::string(info.alias) + " ");
+      CHECK_MESSAGE(a > aliases, "--" << info.alias << " is not among the aliases");
+      CHECK_MESSAGE(h.find("(alias: --" + std::string(info.alias) + ")") != std::string::npos, "no alias note for " << info.name);
+    }
+  });
+  CHECK(hf_names >= 20);
+  CHECK(h.find("--resume_from_checkpoint") < own);
+  CHECK(h.find("Default 1.0 like HF") != std::string::npos);  // max_grad_norm's change is said
+}
+
+TEST_CASE("finetune_sidewalk: each HF name sets the same field as its alias, and both with different values are refused") {
+  test::TempDir tmp("hf_names");
+  std::vector<std::string> by_name = tiny_base(), by_alias = tiny_base();
+  const fs::path a = tmp.path / "by_name", b = tmp.path / "by_alias";
+  int rows = 0;
+  train::for_each_option(default_options(), [&](const train::OptionInfo& info, const auto&) {
+    if (!info.cli || !*info.alias) return;
+    ++rows;
+    REQUIRE_MESSAGE(alias_values().count(info.name), "no test values for --" << info.name);
+    std::string v = alias_values().at(info.name).first;
+    by_name.insert(by_name.end(), {"--" + std::string(info.name), v.empty() ? a.string() : v});
+    by_alias.insert(by_alias.end(), {"--" + std::string(info.alias), v.empty() ? b.string() : v});
+  });
+  CHECK(rows == static_cast<int>(alias_values().size()));
+  const Outcome ra = run(by_name, tmp.file("by_name.txt")), rb = run(by_alias, tmp.file("by_alias.txt"));
+  REQUIRE_MESSAGE(ra.status == 0, ra.output);
+  REQUIRE_MESSAGE(rb.status == 0, rb.output);
+  CHECK(ra.output.find("Gradient clipping: max_grad_norm 0.5") != std::string::npos);
+  nlohmann::json oa = saved_options(a), ob = saved_options(b);
+  CHECK(oa.at("output_dir") == a.string());
+  CHECK(ob.at("output_dir") == b.string());
+  oa.erase("output_dir"), ob.erase("output_dir");
+  CHECK(oa == ob);
+  const nlohmann::json defaults = train::TrainOptions().to_json();
+  for (const auto& [name, values] : alias_values())
+    if (name != "output_dir") CHECK_MESSAGE(oa.at(name) != defaults.at(name), name << " kept its default");
+  check_same_tensors(a / "model.safetensors", b / "model.safetensors");
+  CHECK(fs::exists(a / "README.md"));
+  CHECK(fs::exists(a / "sample_overlay.png"));
+
+  // Conflicts: refused before anything is written, naming both flags.
+  train::for_each_option(default_options(), [&](const train::OptionInfo& info, const auto&) {
+    if (!info.cli || !*info.alias) return;
+    const auto& [v1, v2] = alias_values().at(info.name);
+    const fs::path c = tmp.path / "conflict";
+    std::vector<std::string> args = tiny_base();
+    args.insert(args.end(), {"--" + std::string(info.name), v1.empty() ? c.string() : v1, "--" + std::string(info.alias),
+                             v2.empty() ? (tmp.path / "other").string() : v2});
+    const Outcome r = run(args, tmp.file("conflict.txt"));
+    INFO(info.name << ": " << r.output);
+    CHECK(r.status != 0);
+    CHECK(r.output.find("--" + std::string(info.name) + " ") != std::string::npos);
+    CHECK(r.output.find("alias --" + std::string(info.alias) + " ") != std::string::npos);
+    CHECK(r.output.find("different values") != std::string::npos);
+    CHECK_FALSE(fs::exists(c));
+  });
+  // The same value spelled two ways is no conflict; the default clips at 1.0 and says so.
+  const Outcome same = run(tiny_base() + std::vector<std::string>{"--output_dir", (tmp.path / "same").string(), "--max_steps", "1",
+                                                                  "--lr", "3e-3", "--learning_rate", "0.003"},
+                           tmp.file("same.txt"));
+  CHECK_MESSAGE(same.status == 0, same.output);
+  CHECK(same.output.find("Gradient clipping: max_grad_norm 1 (HF's default 1.0") != std::string::npos);
+}
+
+TEST_CASE("finetune_sidewalk: --resume_from_checkpoint true continues from --output_dir's latest checkpoint") {
+  test::TempDir tmp("resume_true");
+  const fs::path out = tmp.path / "run";
+  const std::vector<std::string> first = tiny_base() + std::vector<std::string>{"--output_dir", out.string(), "--max_steps", "2",
+                                                                                "--save_steps", "1"};
+  const Outcome r1 = run(first, tmp.file("first.txt"));
+  REQUIRE_MESSAGE(r1.status == 0, r1.output);
+  const Outcome r2 = run({"--resume_from_checkpoint", "true", "--output_dir", out.string(), "--max_steps", "3"}, tmp.file("second.txt"));
+  REQUIRE_MESSAGE(r2.status == 0, r2.output);
+  CHECK(r2.output.find("at step 2") != std::string::npos);
+  CHECK(train::verify_state(out / "checkpoint-3") == 3);
+  check_log(out / "train_log.jsonl", 3);
+  // --resume and --resume_from_checkpoint together are refused.
+  const Outcome both = run({"--resume_from_checkpoint", out.string(), "--resume", out.string()}, tmp.file("both.txt"));
+  CHECK(both.status != 0);
+  CHECK(both.output.find("--resume_from_checkpoint and its alias --resume") != std::string::npos);
 }

@@ -40,13 +40,13 @@ const fs::path& scenes() {
 TrainOptions tiny_options(const fs::path& out) {
   TrainOptions o;
   o.output_dir = out.string();
-  o.steps = 4;
-  o.batch_size = 2;
-  o.lr = 3e-3;
+  o.max_steps = 4;
+  o.per_device_train_batch_size = 2;
+  o.learning_rate = 3e-3;
   o.crop_height = o.crop_width = 32;
-  o.save_every = 1;
+  o.save_steps = 1;
   o.verbose = false;
-  o.workers = 1;
+  o.dataloader_num_workers = 1;
   return o;
 }
 
@@ -95,9 +95,9 @@ TEST_CASE("trainer: a run whose parameters become NaN/Inf stops (naming step and
     TempDir out("nonfinite");
     TrainOptions o = tiny_options(out.path);
     o.optimizer = c.optimizer;
-    o.lr = c.lr;
+    o.learning_rate = c.lr;
     o.momentum = c.momentum;
-    o.schedule = "constant";
+    o.lr_scheduler_type = "constant";
     SegformerForSemanticSegmentation<float> model(tiny_config(train_ds.id2label()), 3);
     Trainer t(model, processor_for(o), train_ds, std::nullopt, o);
     std::string error;

@@ -45,9 +45,9 @@ const fs::path& scenes() {
 TrainOptions small_options(const fs::path& out) {
   TrainOptions o;
   o.output_dir = out.string();
-  o.steps = 6;
-  o.batch_size = 2;
-  o.lr = 3e-3;
+  o.max_steps = 6;
+  o.per_device_train_batch_size = 2;
+  o.learning_rate = 3e-3;
   o.crop_height = o.crop_width = 48;
   o.verbose = false;
   o.seed = 11;
@@ -151,8 +151,9 @@ TEST_CASE("schedules: linear with warmup is transformers' get_linear_schedule_wi
   c.base_lr = 0.5;
   CHECK(c.lr(123) == 0.5);
   Schedule bad;
-  bad.kind = "cosine";
-  CHECK_THROWS_WITH_AS(bad.lr(0), doctest::Contains("unknown kind"), segml::Error);
+  bad.kind = "cosine_with_restarts";
+  CHECK_THROWS_WITH_AS(bad.lr(0), doctest::Contains("unknown lr_scheduler_type 'cosine_with_restarts'"), segml::Error);
+  CHECK_THROWS_WITH_AS(bad.lr(0), doctest::Contains("constant_with_warmup"), segml::Error);  // lists the known ones
 }
 
 TEST_CASE("augment: same seed, same example and another seed, another and padding uses 0 / 255") {
@@ -225,9 +226,9 @@ TEST_CASE("trainer: a tiny SegFormer's loss falls on synthetic scenes") {
   const SegmentationDataset val_ds = SegmentationDataset::open(scenes(), "val");
   SegformerForSemanticSegmentation<float> model(tiny_config(train_ds.id2label()), 1);
   TrainOptions o = small_options(out.path);
-  o.steps = 30;
-  o.schedule = "constant";
-  o.lr = 1e-2;
+  o.max_steps = 30;
+  o.lr_scheduler_type = "constant";
+  o.learning_rate = 1e-2;
   Trainer t(model, processor_for(o), train_ds, val_ds, o);
   REQUIRE(t.run());
   const auto& h = t.history();
@@ -258,9 +259,9 @@ TEST_CASE("trainer: stop after k steps + resume == uninterrupted run (losses and
   TempDir a("resume_a"), b("resume_b");
   TrainOptions oa = small_options(a.path), ob = small_options(b.path);
   oa.optimizer = ob.optimizer = "adamw";
-  oa.clip_grad_norm = ob.clip_grad_norm = 1.0;
-  oa.grad_accum = ob.grad_accum = 2;
-  oa.steps = ob.steps = 6;
+  oa.max_grad_norm = ob.max_grad_norm = 1.0;
+  oa.gradient_accumulation_steps = ob.gradient_accumulation_steps = 2;
+  oa.max_steps = ob.max_steps = 6;
 
   SegformerForSemanticSegmentation<float> full(cfg, 4);
   Trainer ta(full, processor_for(oa), train_ds, std::nullopt, oa);
@@ -300,9 +301,9 @@ TEST_CASE("trainer: the tiny model overfits two images") {
   o.augment = false;
   o.crop_height = 96;  // 2x upsampled input: the logits (1/4) are at half the label's resolution
   o.crop_width = 128;
-  o.steps = 200;
-  o.schedule = "constant";
-  o.lr = 1e-2;
+  o.max_steps = 200;
+  o.lr_scheduler_type = "constant";
+  o.learning_rate = 1e-2;
   Trainer t(model, processor_for(o), two, two, o);
   REQUIRE(t.run());
   const double acc = t.evals().back().metrics.overall_accuracy;

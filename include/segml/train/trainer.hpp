@@ -7,13 +7,22 @@
 // shuffle (the last batch of an epoch may be smaller); every example is augmented with its own
 // stream sample_seed(seed, epoch, index), built on background threads (Prefetcher).
 //
+// Options: TrainOptions (segml/train/options.hpp), HF TrainingArguments' names and semantics.
+//
 // Files under output_dir (a "run folder"): train_log.jsonl (one record per step {"step", "epoch",
-// "loss", "lr", "images_per_s"}, and {"step", "eval": {...}} after each evaluation),
+// "loss", "lr", "grad_norm", "images_per_s"}, and {"step", "eval": {...}} after each evaluation),
 // training_curves.svg, the final model in output_dir itself (HF layout: config.json,
-// model.safetensors, preprocessor_config.json) and checkpoint-<step>/ folders, each one complete
-// training state: the HF files plus optimizer.safetensors and trainer_state.json (step, RNG state,
-// options, history, evaluations, thread count). A checkpoint is written every save_every steps,
-// when run() is stopped, and at the last step; save_total_limit keeps only the newest ones.
+// model.safetensors, preprocessor_config.json), a model card README.md with sample_overlay.png
+// (segml/train/model_card.hpp), and checkpoint-<step>/ folders, each one complete training state:
+// the HF files plus optimizer.safetensors and trainer_state.json. trainer_state.json has HF's
+// TrainerState layout (global_step, epoch, max_steps, num_train_epochs, log_history, best_metric,
+// best_model_checkpoint, logging/eval/save_steps, train_batch_size, ...) and, under "segml", what an
+// exact resume needs (RNG state, optimizer step count, options, every step's record, thread count).
+// A checkpoint is written every save_steps steps, at every evaluation when load_best_model_at_end,
+// when run() is stopped, and at the last step; save_total_limit keeps only the newest ones and the
+// best. Evaluation: evaluate_dataset's metrics plus eval_loss (the model's loss on the val images
+// resized with their labels to the processor size, like HF's tutorial); with
+// load_best_model_at_end the output folder ends with the best checkpoint's weights.
 //
 // Guarantees:
 // - Given the seed, the batches, dropout masks and so the losses do not depend on timing or the
@@ -59,67 +68,19 @@
 #include "segml/core/file.hpp"
 #include "segml/data/dataset.hpp"
 #include "segml/io/checkpoint.hpp"
+#include "segml/io/image.hpp"
 #include "segml/io/image_processor.hpp"
+#include "segml/io/overlay.hpp"
 #include "segml/train/augment.hpp"
 #include "segml/train/evaluation.hpp"
+#include "segml/train/model_card.hpp"
 #include "segml/train/optim.hpp"
+#include "segml/train/options.hpp"
 #include "segml/train/plot.hpp"
 #include "segml/train/prefetch.hpp"
 #include "segml/train/schedule.hpp"
 
 namespace segml::train {
-
-struct TrainOptions {
-  std::string output_dir = "runs/finetune";
-  int64_t epochs = 0;  // used when steps == 0
-  int64_t steps = 0;   // optimizer steps; wins over epochs
-  int64_t batch_size = 2;
-  double lr = 6e-5;
-  std::string optimizer = "adamw";  // adamw | sgd
-  double momentum = 0.9;            // sgd only
-  double weight_decay = 0.0;
-  bool no_decay_norm_bias = false;  // no weight decay on norm weights and biases
-  double head_lr_mult = 1.0;        // lr multiplier of decode_head.*
-  std::string schedule = "linear";  // linear | poly | constant
-  int64_t warmup_steps = 0;
-  int64_t grad_accum = 1;
-  double clip_grad_norm = 0.0;  // 0 = off
-  int64_t crop_height = 512, crop_width = 512;
-  bool augment = true;
-  int64_t eval_every = 0;  // 0 = only at the end
-  int64_t save_every = 0;  // 0 = only at the end
-  int64_t save_total_limit = 0;  // keep the newest K checkpoint-<step> folders; 0 = all
-  uint64_t seed = 0;
-  bool reduce_labels = false;
-  int workers = 2;  // data threads
-  bool verbose = true;
-  nlohmann::json extra = nlohmann::json::object();  // the caller's own fields (data path, ...), saved for resuming
-
-  nlohmann::json to_json() const {
-    return {{"output_dir", output_dir}, {"epochs", epochs}, {"steps", steps}, {"batch_size", batch_size},
-            {"lr", lr}, {"optimizer", optimizer}, {"momentum", momentum}, {"weight_decay", weight_decay},
-            {"no_decay_norm_bias", no_decay_norm_bias}, {"head_lr_mult", head_lr_mult}, {"schedule", schedule},
-            {"warmup_steps", warmup_steps}, {"grad_accum", grad_accum}, {"clip_grad_norm", clip_grad_norm},
-            {"crop_height", crop_height}, {"crop_width", crop_width}, {"augment", augment},
-            {"eval_every", eval_every}, {"save_every", save_every}, {"save_total_limit", save_total_limit}, {"seed", seed},
-            {"reduce_labels", reduce_labels}, {"workers", workers}, {"extra", extra}};
-  }
-  static TrainOptions from_json(const nlohmann::json& j) {
-    TrainOptions o;
-    auto get = [&](const char* k, auto& v) {
-      if (j.contains(k)) v = j[k].get<std::decay_t<decltype(v)>>();
-    };
-    get("output_dir", o.output_dir), get("epochs", o.epochs), get("steps", o.steps), get("batch_size", o.batch_size);
-    get("lr", o.lr), get("optimizer", o.optimizer), get("momentum", o.momentum), get("weight_decay", o.weight_decay);
-    get("no_decay_norm_bias", o.no_decay_norm_bias), get("head_lr_mult", o.head_lr_mult), get("schedule", o.schedule);
-    get("warmup_steps", o.warmup_steps), get("grad_accum", o.grad_accum), get("clip_grad_norm", o.clip_grad_norm);
-    get("crop_height", o.crop_height), get("crop_width", o.crop_width), get("augment", o.augment);
-    get("eval_every", o.eval_every), get("save_every", o.save_every), get("save_total_limit", o.save_total_limit);
-    get("seed", o.seed);
-    get("reduce_labels", o.reduce_labels), get("workers", o.workers), get("extra", o.extra);
-    return o;
-  }
-};
 
 struct StepRecord {
   int64_t step = 0;  // 1-based: the number of optimizer steps done
@@ -127,11 +88,15 @@ struct StepRecord {
   double loss = 0;   // mean over the step's micro-batches
   double lr = 0;
   double images_per_s = 0;
+  double grad_norm = 0;  // total L2 norm of the gradients before clipping
 };
 
 struct EvalRecord {
   int64_t step = 0;
   MeanIoU metrics;
+  double loss = 0;     // eval_loss
+  double seconds = 0;  // eval_runtime
+  int64_t images = 0;
 };
 
 // One micro-batch.
@@ -141,16 +106,21 @@ struct Batch {
   int64_t epoch = 0;
 };
 
-// torch.nn.utils.clip_grad_norm_(params, max_norm): total L2 norm of all gradients, and every
-// gradient scaled by max_norm / (norm + 1e-6) when that is < 1. Returns the norm before clipping.
-inline double clip_grad_norm(const std::vector<Var<float>*>& params, double max_norm) {
+// The total L2 norm of all gradients.
+inline double grad_norm(const std::vector<Var<float>*>& params) {
   double sq = 0;
   for (const Var<float>* p : params) {
     if (!p->grad().defined()) continue;
     const Tensor<float> g = p->grad().contiguous();
     for (int64_t i = 0; i < g.numel(); ++i) sq += double(g.data()[i]) * double(g.data()[i]);
   }
-  const double norm = std::sqrt(sq), coef = max_norm / (norm + 1e-6);
+  return std::sqrt(sq);
+}
+
+// torch.nn.utils.clip_grad_norm_(params, max_norm): total L2 norm of all gradients, and every
+// gradient scaled by max_norm / (norm + 1e-6) when that is < 1. Returns the norm before clipping.
+inline double clip_grad_norm(const std::vector<Var<float>*>& params, double max_norm) {
+  const double norm = grad_norm(params), coef = max_norm / (norm + 1e-6);
   if (coef < 1.0)
     for (Var<float>* p : params) {
       if (!p->grad().defined()) continue;
@@ -166,7 +136,7 @@ inline double clip_grad_norm(const std::vector<Var<float>*>& params, double max_
 // rotate them; Trainer uses them, and so can a program that drives a Trainer itself.
 
 inline constexpr const char* kTrainerStateFormat = "segml-trainer-state";
-inline constexpr int kTrainerStateVersion = 2;
+inline constexpr int kTrainerStateVersion = 3;  // 3: HF TrainerState layout, segml's own fields under "segml"
 
 // The step N of a folder named "checkpoint-N", or -1 for any other name.
 inline int64_t checkpoint_step(const std::string& name) {
@@ -211,14 +181,20 @@ inline int64_t verify_state(const std::filesystem::path& dir) {
   for (const char* f : {"trainer_state.json", "model.safetensors", "optimizer.safetensors", "config.json",
                         "preprocessor_config.json"})
     SEGML_CHECK(fs::is_regular_file(dir / f), "training state '", dir.string(), "' is incomplete: no ", f);
+  const std::string where = (dir / "trainer_state.json").string();
   const nlohmann::json state = segml::detail::read_json_file(dir / "trainer_state.json", "trainer state");
-  SEGML_CHECK(state.is_object() && state.value("format", "") == kTrainerStateFormat &&
-                  state.contains("step") && state["step"].is_number_integer(),
-              "'", (dir / "trainer_state.json").string(), "' is not a segml trainer state (expected \"format\": \"",
-              kTrainerStateFormat, "\" and an integer \"step\")");
-  SEGML_CHECK(state.value("version", 0) == kTrainerStateVersion, "'", (dir / "trainer_state.json").string(),
-              "' has format version ", state.value("version", 0), ", this build reads version ", kTrainerStateVersion);
-  const int64_t step = state["step"].get<int64_t>();
+  SEGML_CHECK(state.is_object(), "'", where, "' is not a trainer state (expected a JSON object)");
+  if (state.value("format", "") == kTrainerStateFormat)  // segml <= version 2: its own layout
+    fail("'", where, "' is a trainer state of an older segml (format version ", state.value("version", 0),
+         "); this build reads HF's TrainerState layout (version ", kTrainerStateVersion,
+         ") and cannot continue it exactly. Start a new run from its weights with --model ", dir.string());
+  SEGML_CHECK(state.contains("global_step") && state["global_step"].is_number_integer() && state.contains("segml") &&
+                  state["segml"].is_object() && state["segml"].value("format", "") == kTrainerStateFormat,
+              "'", where, "' is not a segml trainer state (expected an integer \"global_step\" and \"segml\": {\"format\": \"",
+              kTrainerStateFormat, "\", ...}; a Python Trainer's checkpoint holds no segml optimizer state)");
+  SEGML_CHECK(state["segml"].value("version", 0) == kTrainerStateVersion, "'", where, "' has format version ",
+              state["segml"].value("version", 0), ", this build reads version ", kTrainerStateVersion);
+  const int64_t step = state["global_step"].get<int64_t>();
   const int64_t named = checkpoint_step(dir.filename().string());
   SEGML_CHECK(named < 0 || named == step, "training state '", dir.string(), "' is inconsistent: the folder is named for step ",
               named, " but its trainer_state.json is at step ", step);
@@ -347,14 +323,14 @@ inline std::vector<std::filesystem::path> clean_temporaries(const std::filesyste
 }
 
 // Deletes the oldest checkpoint-<step> folders of a run folder until at most `keep` remain, never
-// the one at `protect_step`. Returns what it deleted.
+// the ones at `protect_step` or `protect_too` (the best checkpoint; HF's rule). Returns what it deleted.
 inline std::vector<std::filesystem::path> rotate_checkpoints(const std::filesystem::path& run_dir, int64_t keep,
-                                                             int64_t protect_step) {
+                                                             int64_t protect_step, int64_t protect_too = -1) {
   std::vector<std::filesystem::path> removed;
   if (keep <= 0) return removed;
   std::vector<CheckpointRef> all = list_checkpoints(run_dir);
   for (size_t i = 0; i < all.size() && static_cast<int64_t>(all.size() - removed.size()) > keep; ++i) {
-    if (all[i].step == protect_step) continue;
+    if (all[i].step == protect_step || all[i].step == protect_too) continue;
     file::remove_folder(all[i].dir);
     removed.push_back(all[i].dir);
   }
@@ -371,20 +347,32 @@ class Trainer {
           std::optional<SegmentationDataset> val, TrainOptions opt)
       : model_(model), processor_(std::move(processor)), train_(std::move(train)), val_(std::move(val)),
         opt_(std::move(opt)) {
-    SEGML_CHECK(opt_.batch_size >= 1 && opt_.grad_accum >= 1, "Trainer: batch size and grad_accum must be >= 1");
-    SEGML_CHECK(opt_.steps > 0 || opt_.epochs > 0, "Trainer: give a number of steps or epochs");
+    SEGML_CHECK(opt_.per_device_train_batch_size >= 1 && opt_.gradient_accumulation_steps >= 1,
+                "Trainer: per_device_train_batch_size and gradient_accumulation_steps must be >= 1");
+    SEGML_CHECK(opt_.max_steps > 0 || opt_.num_train_epochs > 0, "Trainer: give max_steps or num_train_epochs");
+    SEGML_CHECK(opt_.adam_beta1 >= 0 && opt_.adam_beta1 < 1 && opt_.adam_beta2 >= 0 && opt_.adam_beta2 < 1,
+                "Trainer: adam_beta1 and adam_beta2 must be in [0, 1), got ", opt_.adam_beta1, " and ", opt_.adam_beta2);
+    {
+      const std::string key = opt_.best_metric_key();
+      SEGML_CHECK(key.empty() || key == "eval_loss" || key == "eval_mean_iou" || key == "eval_mean_accuracy" ||
+                      key == "eval_overall_accuracy",
+                  "Trainer: metric_for_best_model '", opt_.metric_for_best_model,
+                  "' is not a metric of this trainer (loss, mean_iou, mean_accuracy, overall_accuracy, with or without eval_)");
+    }
     SEGML_CHECK(train_.size() > 0, "Trainer: the training split is empty");
     SEGML_CHECK(opt_.optimizer == "adamw" || opt_.optimizer == "sgd", "Trainer: unknown optimizer '", opt_.optimizer,
                 "' (adamw or sgd)");
     const int64_t labels = static_cast<int64_t>(train::class_names(train_.id2label(), opt_.reduce_labels).size());
     SEGML_CHECK(model_.config.num_labels == labels, "Trainer: the model has ", model_.config.num_labels,
                 " labels but the dataset has ", labels);
-    batches_per_epoch_ = (static_cast<int64_t>(train_.size()) + opt_.batch_size - 1) / opt_.batch_size;
-    total_steps_ = opt_.steps > 0 ? opt_.steps : (opt_.epochs * batches_per_epoch_ + opt_.grad_accum - 1) / opt_.grad_accum;
-    schedule_.kind = opt_.schedule;
-    schedule_.base_lr = opt_.lr;
+    batches_per_epoch_ = (static_cast<int64_t>(train_.size()) + opt_.per_device_train_batch_size - 1) /
+                         opt_.per_device_train_batch_size;
+    // HF: num_update_steps_per_epoch = max(1, batches // accumulation); steps = ceil(epochs * that).
+    total_steps_ = opt_.total_steps(std::max<int64_t>(1, batches_per_epoch_ / opt_.gradient_accumulation_steps));
+    schedule_.kind = opt_.lr_scheduler_type;
+    schedule_.base_lr = opt_.learning_rate;
     schedule_.total_steps = total_steps_;
-    schedule_.warmup_steps = opt_.warmup_steps;
+    schedule_.warmup_steps = opt_.warmup_for(total_steps_);
     schedule_.lr(0);  // validates the kind
     build_optimizer();
   }
@@ -394,7 +382,13 @@ class Trainer {
   const std::vector<StepRecord>& history() const { return history_; }
   const std::vector<EvalRecord>& evals() const { return evals_; }
   const TrainOptions& options() const { return opt_; }
-  void set_eval_every(int64_t n) { opt_.eval_every = n; }
+  void set_eval_every(int64_t n) { opt_.eval_steps = n; }
+  int64_t warmup_steps() const { return schedule_.warmup_steps; }
+  // The best evaluation so far by metric_for_best_model (step -1: none, or no metric).
+  int64_t best_step() const { return best_step_; }
+  double best_metric() const { return best_metric_; }
+  // What the model card says about where the run came from (the program sets them).
+  std::string base_model, dataset_name;
   std::vector<std::string> class_names() const { return train::class_names(train_.id2label(), opt_.reduce_labels); }
 
   // Called after every step (e.g. to request a stop in tests).
@@ -429,15 +423,18 @@ class Trainer {
     if (!log) fail("cannot open '", (out / "train_log.jsonl").string(), "' for appending");
     if (finished()) {
       if (!fs::exists(out / "model.safetensors") || safetensors_metadata(out / "model.safetensors").count("step") == 0 ||
-          safetensors_metadata(out / "model.safetensors").at("step") != std::to_string(step_))
-        save_checkpoint(opt_.output_dir);
-      write_curves();
+          safetensors_metadata(out / "model.safetensors").at("step") != std::to_string(step_) ||
+          !fs::exists(out / "README.md"))
+        finish();
+      else
+        write_curves();
       return true;
     }
     if (step_ > 0) write_curves();
     const bool tty = isatty(fileno(stdout));
-    Prefetcher<Batch> data([this](int64_t m) { return make_batch(m); }, step_ * opt_.grad_accum, opt_.workers,
-                           std::max<int64_t>(4, 2 * opt_.grad_accum));
+    Prefetcher<Batch> data([this](int64_t m) { return make_batch(m); }, step_ * opt_.gradient_accumulation_steps,
+                           static_cast<int>(std::max<int64_t>(1, opt_.dataloader_num_workers)),
+                           std::max<int64_t>(4, 2 * opt_.gradient_accumulation_steps));
     model_.train();
     double step_seconds = 0;  // moving average, for the ETA
     while (step_ < total_steps_) {
@@ -445,18 +442,19 @@ class Trainer {
       const double lr = schedule_.lr(step_);
       double loss_sum = 0;
       int64_t images = 0, epoch = 0;
-      for (int64_t a = 0; a < opt_.grad_accum; ++a) {
+      for (int64_t a = 0; a < opt_.gradient_accumulation_steps; ++a) {
         const Batch b = data.next();
         epoch = b.epoch;
         const SegformerOutput<float> out_ = model_.forward(Var<float>(b.pixel_values), &b.labels);
         const double loss = out_.loss.data().data()[0];
         SEGML_CHECK(std::isfinite(loss), "Trainer: the loss is ", loss, " at step ", step_ + 1,
-                    " (diverged: lower --lr or enable --clip-grad-norm); nothing of this step was saved");
-        out_.loss.backward(Tensor<float>::full(out_.loss.shape(), 1.0f / static_cast<float>(opt_.grad_accum)));
+                    " (diverged: lower --learning_rate or --max_grad_norm); nothing of this step was saved");
+        out_.loss.backward(
+            Tensor<float>::full(out_.loss.shape(), 1.0f / static_cast<float>(opt_.gradient_accumulation_steps)));
         loss_sum += loss;
         images += b.pixel_values.size(0);
       }
-      if (opt_.clip_grad_norm > 0) clip_grad_norm(params_, opt_.clip_grad_norm);
+      const double norm = opt_.max_grad_norm > 0 ? clip_grad_norm(params_, opt_.max_grad_norm) : grad_norm(params_);
       optimizer_->step(lr);
       optimizer_->zero_grad();
       check_finite(step_ + 1);
@@ -464,8 +462,9 @@ class Trainer {
       const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       step_seconds = step_ == 1 ? seconds : 0.9 * step_seconds + 0.1 * seconds;
       const double ips = seconds > 0 ? double(images) / seconds : 0.0;
-      StepRecord rec{step_, double(step_ * opt_.grad_accum) / double(batches_per_epoch_),
-                     loss_sum / double(opt_.grad_accum), lr, std::isfinite(ips) ? ips : 0.0};
+      StepRecord rec{step_, double(step_ * opt_.gradient_accumulation_steps) / double(batches_per_epoch_),
+                     loss_sum / double(opt_.gradient_accumulation_steps), lr, std::isfinite(ips) ? ips : 0.0,
+                     std::isfinite(norm) ? norm : 0.0};
       smoothed_loss_ = history_.empty() ? rec.loss : 0.95 * smoothed_loss_ + 0.05 * rec.loss;
       history_.push_back(rec);
       log << step_json(rec).dump() << "\n";
@@ -474,12 +473,16 @@ class Trainer {
       if (on_step) on_step(rec);
 
       const bool last = step_ == total_steps_;
-      if (val_ && ((opt_.eval_every > 0 && step_ % opt_.eval_every == 0) || last)) {
+      bool evaluated = false;
+      if (val_ && ((opt_.eval_steps > 0 && step_ % opt_.eval_steps == 0) || last)) {
         evaluate_now(log, tty);
         model_.train();
+        evaluated = true;
       }
       const bool stopping = !last && stop && stop->load();
-      if (last || stopping || (opt_.save_every > 0 && step_ % opt_.save_every == 0)) save_checkpoint_state();
+      if (last || stopping || (opt_.save_steps > 0 && step_ % opt_.save_steps == 0) ||
+          (evaluated && opt_.load_best_model_at_end))
+        save_checkpoint_state();
       if (stopping) {
         if (opt_.verbose && tty) std::printf("\n");
         write_curves();
@@ -487,18 +490,38 @@ class Trainer {
       }
     }
     if (opt_.verbose && tty) std::printf("\n");
-    save_checkpoint(opt_.output_dir);
-    write_curves();
+    finish();
     return true;
+  }
+
+  // The end of a run: the final model in output_dir (the best checkpoint's weights with
+  // load_best_model_at_end), the curves, the model card and its sample overlay.
+  void finish() {
+    namespace fs = std::filesystem;
+    int64_t weights_step = step_;
+    if (opt_.load_best_model_at_end && best_step_ >= 0 && best_step_ != step_) {
+      const fs::path best = fs::path(opt_.output_dir) / ("checkpoint-" + std::to_string(best_step_));
+      const LoadReport r = load_state_dict(model_, {(best / "model.safetensors").string()});
+      SEGML_CHECK(r.clean(), "Trainer: the best checkpoint does not match the model\n", r.str(best.string()));
+      weights_step = best_step_;
+      if (opt_.verbose)
+        std::printf("Loading the best model from %s (%s %.6g) into %s\n", best.string().c_str(),
+                    opt_.best_metric_key().c_str(), best_metric_, opt_.output_dir.c_str());
+    }
+    save_checkpoint(opt_.output_dir, weights_step);
+    write_curves();
+    write_model_card();
   }
 
   // Writes an HF checkpoint folder (config.json with the dataset's labels, model.safetensors with
   // the step in its metadata, preprocessor_config.json); each file atomically.
-  void save_checkpoint(const std::string& dir) {
+  // `weights_step` (metadata "weights_step") is the step the weights are from, when they are a
+  // best checkpoint's rather than the current step's.
+  void save_checkpoint(const std::string& dir, int64_t weights_step = -1) {
     namespace fs = std::filesystem;
     check_finite(step_);
     fs::create_directories(dir);
-    write_model_files(dir, /*durable_each=*/true);
+    write_model_files(dir, /*durable_each=*/true, weights_step < 0 ? step_ : weights_step);
   }
 
   // Saves the complete training state as the folder `dir` (normally output_dir/checkpoint-<step>):
@@ -516,22 +539,7 @@ class Trainer {
     std::map<std::string, safetensors::Entry> entries;
     for (const auto& [name, t] : optimizer_->state()) entries[name] = safetensors::make_entry(t);
     write_plain(tmp / "optimizer.safetensors", safetensors::serialize(entries, {{"step", std::to_string(step_)}}));
-    nlohmann::json hist = nlohmann::json::array(), ev = nlohmann::json::array();
-    for (const StepRecord& r : history_) hist.push_back({r.step, r.epoch, r.loss, r.lr, r.images_per_s});
-    for (const EvalRecord& e : evals_) ev.push_back({{"step", e.step}, {"eval", metrics_json(e.metrics)}});
-    const GeneratorState g = model_.generator().get_state();
-    const nlohmann::json state = {{"format", kTrainerStateFormat},
-                                  {"version", kTrainerStateVersion},
-                                  {"step", step_},
-                                  {"optimizer_steps", optimizer_->steps()},
-                                  {"micro_batch", step_ * opt_.grad_accum},
-                                  {"generator", {{"seed", g.seed}, {"offset", g.offset}}},
-                                  {"smoothed_loss", smoothed_loss_},
-                                  {"total_steps", total_steps_},
-                                  {"threads", num_threads()},
-                                  {"options", opt_.to_json()},
-                                  {"history", hist},
-                                  {"evals", ev}};
+    const nlohmann::json state = state_json();
     const std::string text = state.dump(1) + "\n";
     write_plain(tmp / "trainer_state.json", std::vector<char>(text.begin(), text.end()));
     file::publish_folder(tmp, final_dir);
@@ -544,7 +552,8 @@ class Trainer {
   void load_state(const std::string& dir) {
     namespace fs = std::filesystem;
     const int64_t step = verify_state(dir);
-    const nlohmann::json state = segml::detail::read_json_file(fs::path(dir) / "trainer_state.json", "trainer state");
+    const nlohmann::json hf = segml::detail::read_json_file(fs::path(dir) / "trainer_state.json", "trainer state");
+    const nlohmann::json& state = hf.at("segml");
     check_same_arithmetic(TrainOptions::from_json(state.at("options")), dir);
     SEGML_CHECK(step <= total_steps_, "Trainer::load_state: '", dir, "' is at step ", step,
                 " but these options train only ", total_steps_, " steps in total");
@@ -559,11 +568,17 @@ class Trainer {
     smoothed_loss_ = state.at("smoothed_loss").get<double>();
     history_.clear();
     for (const auto& h : state.at("history"))
-      history_.push_back({h[0].get<int64_t>(), h[1].get<double>(), h[2].get<double>(), h[3].get<double>(), h[4].get<double>()});
+      history_.push_back({h[0].get<int64_t>(), h[1].get<double>(), h[2].get<double>(), h[3].get<double>(),
+                          h[4].get<double>(), h[5].get<double>()});
     evals_.clear();
-    for (const auto& e : state.at("evals")) evals_.push_back({e.at("step").get<int64_t>(), metrics_from_json(e.at("eval"))});
+    for (const auto& e : state.at("evals"))
+      evals_.push_back({e.at("step").get<int64_t>(), metrics_from_json(e.at("eval")),
+                        e.at("loss").is_null() ? double(NAN) : e.at("loss").get<double>(), e.at("seconds").get<double>(),
+                        e.at("images").get<int64_t>()});
     std::erase_if(history_, [&](const StepRecord& h) { return h.step > step_; });
     std::erase_if(evals_, [&](const EvalRecord& e) { return e.step > step_; });
+    best_step_ = -1;
+    for (const EvalRecord& e : evals_) track_best(e);
     saved_threads_ = state.value("threads", 0);
   }
 
@@ -588,12 +603,17 @@ class Trainer {
     const int64_t epoch = m / batches_per_epoch_, j = m % batches_per_epoch_;
     const std::vector<int64_t> order = epoch_order(epoch);
     const int64_t n = static_cast<int64_t>(order.size());
-    const int64_t begin = j * opt_.batch_size, end = std::min(n, begin + opt_.batch_size);
+    const int64_t begin = j * opt_.per_device_train_batch_size, end = std::min(n, begin + opt_.per_device_train_batch_size);
     std::vector<Example> ex;
     for (int64_t k = begin; k < end; ++k) ex.push_back(make_example(order[static_cast<size_t>(k)], epoch));
+    return stack(ex, epoch);
+  }
+
+  // Examples of one size as one batch.
+  static Batch stack(const std::vector<Example>& ex, int64_t epoch) {
     Batch b;
     b.epoch = epoch;
-    const int64_t B = end - begin, H = ex[0].labels.size(0), W = ex[0].labels.size(1);
+    const int64_t B = static_cast<int64_t>(ex.size()), H = ex[0].labels.size(0), W = ex[0].labels.size(1);
     b.pixel_values = Tensor<float>::empty({B, 3, H, W});
     b.labels = Tensor<int64_t>::empty({B, H, W});
     for (int64_t i = 0; i < B; ++i) {
@@ -614,20 +634,58 @@ class Trainer {
     return augment(s.rgb, s.label, processor_, a, sample_seed(opt_.seed, epoch, index));
   }
 
-  // Runs the validation split now; logs and returns the result.
+  // Runs the validation split now (metrics and eval_loss); logs, tracks the best, returns the result.
   EvalRecord evaluate_now(std::ostream& log, bool tty) {
     EvalOptions eo;
     eo.reduce_labels = opt_.reduce_labels;
+    eo.batch_size = opt_.per_device_eval_batch_size;
+    const auto t0 = std::chrono::steady_clock::now();
     const EvalResult r = evaluate_dataset(model_, *val_, processor_, eo);
-    EvalRecord rec{step_, r.metrics};
+    EvalRecord rec{step_, r.metrics, eval_loss(), 0.0, r.images};
+    rec.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     evals_.push_back(rec);
+    track_best(rec);
     log << eval_json(rec).dump() << "\n";
     log.flush();
     if (opt_.verbose)
-      std::printf("%seval @ step %lld: mean IoU %.4f  mean accuracy %.4f  overall accuracy %.4f  (%lld images, %.1f s)\n",
-                  tty ? "\r\033[K" : "", static_cast<long long>(step_), r.metrics.mean_iou, r.metrics.mean_accuracy,
-                  r.metrics.overall_accuracy, static_cast<long long>(r.images), r.seconds);
+      std::printf("%seval @ step %lld: loss %.4f  mean IoU %.4f  mean accuracy %.4f  overall accuracy %.4f  (%lld images, %.1f s)\n",
+                  tty ? "\r\033[K" : "", static_cast<long long>(step_), rec.loss, r.metrics.mean_iou,
+                  r.metrics.mean_accuracy, r.metrics.overall_accuracy, static_cast<long long>(r.images), rec.seconds);
     return rec;
+  }
+
+  // HF's eval_loss: the model's loss (cross-entropy, ignore 255) over the val split, each image
+  // resized with its label (nearest) to the processor's size as in training without augmentation,
+  // averaged over batches of per_device_eval_batch_size. Leaves the model in eval mode.
+  double eval_loss() {
+    model_.eval();
+    NoGradGuard no_grad;
+    double sum = 0;
+    int64_t batches = 0;
+    const int64_t n = static_cast<int64_t>(val_->size()), B = opt_.per_device_eval_batch_size;
+    for (int64_t first = 0; first < n; first += B) {
+      const int64_t last = std::min(n, first + B);
+      std::vector<Example> ex;
+      for (int64_t i = first; i < last; ++i) {
+        Sample s = val_->load(static_cast<size_t>(i));
+        if (opt_.reduce_labels) s.label = reduce_labels(std::move(s.label));
+        ex.push_back(plain_resize(s.rgb, s.label, processor_));
+      }
+      const Batch b = stack(ex, 0);
+      const SegformerOutput<float> out = model_.forward(Var<float>(b.pixel_values), &b.labels);
+      sum += out.loss.data().data()[0];
+      ++batches;
+    }
+    return batches > 0 ? sum / double(batches) : double(NAN);
+  }
+
+  // The value of metric_for_best_model in an evaluation.
+  double metric_of(const EvalRecord& e) const {
+    const std::string key = opt_.best_metric_key();
+    if (key == "eval_loss") return e.loss;
+    if (key == "eval_mean_accuracy") return e.metrics.mean_accuracy;
+    if (key == "eval_overall_accuracy") return e.metrics.overall_accuracy;
+    return e.metrics.mean_iou;
   }
 
   void write_curves() const {
@@ -651,9 +709,14 @@ class Trainer {
 
  private:
   static nlohmann::json step_json(const StepRecord& r) {
-    return {{"step", r.step}, {"epoch", r.epoch}, {"loss", r.loss}, {"lr", r.lr}, {"images_per_s", r.images_per_s}};
+    return {{"step", r.step}, {"epoch", r.epoch}, {"loss", r.loss}, {"lr", r.lr}, {"grad_norm", r.grad_norm},
+            {"images_per_s", r.images_per_s}};
   }
-  static nlohmann::json eval_json(const EvalRecord& e) { return {{"step", e.step}, {"eval", metrics_json(e.metrics)}}; }
+  static nlohmann::json eval_json(const EvalRecord& e) {
+    nlohmann::json m = metrics_json(e.metrics);
+    m["loss"] = e.loss;
+    return {{"step", e.step}, {"eval", m}};
+  }
   static MeanIoU metrics_from_json(const nlohmann::json& j) {
     auto num = [](const nlohmann::json& v) { return v.is_null() ? double(NAN) : v.get<double>(); };
     MeanIoU m;
@@ -678,8 +741,8 @@ class Trainer {
     namespace fs = std::filesystem;
     const fs::path out(opt_.output_dir);
     save_state((out / ("checkpoint-" + std::to_string(step_))).string());
-    for (const fs::path& p : rotate_checkpoints(out, opt_.save_total_limit, step_))
-      if (opt_.verbose) std::printf("%sRemoved %s (--save-total-limit %lld)\n", isatty(fileno(stdout)) ? "\r\033[K" : "",
+    for (const fs::path& p : rotate_checkpoints(out, opt_.save_total_limit, step_, best_step_))
+      if (opt_.verbose) std::printf("%sRemoved %s (save_total_limit %lld)\n", isatty(fileno(stdout)) ? "\r\033[K" : "",
                                     p.string().c_str(), static_cast<long long>(opt_.save_total_limit));
   }
 
@@ -696,7 +759,7 @@ class Trainer {
   }
 
   // config.json, model.safetensors (metadata: format pt, step), preprocessor_config.json.
-  void write_model_files(const std::string& dir, bool durable_each) const {
+  void write_model_files(const std::string& dir, bool durable_each, int64_t weights_step = -1) const {
     namespace fs = std::filesystem;
     auto write = [&](const char* name, const std::vector<char>& bytes) {
       if (durable_each)
@@ -705,7 +768,10 @@ class Trainer {
         write_plain(fs::path(dir) / name, bytes);
     };
     write("model.safetensors",
-          safetensors::serialize(state_dict_entries(model_), {{"format", "pt"}, {"step", std::to_string(step_)}}));
+          safetensors::serialize(state_dict_entries(model_),
+                                {{"format", "pt"},
+                                 {"step", std::to_string(step_)},
+                                 {"weights_step", std::to_string(weights_step < 0 ? step_ : weights_step)}}));
     SegformerConfig config = model_.config;
     config.extra["architectures"] = {"SegformerForSemanticSegmentation"};
     config.validate((fs::path(dir) / "config.json").string());
@@ -723,18 +789,160 @@ class Trainer {
     fail("Trainer: the parameters are not finite after step ", step, ": '", bad[0].name, "' has ", bad[0].nan + bad[0].inf,
          " NaN/Inf of ", bad[0].numel, " elements",
          bad.size() > 1 ? " (and " + std::to_string(bad.size() - 1) + " more tensors)" : std::string(),
-         ". Training stopped and this step was not saved (lower --lr, check --momentum, or enable --clip-grad-norm)");
+         ". Training stopped and this step was not saved (lower --learning_rate, check --momentum, or set --max_grad_norm)");
   }
 
   // Refuses to continue a state whose arithmetic options differ from ours.
   void check_same_arithmetic(const TrainOptions& saved, const std::string& dir) const {
-    const nlohmann::json a = saved.to_json(), b = opt_.to_json();
-    for (const char* k : {"batch_size", "lr", "optimizer", "momentum", "weight_decay", "no_decay_norm_bias",
-                          "head_lr_mult", "schedule", "warmup_steps", "grad_accum", "clip_grad_norm", "crop_height",
-                          "crop_width", "augment", "seed", "reduce_labels"})
-      SEGML_CHECK(a.at(k) == b.at(k), "Trainer::load_state: option '", k, "' is ", b.at(k).dump(), " here but ",
-                  a.at(k).dump(), " in the saved run '", dir,
+    const nlohmann::json a = saved.to_json();
+    for_each_option(opt_, [&](const OptionInfo& info, const auto& v) {
+      if (info.on_resume != OnResume::keep || !a.contains(info.name)) return;
+      const nlohmann::json now = v;
+      SEGML_CHECK(a.at(info.name) == now, "Trainer::load_state: option '", info.name, "' is ", now.dump(),
+                  " here but ", a.at(info.name).dump(), " in the saved run '", dir,
                   "'; it changes the arithmetic of the finished steps, so a resumed run must keep it");
+    });
+  }
+
+  // After an evaluation: is it the best so far by metric_for_best_model (HF: strictly better)?
+  void track_best(const EvalRecord& e) {
+    if (opt_.best_metric_key().empty()) return;
+    const double v = metric_of(e);
+    if (std::isnan(v)) return;
+    if (best_step_ < 0 || (opt_.greater_is_better() ? v > best_metric_ : v < best_metric_)) {
+      best_step_ = e.step;
+      best_metric_ = v;
+    }
+  }
+
+  // trainer_state.json: HF's TrainerState fields, then segml's own under "segml".
+  nlohmann::json state_json() const {
+    namespace fs = std::filesystem;
+    auto num = [](double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr); };
+    nlohmann::json log_history = nlohmann::json::array();
+    size_t e = 0;
+    double loss_sum = 0;
+    int64_t loss_n = 0;
+    auto eval_entry = [&](const EvalRecord& r) {
+      nlohmann::json j = {{"epoch", epoch_at(r.step)}, {"step", r.step}, {"eval_loss", num(r.loss)},
+                          {"eval_mean_iou", num(r.metrics.mean_iou)}, {"eval_mean_accuracy", num(r.metrics.mean_accuracy)},
+                          {"eval_overall_accuracy", num(r.metrics.overall_accuracy)},
+                          {"eval_runtime", r.seconds},
+                          {"eval_samples_per_second", r.seconds > 0 ? double(r.images) / r.seconds : 0.0}};
+      const std::vector<std::string> names = class_names();
+      for (size_t c = 0; c < r.metrics.per_category_iou.size(); ++c) {
+        const std::string name = c < names.size() ? names[c] : std::to_string(c);
+        j["eval_iou_" + name] = num(r.metrics.per_category_iou[c]);
+      }
+      log_history.push_back(j);
+    };
+    for (const StepRecord& h : history_) {
+      loss_sum += h.loss, ++loss_n;
+      if (h.step % opt_.logging_steps == 0 || h.step == total_steps_ || h.step == step_) {
+        log_history.push_back({{"epoch", h.epoch}, {"grad_norm", num(h.grad_norm)}, {"learning_rate", h.lr},
+                               {"loss", num(loss_sum / double(loss_n))}, {"step", h.step}});
+        loss_sum = 0, loss_n = 0;
+      }
+      for (; e < evals_.size() && evals_[e].step <= h.step; ++e) eval_entry(evals_[e]);
+    }
+    for (; e < evals_.size(); ++e) eval_entry(evals_[e]);
+
+    nlohmann::json hist = nlohmann::json::array(), ev = nlohmann::json::array();
+    for (const StepRecord& r : history_) hist.push_back({r.step, r.epoch, r.loss, r.lr, r.images_per_s, r.grad_norm});
+    for (const EvalRecord& r : evals_)
+      ev.push_back({{"step", r.step}, {"eval", metrics_json(r.metrics)}, {"loss", r.loss}, {"seconds", r.seconds},
+                    {"images", r.images}});
+    const GeneratorState g = model_.generator().get_state();
+    const bool has_best = best_step_ >= 0;
+    return {{"best_global_step", has_best ? nlohmann::json(best_step_) : nlohmann::json(nullptr)},
+            {"best_metric", has_best ? num(best_metric_) : nlohmann::json(nullptr)},
+            {"best_model_checkpoint",
+             has_best ? nlohmann::json((fs::path(opt_.output_dir) / ("checkpoint-" + std::to_string(best_step_))).string())
+                      : nlohmann::json(nullptr)},
+            {"epoch", epoch_at(step_)},
+            {"eval_steps", opt_.eval_steps},
+            {"global_step", step_},
+            {"is_hyper_param_search", false},
+            {"is_local_process_zero", true},
+            {"is_world_process_zero", true},
+            {"log_history", log_history},
+            {"logging_steps", opt_.logging_steps},
+            {"max_steps", total_steps_},
+            {"num_input_tokens_seen", 0},
+            {"num_train_epochs", static_cast<int64_t>(std::ceil(epoch_at(total_steps_) - 1e-9))},
+            {"save_steps", opt_.save_steps},
+            {"stateful_callbacks", nlohmann::json::object()},
+            {"total_flos", 0},
+            {"train_batch_size", opt_.per_device_train_batch_size},
+            {"trial_name", nullptr},
+            {"trial_params", nullptr},
+            {"segml",
+             {{"format", kTrainerStateFormat},
+              {"version", kTrainerStateVersion},
+              {"optimizer_steps", optimizer_->steps()},
+              {"micro_batch", step_ * opt_.gradient_accumulation_steps},
+              {"generator", {{"seed", g.seed}, {"offset", g.offset}}},
+              {"smoothed_loss", smoothed_loss_},
+              {"threads", num_threads()},
+              {"options", opt_.to_json()},
+              {"history", hist},
+              {"evals", ev}}}};
+  }
+
+  // Epochs of data consumed after `step` optimizer steps.
+  double epoch_at(int64_t step) const {
+    return double(step * opt_.gradient_accumulation_steps) / double(batches_per_epoch_);
+  }
+
+  // README.md (the model card) and sample_overlay.png in output_dir, each written atomically.
+  void write_model_card() const {
+    namespace fs = std::filesystem;
+    const fs::path out(opt_.output_dir);
+    ModelCard card;
+    card.name = fs::path(opt_.output_dir).filename().string();
+    if (card.name.empty()) card.name = fs::path(opt_.output_dir).parent_path().filename().string();
+    card.base_model = base_model;
+    card.dataset = dataset_name;
+    card.options = opt_;
+    card.total_steps = total_steps_;
+    card.warmup_steps = schedule_.warmup_steps;
+    card.class_names = class_names();
+    for (const EvalRecord& e : evals_) {
+      ModelCard::Row row;
+      row.step = e.step;
+      row.epoch = epoch_at(e.step);
+      // HF's table: the mean training loss logged since the previous row ("No log" when none).
+      double sum = 0;
+      int64_t n = 0;
+      const int64_t prev = card.rows.empty() ? 0 : card.rows.back().step;
+      for (const StepRecord& h : history_)
+        if (h.step > prev && h.step <= e.step) sum += h.loss, ++n;
+      row.training_loss = n > 0 ? sum / double(n) : double(NAN);
+      row.eval_loss = e.loss;
+      row.metrics = e.metrics;
+      card.rows.push_back(row);
+    }
+    if (best_step_ >= 0 && opt_.load_best_model_at_end)
+      for (const EvalRecord& e : evals_)
+        if (e.step == best_step_) card.final_row = card.rows[static_cast<size_t>(&e - evals_.data())];
+    if (!card.final_row && !card.rows.empty()) card.final_row = card.rows.back();
+    // The sample: the first val image (else the first training image) through the final model.
+    const SegmentationDataset& ds = val_ ? *val_ : train_;
+    const Sample s = ds.load(0);
+    model_.eval();
+    Tensor<int64_t> pred;
+    {
+      NoGradGuard no_grad;
+      const SegformerOutput<float> o = model_.forward(Var<float>(processor_.preprocess({s.rgb})));
+      pred = processor_.post_process_semantic_segmentation(o.logits.data(), {{s.rgb.height, s.rgb.width}})[0];
+    }
+    std::map<int64_t, std::string> names;
+    for (size_t c = 0; c < card.class_names.size(); ++c) names[static_cast<int64_t>(c)] = card.class_names[c];
+    card.sample_image = "sample_overlay.png";
+    card.sample_source = ds.path_of(0).filename().string();
+    save_png((out / card.sample_image).string(), add_legend(overlay(s.rgb, pred), class_histogram(pred), names));
+    const std::string text = card.markdown();
+    safetensors::write_file_atomic((out / "README.md").string(), std::vector<char>(text.begin(), text.end()));
   }
 
   SegformerImageProcessor saved_processor() const {
@@ -778,7 +986,7 @@ class Trainer {
     model_.visit(v);
     std::erase_if(groups, [](const ParamGroup<float>& g) { return g.params.empty(); });
     if (opt_.optimizer == "adamw")
-      optimizer_ = std::make_unique<AdamW<float>>(std::move(groups));
+      optimizer_ = std::make_unique<AdamW<float>>(std::move(groups), opt_.adam_beta1, opt_.adam_beta2, opt_.adam_epsilon);
     else
       optimizer_ = std::make_unique<SGD<float>>(std::move(groups), opt_.momentum);
   }
@@ -807,6 +1015,8 @@ class Trainer {
   std::vector<Var<float>*> params_;
   int64_t batches_per_epoch_ = 1, total_steps_ = 1, step_ = 0;
   int saved_threads_ = 0;
+  int64_t best_step_ = -1;
+  double best_metric_ = 0;
   double smoothed_loss_ = 0;
   std::vector<StepRecord> history_;
   std::vector<EvalRecord> evals_;
