@@ -30,7 +30,7 @@ LoadOptions quiet(const std::string& revision = "main") {
   return o;
 }
 
-std::string read_file(const fs::path& p) {
+[[maybe_unused]] std::string read_file(const fs::path& p) {  // used by the download tests only
   std::ifstream in(p, std::ios::binary);
   return std::string(std::istreambuf_iterator<char>(in), {});
 }
