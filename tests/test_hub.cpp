@@ -1,8 +1,9 @@
 // Hub ids and the HF cache (segml/hub/): repo id rules, the cache's location from the environment,
 // a cache laid out by huggingface_hub used without network, offline errors; and, when built with
 // cpp-httplib, downloads from a mock hub on 127.0.0.1 (tests/mock_hub.hpp): single-file and
-// sharded checkpoints, the exact cache layout, offline reuse with the server stopped, revisions as
-// branch and commit, resumed partial downloads, the token kept from the CDN, and the errors.
+// sharded checkpoints, a CLIPSeg repo (model, tokenizer, processor), the exact cache layout,
+// offline reuse with the server stopped, revisions as branch and commit, resumed partial
+// downloads, the token kept from the CDN, and the errors.
 #include <doctest/doctest.h>
 
 #include <filesystem>
@@ -12,7 +13,11 @@
 #include <segml/hub/hub.hpp>
 #include <segml/io/checkpoint.hpp>
 #include <segml/io/image_processor.hpp>
+#include <segml/models/clip/tokenization_clip.hpp>
+#include <segml/models/clipseg/pretrained_clipseg.hpp>
+#include <segml/models/clipseg/processing_clipseg.hpp>
 
+#include "clipseg_support.hpp"
 #include "mock_hub.hpp"
 #include "support.hpp"
 
@@ -253,6 +258,38 @@ TEST_CASE("hub download: a single-file checkpoint lands in huggingface_hub's lay
   ScopedEnv off("HF_HUB_OFFLINE", "1");
   auto again = from_pretrained<float>("org/tiny", quiet());
   CHECK(same_weights(again, expected));
+}
+
+TEST_CASE("hub download: a CLIPSeg repo by id: model, tokenizer and image processor, then offline with the server stopped") {
+  test::MockHub hub;
+  IsolatedHub iso(hub.endpoint());
+  test::TempDir src("hub_clipseg");
+  test::TinyClipseg o;
+  o.height = 48;
+  test::write_tiny_clipseg_folder(src.file("m"), o);
+  std::map<std::string, std::string> files;
+  for (const auto& e : fs::directory_iterator(src.file("m"))) files[e.path().filename().string()] = read_file(e.path());
+  REQUIRE(files.count("vocab.json") == 1);
+  hub.add("CIDAS/tiny-clipseg", files);
+  const std::string commit = test::commit_of("CIDAS/tiny-clipseg@main");
+  auto check_all = [&] {
+    LoadOptions opt = quiet();
+    opt.strict = true;
+    const auto model = clipseg_from_pretrained<float>("CIDAS/tiny-clipseg", opt);
+    CHECK(model.config.text_config.vocab_size == 100);
+    const CLIPTokenizer tok = CLIPTokenizer::from_pretrained("CIDAS/tiny-clipseg", {"main", false, false});
+    CHECK(tok.encode("road car") == CLIPTokenizer::from_pretrained(src.file("m")).encode("road car"));
+    CHECK(clipseg_image_processor("CIDAS/tiny-clipseg").height == 48);
+  };
+  check_all();
+  const fs::path repo = repo_dir(iso, "models--CIDAS--tiny-clipseg");
+  for (const char* f : {"config.json", "model.safetensors", "preprocessor_config.json", "vocab.json", "merges.txt"})
+    CHECK_MESSAGE(fs::is_symlink(repo / "snapshots" / commit / f), f);
+  // The tokenizer's optional files the repo lacks are recorded, so the offline run does not ask.
+  CHECK(fs::exists(repo / ".no_exist" / commit / "tokenizer_config.json"));
+  hub.stop();
+  ScopedEnv off("HF_HUB_OFFLINE", "1");
+  check_all();
 }
 
 TEST_CASE("hub download: a sharded checkpoint, and a missing optional file recorded under .no_exist") {
