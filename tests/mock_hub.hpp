@@ -1,5 +1,5 @@
 // A HuggingFace hub on 127.0.0.1 for the hub tests (tests/test_hub.cpp, tests/hub_program.cpp), and
-// the helpers around it: scoped environment variables, an isolated HF cache, tiny repos.
+// what goes with it: scoped environment variables, an isolated HF cache, tiny repos.
 //
 // MockHub runs two httplib servers in threads of the test process: the "hub", which serves
 // /{repo}/resolve/{revision}/{file} the way huggingface.co does (X-Repo-Commit, ETag, X-Linked-Etag,
