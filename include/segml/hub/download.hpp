@@ -289,7 +289,7 @@ class Downloader {
     for (int hop = 0; hop <= 10; ++hop) {
       const Url u = parse_url(url);
       auto res = client(u, head_timeout_)->Head(u.target, headers_for(u));
-      if (!res) network_fail(url, httplib::to_string(res.error()));
+      if (!res) network_fail(url, httplib::to_string(res.error()) + " error");
       Meta m;
       m.url = url;
       m.status = res->status;
@@ -484,7 +484,7 @@ class Downloader {
         Meta m;
         m.url = url;
         m.status = status;
-        if (status == 0) network_fail(url, res ? "no answer" : httplib::to_string(res.error()));
+        if (status == 0) network_fail(url, res ? std::string("no answer") : httplib::to_string(res.error()) + " error");
         http_fail(m, file);
       }
       if (!res)
