@@ -98,15 +98,17 @@ int main(int argc, char** argv) {
   std::string model_path, random_init, zero_shot_path, zero_shot_random, host = "127.0.0.1";
   int port = 8080, threads = 0;
   segml::demo::ServerOptions opt;
-  app.add_option("--model", model_path, "checkpoint folder (config.json + model.safetensors); default: the first in weights/");
+  std::string revision = "main";
+  app.add_option("--model", model_path, "checkpoint folder (config.json + model.safetensors) or hub id (org/name); "
+                 "default: the first in weights/");
+  app.add_option("--revision", revision, "with hub ids (--model, --zero-shot-model): branch, tag or commit")->capture_default_str();
   app.add_option("--random-init", random_init,
                  "serve a randomly initialised model instead (tiny or b0): to try the page or measure latency")
       ->check(CLI::IsMember({"tiny", "b0"}))
       ->excludes("--model");
   app.add_option("--zero-shot-model", zero_shot_path,
                  "CLIPSeg folder (config.json, model.safetensors, vocab.json, merges.txt): adds the zero-shot mode "
-                 "(segments by text prompts)")
-      ->check(CLI::ExistingDirectory);
+                 "(segments by text prompts); or a hub id such as CIDAS/clipseg-rd64-refined");
   app.add_option("--zero-shot-random-init", zero_shot_random,
                  "a randomly initialised reduced CLIPSeg for the zero-shot mode (tiny): to try the page")
       ->check(CLI::IsMember({"tiny"}))
@@ -173,7 +175,7 @@ int main(int argc, char** argv) {
       // With no model flag at all, the first checkpoint in weights/ (or an error saying how to get one).
       const std::string path = random_init.empty() ? segml::demo::find_model(model_path) : "random-" + random_init;
       const auto t0 = std::chrono::steady_clock::now();
-      segformer = random_init.empty() ? segml::demo::load_model(path) : segml::demo::random_model(random_init);
+      segformer = random_init.empty() ? segml::demo::load_model(path, revision) : segml::demo::random_model(random_init);
       const double load_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
       std::printf("Model %s: %lld classes, input %lldx%lld, loaded in %.0f ms; %d threads\n", path.c_str(),
                   static_cast<long long>(segformer->model.config.num_labels),
@@ -184,7 +186,7 @@ int main(int argc, char** argv) {
     if (want_zero_shot) {
       const auto t0 = std::chrono::steady_clock::now();
       try {
-        zero_shot = zero_shot_random.empty() ? segml::demo::load_zero_shot(zero_shot_path)
+        zero_shot = zero_shot_random.empty() ? segml::demo::load_zero_shot(zero_shot_path, revision)
                                              : segml::demo::random_zero_shot(zero_shot_random);
       } catch (const std::exception& e) {
         throw std::runtime_error(std::string("--zero-shot-model: ") + e.what());

@@ -238,7 +238,10 @@ int main(int argc, char** argv) {
   int threads = 0;
   int64_t max_pixels = kDefaultMaxPixels;
   bool reduce = false, allow_non_finite = false;
-  app.add_option("--model", model_path, "SegFormer HF checkpoint folder (config.json, model.safetensors, preprocessor_config.json)");
+  std::string revision = "main";
+  app.add_option("--model", model_path, "SegFormer HF checkpoint folder (config.json, model.safetensors, preprocessor_config.json), "
+                 "or a hub id (org/name: HF cache, else downloaded)");
+  app.add_option("--revision", revision, "with a hub id: branch, tag or commit")->capture_default_str();
   app.add_option("--zero-shot-model", zero_shot_path,
                  "instead of --model: a CLIPSeg HF folder (config.json, model.safetensors, vocab.json, merges.txt), "
                  "prompted with the dataset's class names");
@@ -282,25 +285,27 @@ int main(int argc, char** argv) {
     LoadOptions lo;
     lo.strict = !zero_shot;
     lo.allow_non_finite = allow_non_finite;
+    lo.revision = revision;
 
     std::optional<SegformerForSemanticSegmentation<float>> model;
     std::optional<CLIPSegInference<float>> engine;
     std::optional<CLIPTokenizer> tokenizer;
     SegformerImageProcessor processor;
     if (zero_shot) {
-      if (!fs::is_directory(zero_shot_path)) fail("--zero-shot-model: '", zero_shot_path, "' is not a folder");
+      if (fs::exists(zero_shot_path) ? !fs::is_directory(zero_shot_path) : !hub::repo_id_error(zero_shot_path).empty())
+        fail("--zero-shot-model: '", zero_shot_path, "' is not a folder (nor a hub repo id such as CIDAS/clipseg-rd64-refined)");
       LoadReport report;
       // The engine keeps its own (packed) copy of the weights; the model is freed once it is built.
       engine.emplace(clipseg_from_pretrained<float>(zero_shot_path, lo, &report));
       if (!report.missing.empty() || !report.mismatched.empty())
         fail("--zero-shot-model '", zero_shot_path, "': the checkpoint lacks or misshapes weights the model needs: ",
              report.str(zero_shot_path));
-      tokenizer.emplace(CLIPTokenizer::from_pretrained(zero_shot_path));
-      processor = clipseg_image_processor(zero_shot_path);
+      tokenizer.emplace(CLIPTokenizer::from_pretrained(zero_shot_path, {revision}));
+      processor = clipseg_image_processor(zero_shot_path, {revision});
     } else {
       model.emplace(from_pretrained(model_path, lo));
       std::string source;
-      processor = SegformerImageProcessor::from_pretrained(model_path, &source);
+      processor = SegformerImageProcessor::from_pretrained(model_path, &source, {revision});
       if (source == "HF defaults")
         std::fprintf(stderr, "evaluate: no preprocessor_config.json beside %s; using HF's defaults (512x512, ImageNet mean/std)\n",
                      model_path.c_str());

@@ -253,7 +253,12 @@ int main(int argc, char** argv) {
       ->group(hf_group);
   app.add_option("--model", model_path,
                  "HF checkpoint folder or .safetensors to start from (e.g. weights/mit-b0; an encoder-only "
-                 "checkpoint gets a fresh decode head for the dataset's labels), or an earlier run's output")
+                 "checkpoint gets a fresh decode head for the dataset's labels), an earlier run's output, or a hub id "
+                 "(e.g. nvidia/mit-b0: HF cache, else downloaded)")
+      ->group(segml_group);
+  std::string revision = "main";
+  app.add_option("--revision", revision, "with a hub id as --model (e.g. nvidia/mit-b0): branch, tag or commit")
+      ->capture_default_str()
       ->group(segml_group);
   app.add_option("--config", config_name, "Random initialisation from a preset instead: b0..b5 (default without --model: b0)")
       ->check(CLI::IsMember({"b0", "b1", "b2", "b3", "b4", "b5"}))
@@ -442,8 +447,9 @@ int main(int argc, char** argv) {
       lo.labels = labels;
       lo.ignore_mismatched_sizes = true;
       lo.seed = seed;
+      lo.revision = revision;
       model.emplace(from_pretrained(model_path, lo));
-      processor = SegformerImageProcessor::from_pretrained(model_path);
+      processor = SegformerImageProcessor::from_pretrained(model_path, nullptr, {revision});
       init = "from " + model_path;
     } else {
       SegformerConfig cfg = preset(config_name.empty() ? "b0" : config_name);

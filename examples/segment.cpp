@@ -3,8 +3,10 @@
 //   segment --model weights/segformer-b0-finetuned-ade-512-512 --image street.jpg
 //           [--output overlay.png] [--mask mask.png] [--logits logits.safetensors]
 //           [--pixel-values pixel_values.safetensors] [--threads N] [--repeat R] [--alpha A]
-//           [--max-pixels P] [--allow-non-finite]
+//           [--max-pixels P] [--allow-non-finite] [--revision REV]
 //
+// --model is a folder, or a hub id (segment --model nvidia/segformer-b0-finetuned-ade-512-512 ...)
+// found in the HF cache or downloaded into it, at --revision (docs/weights.md, hub ids).
 // The pipeline is HF's: SegformerImageProcessor (from the model folder's preprocessor_config.json
 // when present, else HF's defaults), the model in eval mode without autograd, then
 // post_process_semantic_segmentation to the original image size. Writes
@@ -139,7 +141,10 @@ int main(int argc, char** argv) {
   double alpha = 0.5;
   int64_t max_pixels = kDefaultMaxPixels;
   bool allow_non_finite = false;
-  app.add_option("--model", model_path, "checkpoint folder (or its model.safetensors)")->required();
+  std::string revision = "main";
+  app.add_option("--model", model_path, "checkpoint folder (or its model.safetensors), or a hub id such as "
+                 "nvidia/segformer-b0-finetuned-ade-512-512 (HF cache, else downloaded)")->required();
+  app.add_option("--revision", revision, "with a hub id: branch, tag or commit")->capture_default_str();
   app.add_option("--image", image_arg, "an image, or a folder of images")->required()->check(CLI::ExistingPath);
   app.add_option("--output", out.overlay, "overlay PNG (with a folder as --image: a folder, default segment-output)")->capture_default_str();
   app.add_option("--mask", out.mask, "label map PNG of class ids");
@@ -160,11 +165,12 @@ int main(int argc, char** argv) {
     LoadOptions opt;
     opt.strict = false;  // report, but run, e.g. an encoder-only checkpoint with a fresh head
     opt.allow_non_finite = allow_non_finite;
+    opt.revision = revision;
     auto t0 = Clock::now();
     SegformerForSemanticSegmentation<float> model = from_pretrained<float>(model_path, opt);
     model.eval();
     std::string processor_source;
-    const SegformerImageProcessor processor = SegformerImageProcessor::from_pretrained(model_path, &processor_source);
+    const SegformerImageProcessor processor = SegformerImageProcessor::from_pretrained(model_path, &processor_source, {revision});
     std::printf("model %s: %lld labels, loaded in %.0f ms; processor %s (%lldx%lld); %d threads\n", model_path.c_str(),
                 static_cast<long long>(model.config.num_labels), ms_since(t0),
                 processor_source.c_str(), static_cast<long long>(processor.height),

@@ -3,8 +3,10 @@
 //   zero_shot --model clipseg-rd64-refined --image street.jpg --prompts "road;a car;pedestrian crossing the street"
 //             [--output overlay.png] [--mask mask.png] [--logits logits.safetensors] [--heatmaps DIR]
 //             [--no-heatmaps] [--threshold 0.1] [--alpha A] [--threads N] [--repeat R] [--max-pixels P]
-//             [--allow-non-finite]
+//             [--allow-non-finite] [--revision REV]
 //
+// --model may also be the hub id itself (CIDAS/clipseg-rd64-refined): found in the HF cache or
+// downloaded into it, at --revision (docs/weights.md, hub ids).
 // The model folder is what `huggingface-cli download CIDAS/clipseg-rd64-refined` gives: config.json,
 // model.safetensors, preprocessor_config.json and the CLIP tokenizer's vocab.json + merges.txt.
 // The pipeline is HF's: ViTImageProcessor (PIL-exact resize to the processor's size, 352 x 352 for
@@ -193,9 +195,11 @@ int main(int argc, char** argv) {
   double threshold = 0.1, alpha = 0.5;
   int64_t max_pixels = kDefaultMaxPixels;
   bool allow_non_finite = false, no_heatmaps = false;
-  app.add_option("--model", model_path, "CLIPSeg checkpoint folder (config.json, model.safetensors, vocab.json, merges.txt)")
-      ->required()
-      ->check(CLI::ExistingDirectory);
+  std::string revision = "main";
+  app.add_option("--model", model_path, "CLIPSeg checkpoint folder (config.json, model.safetensors, vocab.json, merges.txt), "
+                 "or a hub id such as CIDAS/clipseg-rd64-refined (HF cache, else downloaded)")
+      ->required();
+  app.add_option("--revision", revision, "with a hub id: branch, tag or commit")->capture_default_str();
   app.add_option("--image", image_arg, "an image, or a folder of images")->required()->check(CLI::ExistingPath);
   app.add_option("--prompts", prompt_text, "text prompts separated by ';', e.g. \"road;a car;pedestrian\"")->required();
   app.add_option("--output", out.overlay, "overlay PNG with legend (with a folder as --image: a folder, default zero-shot-output)")
@@ -224,11 +228,12 @@ int main(int argc, char** argv) {
     auto t0 = Clock::now();
     LoadOptions opt;
     opt.allow_non_finite = allow_non_finite;
+    opt.revision = revision;
     // The engine keeps its own (packed) copy of the weights; the model is freed once it is built.
     CLIPSegInference<float> engine(clipseg_from_pretrained<float>(model_path, opt));
     const CLIPSegConfig& config = engine.config();
-    const CLIPTokenizer tokenizer = CLIPTokenizer::from_pretrained(model_path);
-    const ViTImageProcessor processor = clipseg_image_processor(model_path);
+    const CLIPTokenizer tokenizer = CLIPTokenizer::from_pretrained(model_path, {revision});
+    const ViTImageProcessor processor = clipseg_image_processor(model_path, {revision});
     std::vector<std::vector<int64_t>> ids;
     const int64_t max_tokens = config.text_config.max_position_embeddings;
     for (const std::string& p : prompts) {

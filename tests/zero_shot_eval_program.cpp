@@ -247,7 +247,7 @@ TEST_CASE("evaluate --zero-shot-model: bad input gets a clear error") {
   fails(base + "--zero-shot-model model --prompt-template '{} and {}'", "contains 2 \"{}\"");
   fails(base + "--model model --prompt-template 'a {}'", "--prompt-template applies to --zero-shot-model only");
   fails(base + "--zero-shot-model model --zero-shot-threshold 1.5", "--zero-shot-threshold");
-  fails(base + "--zero-shot-model missing", "--zero-shot-model: 'missing' is not a folder");
+  fails(base + "--zero-shot-model ./missing", "--zero-shot-model: './missing' is not a folder");
   write(dir.file("bad_key.json"), R"({"bus": "a bus"})");
   fails(base + "--zero-shot-model model --prompts-file bad_key.json", "key \"bus\" is not a class id or name");
   write(dir.file("bad_value.json"), R"({"0": 3})");

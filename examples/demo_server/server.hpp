@@ -169,13 +169,15 @@ inline std::string find_model(const std::string& path, const std::string& weight
 
 // Loads a checkpoint to serve: strict (every tensor must match), and a checkpoint with NaN or Inf
 // weights is refused (from_pretrained's default), since it would answer one class everywhere.
-inline LoadedModel load_model(const std::string& path) {
+// `path` may be a hub id (at `revision`), found in the HF cache or downloaded (hub/hub.hpp).
+inline LoadedModel load_model(const std::string& path, const std::string& revision = "main") {
   LoadOptions opt;
   opt.strict = true;
   opt.allow_non_finite = false;
+  opt.revision = revision;
   SegformerForSemanticSegmentation<float> model = from_pretrained<float>(path, opt);
   model.eval();
-  SegformerImageProcessor processor = SegformerImageProcessor::from_pretrained(path);
+  SegformerImageProcessor processor = SegformerImageProcessor::from_pretrained(path, nullptr, {revision});
   return {std::move(model), std::move(processor), path};
 }
 
@@ -214,12 +216,15 @@ constexpr size_t kMaxPromptText = 4096;      // bytes of prompt text per request
 
 // Loads a CLIPSeg folder (config.json, model.safetensors, vocab.json, merges.txt, optionally
 // preprocessor_config.json) to serve: strict, and NaN / Inf weights are refused.
-inline ZeroShotModel load_zero_shot(const std::string& folder) {
+// `folder` may be a hub id (at `revision`).
+inline ZeroShotModel load_zero_shot(const std::string& folder, const std::string& revision = "main") {
   LoadOptions opt;
   opt.strict = true;
   opt.allow_non_finite = false;
+  opt.revision = revision;
   auto engine = std::make_unique<CLIPSegInference<float>>(clipseg_from_pretrained<float>(folder, opt));
-  return {std::move(engine), CLIPTokenizer::from_pretrained(folder), clipseg_image_processor(folder), folder};
+  return {std::move(engine), CLIPTokenizer::from_pretrained(folder, {revision}), clipseg_image_processor(folder, {revision}),
+          folder};
 }
 
 // Writes a randomly initialised, reduced CLIPSeg as an HF folder (64 x 64 input, 4 vision layers of

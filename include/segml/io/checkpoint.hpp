@@ -1,6 +1,8 @@
 // segml/io/checkpoint.hpp: HF-compatible from_pretrained / save_pretrained for SegFormer.
 //
 // from_pretrained(path, options) accepts
+//   - a hub id ("org/name") with LoadOptions::revision: found in the HF cache or downloaded into it
+//     (hub/hub.hpp; a string naming an existing path is always that path),
 //   - a folder with config.json and model.safetensors (or a sharded model.safetensors.index.json),
 //   - a .safetensors file (its config.json is read from the same folder),
 // including encoder-only checkpoints such as nvidia/mit-b0 (SegformerForImageClassification): the
@@ -38,6 +40,7 @@
 #include <string>
 #include <vector>
 
+#include "segml/hub/hub.hpp"
 #include "segml/io/safetensors.hpp"
 #include "segml/models/config.hpp"
 #include "segml/models/segformer.hpp"
@@ -71,6 +74,8 @@ struct LoadOptions {
   std::optional<std::vector<std::string>> labels;  // override id2label (e.g. fine-tuning mit-b0)
   uint64_t seed = 0;                     // initialisation of the weights the checkpoint lacks
   bool allow_non_finite = false;         // load NaN / Inf weights (for inspection) with a warning
+  std::string revision = "main";         // for a hub id: branch, tag or 40-hex commit (hub/hub.hpp)
+  bool local_files_only = false;         // for a hub id: the HF cache only, never the network
 };
 
 // A tensor holding NaN or Inf values.
@@ -116,9 +121,12 @@ inline std::string non_finite_text(const std::vector<NonFiniteTensor>& bad) {
 }  // namespace detail
 
 namespace detail {
-// The safetensors files of a checkpoint path: folder (single or sharded) or a file.
-inline std::vector<std::string> checkpoint_files(const std::filesystem::path& path, std::filesystem::path& folder) {
+// The safetensors files of a checkpoint path: folder (single or sharded) or a file. A hub id
+// ("org/name") is first resolved to its snapshot in the HF cache, downloading it if needed (hub/hub.hpp).
+inline std::vector<std::string> checkpoint_files(const std::string& path_or_id, std::filesystem::path& folder,
+                                                 const LoadOptions& opt = {}) {
   namespace fs = std::filesystem;
+  const fs::path path = hub::resolve(path_or_id, hub::model_files(), {opt.revision, opt.local_files_only, opt.verbose});
   if (!fs::exists(path)) fail("from_pretrained: '", path.string(), "' does not exist");
   if (fs::is_regular_file(path)) {
     folder = path.parent_path();
@@ -258,7 +266,7 @@ template <class T = float>
 SegformerForSemanticSegmentation<T> from_pretrained(const std::string& path, const LoadOptions& opt = {},
                                                     LoadReport* report = nullptr) {
   std::filesystem::path folder;
-  const std::vector<std::string> files = detail::checkpoint_files(path, folder);
+  const std::vector<std::string> files = detail::checkpoint_files(path, folder, opt);
   SegformerConfig config = SegformerConfig::from_json_file(detail::config_path(folder));
   if (opt.labels) config.set_labels(*opt.labels);
   SegformerForSemanticSegmentation<T> model(config, opt.seed);

@@ -36,6 +36,7 @@
 #include "segml/core/error.hpp"
 #include "segml/core/parallel.hpp"
 #include "segml/core/tensor.hpp"
+#include "segml/hub/hub.hpp"
 #include "segml/io/image.hpp"
 #include "segml/io/safetensors.hpp"
 #include "segml/kernels/resize.hpp"
@@ -475,10 +476,13 @@ class SegformerImageProcessor {
   // HF's `SegformerImageProcessor.from_pretrained(path)`: `path` is a model folder (or a file in
   // one); its preprocessor_config.json is read. A folder without one (a bare checkpoint) gets HF's
   // defaults (512x512, ImageNet mean/std), and *source, when given, says which of the two was used:
-  // the file's path or "HF defaults".
-  static SegformerImageProcessor from_pretrained(const std::string& path, std::string* source = nullptr) {
+  // the file's path or "HF defaults". A hub id ("org/name") is resolved with `hub` (revision, offline)
+  // to its snapshot in the HF cache, downloading it if needed (hub/hub.hpp).
+  static SegformerImageProcessor from_pretrained(const std::string& path_or_id, std::string* source = nullptr,
+                                                 const hub::Options& hub = {}) {
     namespace fs = std::filesystem;
     std::error_code ec;
+    const std::string path = hub::resolve(path_or_id, hub::processor_files(), hub, "SegformerImageProcessor.from_pretrained");
     const fs::path folder = fs::is_directory(path, ec) ? fs::path(path) : fs::path(path).parent_path();
     const fs::path file = folder / "preprocessor_config.json";
     if (fs::exists(file, ec)) {

@@ -48,6 +48,7 @@
 
 #include "segml/core/error.hpp"
 #include "segml/core/tensor.hpp"
+#include "segml/hub/hub.hpp"
 
 #if defined(SEGML_HAVE_UTF8PROC)
 #include <utf8proc.h>
@@ -311,8 +312,14 @@ struct CLIPEncoding {
 
 class CLIPTokenizer {
  public:
-  static CLIPTokenizer from_pretrained(const std::filesystem::path& dir) {
+  // `dir`: a checkpoint folder, or a hub id resolved with `hub` (hub/hub.hpp). A string that is no
+  // repo id is a folder: a missing one gets the error naming the file not found in it.
+  static CLIPTokenizer from_pretrained(const std::filesystem::path& dir_or_id, const hub::Options& hub = {}) {
     namespace cd = clip_detail;
+    const std::string s = dir_or_id.string();
+    const std::filesystem::path dir =
+        hub::repo_id_error(s).empty() ? std::filesystem::path(hub::resolve(s, hub::tokenizer_files(), hub, "CLIPTokenizer"))
+                                      : dir_or_id;
     CLIPTokenizer t;
     t.load_vocab(dir / "vocab.json");
     t.load_merges(dir / "merges.txt");

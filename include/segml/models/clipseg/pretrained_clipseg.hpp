@@ -27,7 +27,7 @@ template <class T = float>
 CLIPSegForImageSegmentation<T> clipseg_from_pretrained(const std::string& path, const LoadOptions& opt = {},
                                                        LoadReport* report = nullptr) {
   std::filesystem::path folder;
-  const std::vector<std::string> files = detail::checkpoint_files(path, folder);
+  const std::vector<std::string> files = detail::checkpoint_files(path, folder, opt);
   // Not initialised first (150 M random numbers for rd64-refined): only what the checkpoint lacks is.
   CLIPSegForImageSegmentation<T> model(CLIPSegConfig::from_json_file(detail::config_path(folder)), opt.seed, false);
   LoadReport r;

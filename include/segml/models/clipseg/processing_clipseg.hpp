@@ -26,6 +26,7 @@
 
 #include "segml/core/error.hpp"
 #include "segml/core/tensor.hpp"
+#include "segml/hub/hub.hpp"
 #include "segml/io/image_processor.hpp"
 #include "segml/kernels/resize.hpp"
 
@@ -34,9 +35,10 @@ namespace segml {
 // HF's ViTImageProcessor computes what SegformerImageProcessor computes (without label maps).
 using ViTImageProcessor = SegformerImageProcessor;
 
-// The image processor of a CLIPSeg checkpoint folder: its preprocessor_config.json, or
-// rd64-refined's settings when the folder has none.
-inline ViTImageProcessor clipseg_image_processor(const std::filesystem::path& folder) {
+// The image processor of a CLIPSeg checkpoint folder (or hub id, resolved with `hub`: hub/hub.hpp):
+// its preprocessor_config.json, or rd64-refined's settings when the folder has none.
+inline ViTImageProcessor clipseg_image_processor(const std::filesystem::path& folder_or_id, const hub::Options& hub = {}) {
+  const std::filesystem::path folder = hub::resolve(folder_or_id.string(), hub::processor_files(), hub, "clipseg_image_processor");
   const std::filesystem::path pre = folder / "preprocessor_config.json";
   if (std::filesystem::exists(pre)) return ViTImageProcessor::from_json_file(pre.string());
   ViTImageProcessor p;
