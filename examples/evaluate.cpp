@@ -2,8 +2,14 @@
 // a SegFormer checkpoint (--model) or, zero-shot, a CLIPSeg folder (--zero-shot-model) prompted with
 // the dataset's class names.
 //
-// SegFormer: each image is resized to the model's preprocessor size, the logits are upsampled
-// bilinearly to the label's size and argmax'ed.
+// SegFormer: each image is resized to the model's preprocessor size, run by the inference engine
+// (SegformerInference; --autograd runs the autograd model instead, same logits to float32 rounding),
+// the logits are upsampled bilinearly to the label's size and argmax'ed.
+//
+// Split: --split names a split folder (see docs/datasets.md); by default the first of "val",
+// "validation" and "test" that the dataset has. A split that does not exist is an error listing the
+// splits found. --subset N evaluates the N images that finetune_sidewalk --subset N trains on (the
+// same seeded choice, --seed): with --split train, the overfit check of docs/training.md.
 // Zero-shot (CLIPSeg): one prompt per class of the dataset's id2label (after --class-map /
 // --reduce-labels): the class name cleaned for prompting (underscores and dashes become spaces,
 // runs of spaces one, ASCII letters lower case) put into --prompt-template (exactly one "{}",
@@ -15,9 +21,12 @@
 // exceeds T (ties included) gets no class: it counts as a miss for its true class (in the class's
 // label pixels, in no class's predicted pixels) and as a "(no class)" column in the confusion matrix.
 //
-// Both print a per-class table, the progress with an ETA and the throughput; optionally write the
-// metrics as JSON / Markdown, a row-normalised confusion-matrix heatmap (SVG) and colour overlays of
-// the predictions (PNG). Images larger than --max-pixels are refused from their header, before
+// Both print a per-class table, the confusion matrix as row-normalised percentages (up to 30
+// classes; rows = ground truth, columns = prediction), the progress with an ETA and the throughput;
+// optionally write the metrics as JSON / Markdown, a row-normalised confusion-matrix heatmap (SVG)
+// and, per image, the prediction beside the ground truth, both as colour overlays with one legend
+// (PNG; colours by class name: class_colors() of io/palette.hpp, the dataset's class_colors.json
+// first). Images larger than --max-pixels are refused from their header, before
 // decoding; a checkpoint with NaN / Inf weights is refused unless --allow-non-finite; any failure
 // while evaluating names the image(s) it was for. Every numeric flag is checked.
 #include <CLI/CLI.hpp>
@@ -226,18 +235,60 @@ ZeroShotResult evaluate_zero_shot(CLIPSegInference<float>& engine, const ViTImag
   return r;
 }
 
+// The split folders of a dataset in the split layout (DIR/<split>/images), sorted; for the flat
+// layout (DIR/images) the three splits it is cut into.
+std::vector<std::string> splits_found(const fs::path& dir) {
+  std::vector<std::string> out;
+  std::error_code ec;
+  if (fs::is_directory(dir / "images", ec)) return {"train", "val", "test"};
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec))
+    if (it->is_directory(ec) && fs::is_directory(it->path() / "images", ec)) out.push_back(it->path().filename().string());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+// --split: the one asked for if the dataset has it; by default the first of val, validation, test.
+std::string choose_split(const fs::path& dir, const std::string& asked) {
+  if (!fs::is_directory(dir)) fail("--data: '", dir.string(), "' is not a folder");
+  const std::vector<std::string> found = splits_found(dir);
+  std::string list;
+  for (const std::string& f : found) list += (list.empty() ? "" : ", ") + f;
+  if (list.empty()) list = "none: no <split>/images folder and no images/ folder";
+  if (!asked.empty()) {
+    if (std::find(found.begin(), found.end(), asked) == found.end())
+      fail("--split: '", asked, "' is not a split of ", dir.string(), "; splits found: ", list);
+    return asked;
+  }
+  for (const char* s : {"val", "validation", "test"})
+    if (std::find(found.begin(), found.end(), s) != found.end()) return s;
+  fail("--data ", dir.string(), ": no val, validation or test split to evaluate by default; give --split (splits found: ",
+       list, ")");
+}
+
+// The ground truth of a sample as a label map of the model's ids: reduce_labels applied (0 -> ignore,
+// k -> k - 1); ignored pixels get id 255 (never a class: at most 255 classes, ids 0..254).
+LabelMap ground_truth(const Sample& s, bool reduce) {
+  LabelMap m(s.label.height, s.label.width, 256);
+  for (int64_t k = 0; k < m.numel(); ++k) {
+    const uint8_t v = s.label.data[size_t(k)];
+    m.narrow.data[size_t(k)] = reduce ? (v == 0 || v == 255 ? uint8_t(255) : uint8_t(v - 1)) : v;
+  }
+  return m;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"Evaluate a SegFormer checkpoint, or a CLIPSeg model zero-shot, on a dataset split (mean IoU as HF "
                "evaluate's mean_iou)."};
-  std::string model_path, zero_shot_path, data_dir, split = "test", json_out, md_out, confusion_out, pred_dir, class_map;
+  std::string model_path, zero_shot_path, data_dir, split, json_out, md_out, confusion_out, pred_dir, class_map;
   std::string prompt_template = "{}", prompts_file;
   double zero_shot_threshold = 0;
-  int64_t batch_size = 4;
+  int64_t batch_size = 4, subset = 0;
+  uint64_t seed = 0;
   int threads = 0;
   int64_t max_pixels = kDefaultMaxPixels;
-  bool reduce = false, allow_non_finite = false;
+  bool reduce = false, allow_non_finite = false, autograd = false;
   std::string revision = "main";
   app.add_option("--model", model_path, "SegFormer HF checkpoint folder (config.json, model.safetensors, preprocessor_config.json), "
                  "or a hub id (org/name: HF cache, else downloaded)");
@@ -252,11 +303,21 @@ int main(int argc, char** argv) {
                  "zero-shot: a pixel where no class's probability exceeds this gets no class (a miss); default: none")
       ->check(cli::real(0.0, 1.0));
   app.add_option("--data", data_dir, "Dataset folder (see docs/datasets.md)")->required();
-  app.add_option("--split", split, "Split to evaluate: test or val")->capture_default_str();
+  app.add_option("--split", split,
+                 "Split to evaluate (a folder of --data); default: the first of val, validation, test that exists");
+  app.add_option("--subset", subset,
+                 "Evaluate only the N images finetune_sidewalk --subset N picks (same --seed); with --split train: "
+                 "the overfit check")
+      ->check(cli::positive_whole());
+  app.add_option("--seed", seed, "Seed of --subset's choice (the training run's --seed)")
+      ->capture_default_str()
+      ->check(cli::non_negative_whole());
   app.add_option("--json", json_out, "Write the metrics (and per-class names) as JSON");
   app.add_option("--markdown", md_out, "Write the per-class table as Markdown");
   app.add_option("--confusion", confusion_out, "Write a row-normalised confusion-matrix heatmap (SVG)");
-  app.add_option("--predictions", pred_dir, "Write a colour overlay of each prediction (PNG) into this folder");
+  app.add_option("--predictions", pred_dir,
+                 "Write each image's prediction beside its ground truth, as colour overlays with a legend (PNG), "
+                 "into this folder");
   app.add_option("--batch-size", batch_size, "Images per forward pass (SegFormer; zero-shot runs one image at a time)")
       ->capture_default_str()
       ->check(cli::whole(1, 1024));
@@ -264,6 +325,9 @@ int main(int argc, char** argv) {
   app.add_option("--max-pixels", max_pixels, "Refuse images with more pixels than this (read from the header, before decoding)")
       ->capture_default_str()
       ->check(cli::positive_whole());
+  app.add_flag("--autograd", autograd,
+               "SegFormer: run the autograd model instead of the inference engine (slower, same logits to float32 "
+               "rounding)");
   app.add_flag("--allow-non-finite", allow_non_finite, "Load a checkpoint with NaN / Inf weights anyway (to inspect it)");
   app.add_option("--class-map", class_map, "JSON remapping the dataset's class ids (as used in training)");
   app.add_flag("--reduce-labels", reduce, "HF's reduce_labels on the stored labels (0 -> ignore, k -> k-1)");
@@ -278,6 +342,7 @@ int main(int argc, char** argv) {
       for (const char* flag : {"--prompt-template", "--prompts-file", "--zero-shot-threshold"})
         if (app.count(flag) > 0) fail(flag, " applies to --zero-shot-model only");
     if (zero_shot) check_template(prompt_template);
+    if (zero_shot && autograd) fail("--autograd applies to --model only");
     const std::optional<double> threshold =
         app.count("--zero-shot-threshold") > 0 ? std::optional<double>(zero_shot_threshold) : std::nullopt;
     if (threads > 0) set_num_threads(threads);
@@ -288,6 +353,8 @@ int main(int argc, char** argv) {
     lo.revision = revision;
 
     std::optional<SegformerForSemanticSegmentation<float>> model;
+    std::optional<SegformerInference<float>> segformer;
+    SegformerConfig model_config;
     std::optional<CLIPSegInference<float>> engine;
     std::optional<CLIPTokenizer> tokenizer;
     SegformerImageProcessor processor;
@@ -304,6 +371,11 @@ int main(int argc, char** argv) {
       processor = clipseg_image_processor(zero_shot_path, {revision});
     } else {
       model.emplace(from_pretrained(model_path, lo));
+      model_config = model->config;
+      if (!autograd) {
+        segformer.emplace(*model);  // the engine keeps its own packed copy of the weights
+        model.reset();
+      }
       std::string source;
       processor = SegformerImageProcessor::from_pretrained(model_path, &source, {revision});
       if (source == "HF defaults")
@@ -314,7 +386,15 @@ int main(int argc, char** argv) {
 
     DatasetOptions dopt;
     if (!class_map.empty()) dopt.class_map = class_map;
-    const SegmentationDataset ds = SegmentationDataset::open(data_dir, split, dopt);
+    dopt.seed = seed;
+    if (app.count("--seed") > 0 && subset == 0) fail("--seed only chooses --subset's images; give --subset N too");
+    split = choose_split(data_dir, split);
+    SegmentationDataset ds = SegmentationDataset::open(data_dir, split, dopt);
+    if (subset > 0) {
+      if (size_t(subset) > ds.size())
+        fail("--subset ", subset, ": split \"", split, "\" of ", data_dir, " has only ", ds.size(), " images");
+      ds = ds.subset(size_t(subset));
+    }
     const std::vector<std::string> names = train::class_names(ds.id2label(), reduce);
     const size_t n = names.size();
 
@@ -331,28 +411,46 @@ int main(int argc, char** argv) {
                " tokens; the text model takes at most ", max_tokens);
       }
     } else {
-      SEGML_CHECK(static_cast<int64_t>(n) == model->config.num_labels, "evaluate: the dataset has ", n,
-                  " classes but the model predicts ", model->config.num_labels,
+      SEGML_CHECK(static_cast<int64_t>(n) == model_config.num_labels, "evaluate: the dataset has ", n,
+                  " classes but the model predicts ", model_config.num_labels,
                   " (use --class-map / --reduce-labels as in training)");
     }
 
     if (!pred_dir.empty()) fs::create_directories(pred_dir);
+    // Colours by class name; a class_colors.json shipped with the dataset wins (io/palette.hpp).
+    const std::vector<Rgb> colors = class_colors(names, dataset_palette(data_dir));
+    std::map<int64_t, std::string> legend_names;
+    for (size_t c = 0; c < n; ++c) legend_names[int64_t(c)] = names[c];
+    legend_names[int64_t(n)] = "(no class)";
     Progress progress{ds.size()};
     const train::OnPrediction on_prediction = [&](size_t i, const Sample& s, const Tensor<int64_t>& pred) {
       if (!pred_dir.empty()) {
-        Image out = to_rgb(s.rgb);
+        Image predicted = to_rgb(s.rgb);
         LabelMap m(pred.size(0), pred.size(1), int64_t(n) + 1);
         for (int64_t k = 0; k < pred.numel(); ++k) m.narrow.data[size_t(k)] = static_cast<uint8_t>(pred.data()[k]);
-        overlay_in_place(out, m, 0.5, /*transparent=*/int64_t(n));  // "no class" pixels keep the image
-        save_png((fs::path(pred_dir) / (ds.path_of(i).stem().string() + ".png")).string(), out);
+        overlay_in_place(predicted, m, 0.5, /*transparent=*/int64_t(n), colors);  // "no class" keeps the image
+        const LabelMap truth = ground_truth(s, reduce);
+        Image labelled = to_rgb(s.rgb);
+        overlay_in_place(labelled, truth, 0.5, /*transparent=*/255, colors);  // ignored pixels keep the image
+        // One legend for both: the classes of the prediction and of the ground truth, by pixel count.
+        std::map<int64_t, int64_t> counts;
+        for (const auto& [id, c] : class_histogram(m)) counts[id] += c;
+        for (const auto& [id, c] : class_histogram(truth))
+          if (id != 255) counts[id] += c;
+        std::vector<std::pair<int64_t, int64_t>> hist(counts.begin(), counts.end());
+        std::stable_sort(hist.begin(), hist.end(), [](const auto& a, const auto& b) { return a.second > b.second; });
+        const Image both = side_by_side(predicted, "prediction", labelled, "ground truth");
+        save_png((fs::path(pred_dir) / (ds.path_of(i).stem().string() + ".png")).string(),
+                 add_legend(both, hist, legend_names, colors, 40, /*transparent=*/int64_t(n)));
       }
       progress.step();
     };
 
-    std::printf("Evaluating %s%s on %s/%s (%zu images, resized to %lldx%lld, %d threads)\n",
+    std::printf("Evaluating %s%s on %s/%s (%zu images%s, resized to %lldx%lld, %s, %d threads)\n",
                 zero_shot ? "zero-shot " : "", zero_shot ? zero_shot_path.c_str() : model_path.c_str(), data_dir.c_str(),
-                split.c_str(), ds.size(), static_cast<long long>(processor.height), static_cast<long long>(processor.width),
-                num_threads());
+                split.c_str(), ds.size(), subset > 0 ? (", subset of seed " + std::to_string(seed)).c_str() : "",
+                static_cast<long long>(processor.height), static_cast<long long>(processor.width),
+                zero_shot ? "CLIPSeg engine" : autograd ? "autograd model" : "inference engine", num_threads());
     train::EvalResult r;
     ZeroShotResult zr;
     if (zero_shot) {
@@ -365,9 +463,18 @@ int main(int argc, char** argv) {
       train::EvalOptions eo;
       eo.batch_size = batch_size;
       eo.reduce_labels = reduce;
-      r = train::evaluate_dataset(*model, ds, processor, eo, on_prediction);
+      r = segformer ? train::evaluate_dataset(*segformer, ds, processor, eo, on_prediction)
+                    : train::evaluate_dataset(*model, ds, processor, eo, on_prediction);
     }
     std::printf("%s", train::metrics_table(r.metrics, names).c_str());
+    {
+      std::vector<std::string> columns = names;
+      if (threshold) columns.push_back("(no class)");
+      if (columns.size() <= 30)
+        std::printf("%s", train::confusion_table(threshold ? zr.confusion_with_none : r.confusion, names, columns).c_str());
+      else
+        std::printf("Confusion matrix: %zu classes are too many to print; --confusion FILE.svg draws it\n", n);
+    }
     if (threshold) std::printf("  no class (below the threshold): %.2f%% of the pixels\n", 100 * zr.unassigned);
     std::printf("Throughput: %.2f images/s (%lld images in %.2f s, decoding and metrics included)\n",
                 double(r.images) / r.seconds, static_cast<long long>(r.images), r.seconds);
@@ -380,6 +487,7 @@ int main(int argc, char** argv) {
       nlohmann::json j = train::metrics_json(r.metrics);
       j["id2label"] = names;
       j["split"] = split;
+      if (subset > 0) j["subset"] = {{"images", subset}, {"seed", seed}};
       j["images"] = r.images;
       j["images_per_s"] = double(r.images) / r.seconds;
       if (zero_shot) {
@@ -426,8 +534,8 @@ int main(int argc, char** argv) {
         if (row > 0)
           for (size_t p = 0; p < m; ++p) norm[l * m + p] = counts[l * m + p] / row;
       }
-      write_text(confusion_out, train::heatmap_svg("Confusion matrix (" + split + ", rows normalised)", norm, names,
-                                                   columns, "true class", "predicted class"));
+      write_text(confusion_out, train::heatmap_svg("Confusion matrix (" + split + "): % of each ground-truth row", norm,
+                                                   names, columns, "ground truth", "prediction"));
     }
     return 0;
   } catch (const std::bad_alloc&) {

@@ -3,14 +3,17 @@
 //   segment --model weights/segformer-b0-finetuned-ade-512-512 --image street.jpg
 //           [--output overlay.png] [--mask mask.png] [--logits logits.safetensors]
 //           [--pixel-values pixel_values.safetensors] [--threads N] [--repeat R] [--alpha A]
-//           [--max-pixels P] [--allow-non-finite] [--revision REV]
+//           [--max-pixels P] [--allow-non-finite] [--revision REV] [--autograd]
 //
 // --model is a folder, or a hub id (segment --model nvidia/segformer-b0-finetuned-ade-512-512 ...)
 // found in the HF cache or downloaded into it, at --revision (docs/weights.md, hub ids).
 // The pipeline is HF's: SegformerImageProcessor (from the model folder's preprocessor_config.json
-// when present, else HF's defaults), the model in eval mode without autograd, then
-// post_process_semantic_segmentation to the original image size. Writes
-//   --output        the image blended with the class colours, plus a legend of the classes present;
+// when present, else HF's defaults), the model run by the inference engine (SegformerInference:
+// no autograd, folded decode head), then post_process_semantic_segmentation to the original image
+// size. --autograd runs the autograd model in eval mode instead (slower; the same logits to
+// float32 rounding: to compare, or to look inside). Writes
+//   --output        the image blended with the class colours (class_colors(): by class name,
+//                   io/palette.hpp), plus a legend of the classes present;
 //   --mask          the label map as an 8-bit greyscale PNG of class ids (needs num_labels <= 256);
 //   --logits        the model's raw logits, float32 tensor `logits` (1, num_labels, h, w);
 //   --pixel-values  the preprocessed input, float32 tensor `pixel_values` (1, 3, H, W)
@@ -34,6 +37,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -41,6 +45,7 @@
 #include <segml/io/image.hpp>
 #include <segml/io/image_processor.hpp>
 #include <segml/io/overlay.hpp>
+#include <segml/models/segformer_inference.hpp>
 
 #include "cli_checks.hpp"
 #include "program_support.hpp"
@@ -62,7 +67,20 @@ struct Timing {
   double preprocess = 0, model = 0, postprocess = 0;
 };
 
-Timing segment_one(SegformerForSemanticSegmentation<float>& model, const SegformerImageProcessor& processor,
+// The model: the engine, or (--autograd) the autograd model in eval mode.
+struct Runner {
+  SegformerConfig config;
+  std::optional<SegformerInference<float>> engine;
+  std::optional<SegformerForSemanticSegmentation<float>> model;
+  std::vector<Rgb> colors;  // class_colors(config.id2label)
+  Tensor<float> run(const Tensor<float>& pixel_values) {
+    if (engine) return engine->run(pixel_values);
+    NoGradGuard no_grad;
+    return model->forward(Var<float>(pixel_values)).logits.data();
+  }
+};
+
+Timing segment_one(Runner& model, const SegformerImageProcessor& processor,
                    const std::string& image_path, const Outputs& out, int repeat, double alpha, int64_t max_pixels) {
   Timing t;
   auto t0 = Clock::now();
@@ -73,13 +91,10 @@ Timing segment_one(SegformerForSemanticSegmentation<float>& model, const Segform
 
   std::vector<double> runs;
   Tensor<float> logits;
-  {
-    NoGradGuard no_grad;
-    for (int r = 0; r < repeat; ++r) {
-      t0 = Clock::now();
-      logits = model.forward(Var<float>(pixel_values)).logits.data();
-      runs.push_back(ms_since(t0));
-    }
+  for (int r = 0; r < repeat; ++r) {
+    t0 = Clock::now();
+    logits = model.run(pixel_values);
+    runs.push_back(ms_since(t0));
   }
   t.model = median(runs);
   // The full-size steps below need the memory more than the next inference needs its recycled
@@ -97,9 +112,9 @@ Timing segment_one(SegformerForSemanticSegmentation<float>& model, const Segform
     save_png(out.mask, labels.narrow);
   }
   if (!out.overlay.empty()) {
-    overlay_in_place(image, labels, alpha);  // the original is not needed any more
+    overlay_in_place(image, labels, alpha, model.colors);  // the original is not needed any more
     labels = LabelMap();
-    const Image with_legend = add_legend(image, histogram, model.config.id2label);
+    const Image with_legend = add_legend(image, histogram, model.config.id2label, model.colors);
     image = Image();
     save_png(out.overlay, with_legend);
   }
@@ -117,7 +132,7 @@ Timing segment_one(SegformerForSemanticSegmentation<float>& model, const Segform
 }
 
 // segment_one, with any failure (including running out of memory) reported for that image.
-Timing segment_file(SegformerForSemanticSegmentation<float>& model, const SegformerImageProcessor& processor,
+Timing segment_file(Runner& model, const SegformerImageProcessor& processor,
                     const std::string& image_path, const Outputs& out, int repeat, double alpha, int64_t max_pixels) {
   try {
     return segment_one(model, processor, image_path, out, repeat, alpha, max_pixels);
@@ -140,7 +155,7 @@ int main(int argc, char** argv) {
   int threads = 0, repeat = 1;
   double alpha = 0.5;
   int64_t max_pixels = kDefaultMaxPixels;
-  bool allow_non_finite = false;
+  bool allow_non_finite = false, autograd = false;
   std::string revision = "main";
   app.add_option("--model", model_path, "checkpoint folder (or its model.safetensors), or a hub id such as "
                  "nvidia/segformer-b0-finetuned-ade-512-512 (HF cache, else downloaded)")->required();
@@ -158,6 +173,8 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(cli::positive_whole());
   app.add_flag("--allow-non-finite", allow_non_finite, "load a checkpoint with NaN / Inf weights anyway (to inspect it)");
+  app.add_flag("--autograd", autograd,
+               "run the autograd model instead of the inference engine (slower, same logits to float32 rounding)");
   CLI11_PARSE(app, argc, argv);
 
   try {
@@ -167,12 +184,20 @@ int main(int argc, char** argv) {
     opt.allow_non_finite = allow_non_finite;
     opt.revision = revision;
     auto t0 = Clock::now();
-    SegformerForSemanticSegmentation<float> model = from_pretrained<float>(model_path, opt);
-    model.eval();
+    Runner model;
+    {
+      SegformerForSemanticSegmentation<float> loaded = from_pretrained<float>(model_path, opt);
+      loaded.eval();
+      model.config = loaded.config;
+      if (autograd) model.model.emplace(std::move(loaded));
+      else model.engine.emplace(loaded);  // its own packed copy of the weights; the model is freed here
+    }
+    model.colors = class_colors(model.config.id2label);
     std::string processor_source;
     const SegformerImageProcessor processor = SegformerImageProcessor::from_pretrained(model_path, &processor_source, {revision});
-    std::printf("model %s: %lld labels, loaded in %.0f ms; processor %s (%lldx%lld); %d threads\n", model_path.c_str(),
-                static_cast<long long>(model.config.num_labels), ms_since(t0),
+    std::printf("model %s: %lld labels, loaded in %.0f ms (%s); processor %s (%lldx%lld); %d threads\n",
+                model_path.c_str(), static_cast<long long>(model.config.num_labels), ms_since(t0),
+                autograd ? "autograd model" : "inference engine",
                 processor_source.c_str(), static_cast<long long>(processor.height),
                 static_cast<long long>(processor.width), num_threads());
 

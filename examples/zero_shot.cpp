@@ -139,11 +139,14 @@ Timing segment_one(Session& s, const std::string& image_path, const Outputs& out
     if (!file->empty()) ensure_parent(*file);
   if (!out.mask.empty()) save_png(out.mask, labels.narrow);
   if (!out.overlay.empty()) {
+    // Prompt k is label k + 1 and takes the colour of its name (io/palette.hpp); 0 stays the image.
+    std::vector<Rgb> colors{Rgb{255, 255, 255}};
+    for (const Rgb& c : class_colors(s.prompts)) colors.push_back(c);
     Image blended = rgb;
-    overlay_in_place(blended, labels, s.alpha, /*transparent=*/0);
+    overlay_in_place(blended, labels, s.alpha, /*transparent=*/0, colors);
     std::map<int64_t, std::string> names{{0, "nothing"}};
     for (size_t k = 0; k < s.prompts.size(); ++k) names[int64_t(k) + 1] = s.prompts[k];
-    save_png(out.overlay, add_legend(blended, histogram, names, 40, /*transparent=*/0));
+    save_png(out.overlay, add_legend(blended, histogram, names, 40, /*transparent=*/0, colors));
   }
   if (!out.heatmaps.empty()) {
     fs::create_directories(out.heatmaps);

@@ -1,6 +1,8 @@
 // examples/segment and examples/evaluate run as programs: every numeric flag is validated (the
 // error names the flag, the value and the range), an image above --max-pixels is refused naming
-// the file, and a checkpoint with a NaN weight is refused unless --allow-non-finite. Built only with
+// the file, and a checkpoint with a NaN weight is refused unless --allow-non-finite. Both run the
+// inference engine, whose logits and metrics match the autograd model's (--autograd); evaluate's
+// split default, --subset and prediction pictures. Built only with
 // the examples (tests/CMakeLists.txt passes the programs' paths as SEGML_SEGMENT_PROGRAM and
 // SEGML_EVALUATE_PROGRAM).
 #include <doctest/doctest.h>
@@ -11,10 +13,13 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <sstream>
 #include <string>
 
+#include <segml/data/dataset.hpp>
 #include <segml/io/checkpoint.hpp>
 #include <segml/io/image.hpp>
 #include <segml/io/image_processor.hpp>
@@ -22,6 +27,7 @@
 #include "support.hpp"
 
 using namespace segml;
+namespace fs = std::filesystem;
 
 namespace {
 
@@ -167,4 +173,112 @@ TEST_CASE("segment: a 7000x7000 image peaks at most 400 MB above the model's own
   const Image mask = load_label_map(dir.file("big_mask.png"));
   CHECK(mask.height == 7000);
   CHECK(mask.width == 7000);
+}
+
+// ---- the inference engine in segment and evaluate; evaluate's split, subset and pictures ----------
+
+namespace {
+
+nlohmann::json read_json_file(const std::string& path) {
+  std::ifstream in(path);
+  REQUIRE_MESSAGE(in.good(), path);
+  return nlohmann::json::parse(in);
+}
+
+}  // namespace
+
+TEST_CASE("segment: the inference engine's logits match the autograd model's (--autograd)") {
+  test::TempDir dir("segment_engine");
+  const std::string model = tiny_checkpoint(dir, "model", 3), image = quote(kDataDir + "street_375x500.png");
+  const Run engine = run(SEGML_SEGMENT_PROGRAM, "--model " + quote(model) + " --image " + image +
+                                                    " --logits engine.safetensors --mask engine.png --output overlay.png", dir);
+  REQUIRE_MESSAGE(engine.status == 0, engine.output);
+  CHECK(engine.output.find("inference engine") != std::string::npos);
+  const Run autograd = run(SEGML_SEGMENT_PROGRAM, "--model " + quote(model) + " --image " + image +
+                                                      " --logits autograd.safetensors --mask autograd.png --autograd", dir);
+  REQUIRE_MESSAGE(autograd.status == 0, autograd.output);
+  CHECK(autograd.output.find("autograd model") != std::string::npos);
+  const Tensor<float> a = safetensors::File(dir.file("engine.safetensors")).get<float>("logits");
+  const Tensor<float> b = safetensors::File(dir.file("autograd.safetensors")).get<float>("logits");
+  test::compare("segment logits, engine vs autograd", a, b, 1e-4, 1e-4);
+  // The label maps agree except where two classes' logits are within rounding of each other.
+  const Image ma = load_label_map(dir.file("engine.png")), mb = load_label_map(dir.file("autograd.png"));
+  REQUIRE(ma.data.size() == mb.data.size());
+  size_t differ = 0;
+  for (size_t i = 0; i < ma.data.size(); ++i) differ += ma.data[i] != mb.data[i];
+  CHECK(double(differ) <= 1e-3 * double(ma.data.size()));
+  // The overlay carries a legend panel to the right of the image.
+  CHECK(load_image(dir.file("overlay.png")).width > 500);
+}
+
+TEST_CASE("evaluate: the engine gives the autograd model's metrics, and a confusion matrix in percentages") {
+  test::TempDir dir("evaluate_engine");
+  const std::string model = tiny_checkpoint(dir, "model", 3);
+  const std::string base = "--model " + quote(model) + " --data " + quote(kDataDir + "hf_export") + " --split train ";
+  const Run engine = run(SEGML_EVALUATE_PROGRAM, base + "--json engine.json", dir);
+  REQUIRE_MESSAGE(engine.status == 0, engine.output);
+  CHECK(engine.output.find("inference engine") != std::string::npos);
+  CHECK(engine.output.find("rows = ground truth, columns = prediction") != std::string::npos);
+  CHECK(engine.output.find("e-0") == std::string::npos);
+  const Run autograd = run(SEGML_EVALUATE_PROGRAM, base + "--json autograd.json --autograd", dir);
+  REQUIRE_MESSAGE(autograd.status == 0, autograd.output);
+  CHECK(autograd.output.find("autograd model") != std::string::npos);
+  const nlohmann::json a = read_json_file(dir.file("engine.json")), b = read_json_file(dir.file("autograd.json"));
+  CHECK(a["images"] == 2);
+  CHECK(std::abs(a["mean_iou"].get<double>() - b["mean_iou"].get<double>()) < 1e-3);
+  CHECK(std::abs(a["overall_accuracy"].get<double>() - b["overall_accuracy"].get<double>()) < 1e-3);
+}
+
+TEST_CASE("evaluate: --split defaults to a split that exists, and an unknown split lists the splits found") {
+  test::TempDir dir("evaluate_split");
+  const std::string model = tiny_checkpoint(dir, "model", 3);
+  const std::string base = "--model " + quote(model) + " --data " + quote(kDataDir + "hf_export") + " ";
+  const Run by_default = run(SEGML_EVALUATE_PROGRAM, base + "--json d.json", dir);
+  REQUIRE_MESSAGE(by_default.status == 0, by_default.output);
+  CHECK(read_json_file(dir.file("d.json"))["split"] == "val");
+  check_refused(run(SEGML_EVALUATE_PROGRAM, base + "--split test", dir),
+                "--split: 'test' is not a split of " + kDataDir + "hf_export; splits found: train, val");
+  // A dataset with neither val, validation nor test: the default names what there is.
+  fs::create_directories(dir.file("only_train"));
+  fs::copy(kDataDir + "hf_export/train", dir.file("only_train/train"), fs::copy_options::recursive);
+  fs::copy(kDataDir + "hf_export/id2label.json", dir.file("only_train/id2label.json"));
+  check_refused(run(SEGML_EVALUATE_PROGRAM, "--model " + quote(model) + " --data only_train", dir),
+                "no val, validation or test split to evaluate by default; give --split (splits found: train)");
+}
+
+TEST_CASE("evaluate: --subset N --split train evaluates the N training images finetune_sidewalk --subset N uses") {
+  test::TempDir dir("evaluate_subset");
+  const std::string model = tiny_checkpoint(dir, "model", 3);
+  const std::string base = "--model " + quote(model) + " --data " + quote(kDataDir + "hf_export") + " --split train ";
+  const Run r = run(SEGML_EVALUATE_PROGRAM, base + "--subset 1 --seed 3 --json s.json", dir);
+  REQUIRE_MESSAGE(r.status == 0, r.output);
+  const nlohmann::json j = read_json_file(dir.file("s.json"));
+  CHECK(j["images"] == 1);
+  CHECK(j["subset"]["images"] == 1);
+  CHECK(j["subset"]["seed"] == 3);
+  // The same image as the dataset's own subset(1) with that seed, scored alone.
+  DatasetOptions o;
+  o.seed = 3;
+  const SegmentationDataset chosen = SegmentationDataset::open(kDataDir + "hf_export", "train", o).subset(1);
+  const std::string stem = chosen.path_of(0).stem().string();
+  const Run p = run(SEGML_EVALUATE_PROGRAM, base + "--subset 1 --seed 3 --predictions pred", dir);
+  REQUIRE_MESSAGE(p.status == 0, p.output);
+  CHECK(fs::exists(dir.file("pred/" + stem + ".png")));
+  CHECK(std::distance(fs::directory_iterator(dir.file("pred")), fs::directory_iterator()) == 1);
+  check_refused(run(SEGML_EVALUATE_PROGRAM, base + "--subset 5", dir), "--subset 5: split \"train\" of");
+  check_refused(run(SEGML_EVALUATE_PROGRAM, base + "--subset 0", dir), "--subset: got '0'");
+  check_refused(run(SEGML_EVALUATE_PROGRAM, base + "--seed 2", dir), "--seed only chooses --subset's images");
+}
+
+TEST_CASE("evaluate --predictions: the prediction beside the ground truth, with a legend") {
+  test::TempDir dir("evaluate_predictions");
+  const std::string model = tiny_checkpoint(dir, "model", 3);
+  const Run r = run(SEGML_EVALUATE_PROGRAM,
+                    "--model " + quote(model) + " --data " + quote(kDataDir + "hf_export") + " --split val --predictions pred", dir);
+  REQUIRE_MESSAGE(r.status == 0, r.output);
+  const SegmentationDataset ds = SegmentationDataset::open(kDataDir + "hf_export", "val");
+  const Sample s = ds.load(0);
+  const Image out = load_image(dir.file("pred/" + ds.path_of(0).stem().string() + ".png"));
+  CHECK(out.width > 2 * s.rgb.width);    // two images and a legend panel
+  CHECK(out.height >= s.rgb.height);
 }

@@ -395,8 +395,11 @@ TEST_CASE("demo: the page, /healthz and /api/info") {
   CHECK(info["input_size"] == json::array({64, 64}));
   REQUIRE(info["classes"].size() == 8);
   CHECK(info["classes"][0]["name"] == "road");
+  std::vector<std::string> names;
+  for (const auto& c : info["classes"]) names.push_back(c["name"].get<std::string>());
+  const std::vector<Rgb> by_name = segml::class_colors(names);  // the colours of the names (io/palette.hpp)
   for (const auto& c : info["classes"]) {
-    const Rgb rgb = palette_color(c["id"].get<int64_t>());
+    const Rgb rgb = by_name[c["id"].get<size_t>()];
     CHECK(c["color"] == json::array({rgb[0], rgb[1], rgb[2]}));
   }
   check_error(cli.Get("/no/such/page"), 404, "no such path");
@@ -1199,6 +1202,7 @@ TEST_CASE("demo: /api/zero_shot gives post_process_zero_shot of the engine's log
     std::vector<int64_t> count(prompts.size() + 1, 0);
     for (int64_t p = 0; p < want.numel(); ++p) ++count[size_t(want[p])];
     REQUIRE(body["classes"].size() == prompts.size());
+    const std::vector<Rgb> prompt_colors = segml::class_colors(prompts);  // each prompt by its words (io/palette.hpp)
     int64_t previous = std::numeric_limits<int64_t>::max(), pixels = body["nothing"]["pixels"].get<int64_t>();
     CHECK(pixels == count[0]);
     std::set<int64_t> ids;
@@ -1210,7 +1214,7 @@ TEST_CASE("demo: /api/zero_shot gives post_process_zero_shot of the engine's log
       CHECK(c["pixels"].get<int64_t>() <= previous);
       previous = c["pixels"].get<int64_t>();
       pixels += c["pixels"].get<int64_t>();
-      const Rgb rgb = palette_color(id);
+      const Rgb rgb = prompt_colors[size_t(id - 1)];
       CHECK(c["color"] == json::array({rgb[0], rgb[1], rgb[2]}));
       CHECK(c["tokens"].get<int64_t>() >= 3);  // BOS, at least one token, EOS
     }
@@ -1227,7 +1231,7 @@ TEST_CASE("demo: /api/zero_shot gives post_process_zero_shot of the engine's log
     bool mask_ok = w == 500 && h == 375;
     for (int64_t p = 0; mask_ok && p < want.numel(); ++p) {
       const int64_t k = want[p];
-      const Rgb c = palette_color(k);
+      const Rgb c = k == 0 ? Rgb{} : prompt_colors[size_t(k - 1)];
       mask_ok = k == 0 ? px[p * 4 + 3] == 0
                        : px[p * 4 + 3] == 255 && px[p * 4] == c[0] && px[p * 4 + 1] == c[1] && px[p * 4 + 2] == c[2];
     }

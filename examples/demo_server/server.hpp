@@ -295,12 +295,14 @@ inline ZeroShotModel random_zero_shot(const std::string& preset, uint64_t seed =
 
 // The colours of a request's classes: names[id] is class id's name, the answer colors[id]. The one
 // place the server picks colours: the legend, /api/info, the palette sent with the label map (by
-// which the page colours it) and the server-side PNGs all take them from here. Today: the palette
-// by class number, palette_color(id).
-inline std::vector<Rgb> class_colors(const std::vector<std::string>& names) {
-  std::vector<Rgb> out;
-  out.reserve(names.size());
-  for (size_t id = 0; id < names.size(); ++id) out.push_back(palette_color(int64_t(id)));
+// which the page colours it) and the server-side PNGs all take them from here: the colours of the
+// names (segml::class_colors, io/palette.hpp: Cityscapes, ADE20K and CamVid colours by class name,
+// distinct fallback hues), as segment and evaluate draw them. In zero-shot mode names[0] is
+// "nothing" (never drawn: white here, as zero_shot's) and the prompts are coloured by their words.
+inline std::vector<Rgb> class_colors(const std::vector<std::string>& names, bool zero_shot = false) {
+  if (!zero_shot) return segml::class_colors(names);
+  std::vector<Rgb> out{Rgb{255, 255, 255}};
+  for (const Rgb& c : segml::class_colors(std::vector<std::string>(names.begin() + 1, names.end()))) out.push_back(c);
   return out;
 }
 
@@ -1027,7 +1029,7 @@ class DemoServer {
     const double total_px = double(labels.numel());
     std::vector<std::string> names = {"nothing"};
     names.insert(names.end(), prompts.begin(), prompts.end());
-    const std::vector<Rgb> colors = class_colors(names);
+    const std::vector<Rgb> colors = class_colors(names, /*zero_shot=*/true);
     nlohmann::json classes = nlohmann::json::array();
     for (size_t k : order) {  // every prompt, most pixels first
       const int64_t id = int64_t(k) + 1;

@@ -1,9 +1,10 @@
 // segml/io/overlay.hpp: pictures of label maps — class palette, colour mask, blended overlay, legend.
 //
 // Guarantees:
-//  - palette_color(id) is fixed: ids 0..18 get the Cityscapes colours (road purple, sidewalk pink,
-//    building grey, ...), which also serve ADE20K-style label sets well; every larger id gets a
-//    deterministic hashed colour (the same on every run and platform).
+//  - Colours come from a list indexed by class id, normally class_colors(id2label) (io/palette.hpp:
+//    by class NAME, a dataset's own palette first, distinct fallback colours). Every function below
+//    takes that list; an id beyond the list (or the overloads without a list) falls back to
+//    palette_color(id): ids 0..18 the Cityscapes colours by number, larger ids a hashed colour.
 //  - colorize() maps a (H, W) label map to an RGB image; overlay() blends it over the image
 //    (out = (1 - alpha) * image + alpha * colour, rounded), both at the label map's size.
 //    overlay_in_place() blends into the RGB image itself (the same bytes as overlay(), no copy), and
@@ -12,7 +13,8 @@
 //  - heat_color() / heatmap_overlay(): values in [0, 1] as a perceptual colour map over an image.
 //  - class_histogram() counts the pixels of each class present; add_legend() appends a white panel
 //    to the right of an image listing those classes (colour swatch, id, name, share of pixels),
-//    most frequent first. The text uses stb_easy_font (Debian's libstb-dev) when available; without
+//    most frequent first. side_by_side() puts two images next to each other with a caption above
+//    each (evaluate --predictions: prediction | ground truth). The text uses stb_easy_font (Debian's libstb-dev) when available; without
 //    it the legend shows the swatches only.
 // Does not: resize (the label map must already have the image's size), read or write files.
 #pragma once
@@ -31,6 +33,7 @@
 #include "segml/core/error.hpp"
 #include "segml/core/tensor.hpp"
 #include "segml/io/image.hpp"
+#include "segml/io/palette.hpp"
 
 #if defined(SEGML_HAVE_STB) && __has_include(<stb_easy_font.h>)
 #define SEGML_HAVE_EASY_FONT 1
@@ -43,8 +46,6 @@
 #endif
 
 namespace segml {
-
-using Rgb = std::array<uint8_t, 3>;
 
 // The colour of class `id` (see the file comment).
 inline Rgb palette_color(int64_t id) {
@@ -63,7 +64,16 @@ inline Rgb palette_color(int64_t id) {
           static_cast<uint8_t>(48 + ((z >> 16) & 0xff) % 208)};
 }
 
+// The colour of class `id` from `colors` (class_colors()), or palette_color(id) beyond it.
+inline Rgb class_color(int64_t id, const std::vector<Rgb>& colors) {
+  return id >= 0 && id < static_cast<int64_t>(colors.size()) ? colors[static_cast<size_t>(id)] : palette_color(id);
+}
+
 namespace detail {
+inline const std::vector<Rgb>& no_colors() {
+  static const std::vector<Rgb> none;
+  return none;
+}
 inline void check_label_map(const Tensor<int64_t>& labels, const char* what) {
   SEGML_CHECK(labels.dim() == 2 && labels.numel() > 0, what, ": labels must be a non-empty (H, W) map, got ", labels.shape());
 }
@@ -90,11 +100,11 @@ inline void for_each_label(const LabelMap& labels, F&& f) {
 }
 
 template <class Labels>
-inline Image colorize_impl(const Labels& labels) {
+inline Image colorize_impl(const Labels& labels, const std::vector<Rgb>& colors) {
   check_label_map(labels, "colorize");
   Image out(label_rows(labels), label_cols(labels), 3);
   for_each_label(labels, [&](int64_t p, int64_t id) {
-    const Rgb c = palette_color(id);
+    const Rgb c = class_color(id, colors);
     std::copy(c.begin(), c.end(), out.data.begin() + 3 * p);
   });
   return out;
@@ -102,7 +112,8 @@ inline Image colorize_impl(const Labels& labels) {
 
 // rgb (H, W, 3) = (1 - alpha) * rgb + alpha * palette colour, rounded: overlay()'s formula.
 template <class Labels>
-inline void blend_impl(Image& rgb, const Labels& labels, double alpha, const char* what, int64_t transparent = -1) {
+inline void blend_impl(Image& rgb, const Labels& labels, double alpha, const char* what, int64_t transparent,
+                       const std::vector<Rgb>& colors) {
   check_label_map(labels, what);
   SEGML_CHECK(rgb.height == label_rows(labels) && rgb.width == label_cols(labels), what, ": image is ", rgb.height, "x",
               rgb.width, " but the label map is ", label_rows(labels), "x", label_cols(labels));
@@ -110,7 +121,7 @@ inline void blend_impl(Image& rgb, const Labels& labels, double alpha, const cha
   SEGML_CHECK(alpha >= 0.0 && alpha <= 1.0, what, ": alpha must be in [0, 1], got ", alpha);
   for_each_label(labels, [&](int64_t p, int64_t id) {
     if (id == transparent) return;
-    const Rgb c = palette_color(id);
+    const Rgb c = class_color(id, colors);
     uint8_t* px = rgb.data.data() + 3 * p;
     for (size_t k = 0; k < 3; ++k) px[k] = static_cast<uint8_t>(std::lround((1.0 - alpha) * px[k] + alpha * c[k]));
   });
@@ -137,44 +148,53 @@ inline std::vector<std::pair<int64_t, int64_t>> histogram_impl(const Labels& lab
 }
 }  // namespace detail
 
-// labels (H, W) -> RGB image of palette colours.
-inline Image colorize(const Tensor<int64_t>& labels) { return detail::colorize_impl(labels); }
-inline Image colorize(const LabelMap& labels) { return detail::colorize_impl(labels); }
+// labels (H, W) -> RGB image of the class colours.
+inline Image colorize(const Tensor<int64_t>& labels, const std::vector<Rgb>& colors = detail::no_colors()) {
+  return detail::colorize_impl(labels, colors);
+}
+inline Image colorize(const LabelMap& labels, const std::vector<Rgb>& colors = detail::no_colors()) {
+  return detail::colorize_impl(labels, colors);
+}
 // colorize() into an existing RGB image of the labels' size, overwriting it (no new image).
-inline void colorize_in_place(Image& rgb, const LabelMap& labels) {
+inline void colorize_in_place(Image& rgb, const LabelMap& labels, const std::vector<Rgb>& colors = detail::no_colors()) {
   detail::check_label_map(labels, "colorize_in_place");
   SEGML_CHECK(rgb.channels == 3 && rgb.height == labels.height && rgb.width == labels.width,
               "colorize_in_place: the image is ", rgb.height, "x", rgb.width, "x", rgb.channels, ", expected ",
               labels.height, "x", labels.width, "x3");
   detail::for_each_label(labels, [&](int64_t p, int64_t id) {
-    const Rgb c = palette_color(id);
+    const Rgb c = class_color(id, colors);
     std::copy(c.begin(), c.end(), rgb.data.begin() + 3 * p);
   });
 }
 
 // The image (any channel count, same size as labels) blended with the class colours.
-inline Image overlay(const Image& image, const Tensor<int64_t>& labels, double alpha = 0.5) {
+inline Image overlay(const Image& image, const Tensor<int64_t>& labels, double alpha = 0.5,
+                     const std::vector<Rgb>& colors = detail::no_colors()) {
   Image out = to_rgb(image);
-  detail::blend_impl(out, labels, alpha, "overlay");
+  detail::blend_impl(out, labels, alpha, "overlay", -1, colors);
   return out;
 }
-inline Image overlay(const Image& image, const LabelMap& labels, double alpha = 0.5) {
+inline Image overlay(const Image& image, const LabelMap& labels, double alpha = 0.5,
+                     const std::vector<Rgb>& colors = detail::no_colors()) {
   Image out = to_rgb(image);
-  detail::blend_impl(out, labels, alpha, "overlay");
+  detail::blend_impl(out, labels, alpha, "overlay", -1, colors);
   return out;
 }
 
 // overlay() into the RGB image itself, for when the original is not needed any more (saves a copy
 // of the image: 147 MB at 7000x7000).
-inline void overlay_in_place(Image& rgb, const Tensor<int64_t>& labels, double alpha = 0.5) {
-  detail::blend_impl(rgb, labels, alpha, "overlay_in_place");
+inline void overlay_in_place(Image& rgb, const Tensor<int64_t>& labels, double alpha = 0.5,
+                             const std::vector<Rgb>& colors = detail::no_colors()) {
+  detail::blend_impl(rgb, labels, alpha, "overlay_in_place", -1, colors);
 }
-inline void overlay_in_place(Image& rgb, const LabelMap& labels, double alpha = 0.5) {
-  detail::blend_impl(rgb, labels, alpha, "overlay_in_place");
+inline void overlay_in_place(Image& rgb, const LabelMap& labels, double alpha = 0.5,
+                             const std::vector<Rgb>& colors = detail::no_colors()) {
+  detail::blend_impl(rgb, labels, alpha, "overlay_in_place", -1, colors);
 }
 // overlay_in_place() leaving the pixels of label `transparent` as they are (e.g. zero-shot's "nothing").
-inline void overlay_in_place(Image& rgb, const LabelMap& labels, double alpha, int64_t transparent) {
-  detail::blend_impl(rgb, labels, alpha, "overlay_in_place", transparent);
+inline void overlay_in_place(Image& rgb, const LabelMap& labels, double alpha, int64_t transparent,
+                             const std::vector<Rgb>& colors = detail::no_colors()) {
+  detail::blend_impl(rgb, labels, alpha, "overlay_in_place", transparent, colors);
 }
 
 // A perceptual colour map for values in [0, 1] (dark purple -> red -> yellow, like matplotlib's
@@ -261,10 +281,12 @@ inline int64_t text_width(const std::string& text, int64_t scale) {
 }  // namespace detail
 
 // `image` with a legend panel on its right: one row per class of `histogram` (from class_histogram),
-// "id name  xx.x%", at most `max_rows` rows (then "+ N more"). `names[id]` names the classes.
+// "id name  xx.x%", at most `max_rows` rows (then "+ N more"). `names[id]` names the classes and
+// `colors` colours them (the list the overlay was painted with; palette_color() beyond it).
 // A class equal to `transparent` (not coloured in the overlay) gets a white swatch.
 inline Image add_legend(const Image& image, const std::vector<std::pair<int64_t, int64_t>>& histogram,
-                        const std::map<int64_t, std::string>& names, size_t max_rows = 40, int64_t transparent = -1) {
+                        const std::map<int64_t, std::string>& names, size_t max_rows = 40, int64_t transparent = -1,
+                        const std::vector<Rgb>& colors = detail::no_colors()) {
   SEGML_CHECK(image.height > 0 && image.width > 0, "add_legend: empty image");
   const Image converted = image.channels == 3 ? Image() : to_rgb(image);  // no copy of an RGB image
   const Image& rgb = image.channels == 3 ? image : converted;
@@ -280,7 +302,7 @@ inline Image add_legend(const Image& image, const std::vector<std::pair<int64_t,
     char share[32];
     if (percent < 0.1) std::snprintf(share, sizeof share, "  <0.1%%");
     else std::snprintf(share, sizeof share, "  %.1f%%", percent);
-    rows.emplace_back(id == transparent ? Rgb{255, 255, 255} : palette_color(id),
+    rows.emplace_back(id == transparent ? Rgb{255, 255, 255} : class_color(id, colors),
                       std::to_string(id) + " " + (it != names.end() ? it->second : "?") + share);
   }
   if (histogram.size() > max_rows) rows.emplace_back(Rgb{255, 255, 255}, "+ " + std::to_string(histogram.size() - max_rows) + " more");
@@ -297,6 +319,35 @@ inline Image add_legend(const Image& image, const std::vector<std::pair<int64_t,
     detail::fill_rect(out, x + 1, y + 1, x + swatch - 1, y + swatch - 1, rows[i].first);
     detail::draw_text(out, x + swatch + gap, y + scale, rows[i].second, scale, Rgb{0, 0, 0});
   }
+  return out;
+}
+
+// add_legend() with the colours given first (the usual call: add_legend(img, hist, names, colors)).
+inline Image add_legend(const Image& image, const std::vector<std::pair<int64_t, int64_t>>& histogram,
+                        const std::map<int64_t, std::string>& names, const std::vector<Rgb>& colors,
+                        size_t max_rows = 40, int64_t transparent = -1) {
+  return add_legend(image, histogram, names, max_rows, transparent, colors);
+}
+
+// `left` and `right` (RGB, or converted to RGB) next to each other, a white gap between them, each
+// under its caption (e.g. "prediction", "ground truth"); the shorter one is padded with white.
+inline Image side_by_side(const Image& left, const std::string& left_caption, const Image& right,
+                          const std::string& right_caption) {
+  SEGML_CHECK(left.height > 0 && left.width > 0 && right.height > 0 && right.width > 0,
+              "side_by_side: empty image (", left.height, "x", left.width, " and ", right.height, "x", right.width, ")");
+  const Image l = to_rgb(left), r = to_rgb(right);
+  const int64_t scale = std::max<int64_t>(1, std::min(l.height, l.width) / 320);
+  const int64_t caption = 16 * scale, gap = 8 * scale;
+  const int64_t height = caption + std::max(l.height, r.height);
+  Image out(height, l.width + gap + r.width, 3, 255);
+  auto paste = [&](const Image& src, int64_t x0) {
+    for (int64_t y = 0; y < src.height; ++y)
+      std::copy_n(src.data.begin() + y * src.width * 3, src.width * 3, out.data.begin() + ((caption + y) * out.width + x0) * 3);
+  };
+  paste(l, 0);
+  paste(r, l.width + gap);
+  detail::draw_text(out, 4 * scale, 3 * scale, left_caption, scale, Rgb{0, 0, 0});
+  detail::draw_text(out, l.width + gap + 4 * scale, 3 * scale, right_caption, scale, Rgb{0, 0, 0});
   return out;
 }
 

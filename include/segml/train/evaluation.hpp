@@ -1,12 +1,14 @@
 // segml/train/evaluation.hpp: whole-image evaluation of a SegFormer on a dataset split, as HF does it.
 //
 // evaluate_dataset(): every image is resized by the image processor (its size, bilinear), run in
-// eval mode under NoGradGuard in batches, the logits are upsampled bilinearly (align_corners=False)
+// batches by the inference engine (SegformerInference) or by the autograd model in eval mode under
+// NoGradGuard (same logits to float32 rounding), the logits are upsampled bilinearly (align_corners=False)
 // to the label's own size and argmax'ed (post_process_semantic_segmentation), and the prediction is
 // accumulated against the stored label in a MeanIoUAccumulator (HF evaluate's mean_iou semantics,
 // ignore_index 255, reduce_labels on the labels when asked). The model is left in eval mode. Any
 // failure (out of memory included) is a segml::Error naming the images of the batch it was for.
-// metrics_table() formats the per-class IoU / accuracy table both programs print.
+// metrics_table() formats the per-class IoU / accuracy table both programs print; confusion_table()
+// the confusion matrix as row-normalised percentages ("87.3", fixed width, with a legend line).
 // Does not: sliding-window or multi-scale inference.
 #pragma once
 
@@ -24,6 +26,7 @@
 #include "segml/data/dataset.hpp"
 #include "segml/io/image_processor.hpp"
 #include "segml/models/segformer.hpp"
+#include "segml/models/segformer_inference.hpp"
 #include "segml/train/metrics.hpp"
 
 namespace segml::train {
@@ -44,14 +47,15 @@ struct EvalResult {
 // Called for each image with its index, the decoded sample and the prediction (H, W) at label size.
 using OnPrediction = std::function<void(size_t index, const Sample& sample, const Tensor<int64_t>& prediction)>;
 
-inline EvalResult evaluate_dataset(SegformerForSemanticSegmentation<float>& model, const SegmentationDataset& ds,
-                                   const SegformerImageProcessor& processor, const EvalOptions& opt = {},
-                                   const OnPrediction& on_prediction = {}) {
+namespace detail {
+// The loop of evaluate_dataset(); forward(pixel_values) -> logits (B, num_labels, h, w).
+template <class Forward>
+inline EvalResult evaluate_batches(Forward&& forward, int64_t num_labels, const SegmentationDataset& ds,
+                                   const SegformerImageProcessor& processor, const EvalOptions& opt,
+                                   const OnPrediction& on_prediction) {
   SEGML_CHECK(opt.batch_size >= 1, "evaluate_dataset: batch size must be >= 1, got ", opt.batch_size);
   const auto t0 = std::chrono::steady_clock::now();
-  model.eval();
-  NoGradGuard no_grad;
-  MeanIoUAccumulator acc(model.config.num_labels, opt.ignore_index, opt.reduce_labels);
+  MeanIoUAccumulator acc(num_labels, opt.ignore_index, opt.reduce_labels);
   for (size_t first = 0; first < ds.size(); first += static_cast<size_t>(opt.batch_size)) {
     const size_t last = std::min(ds.size(), first + static_cast<size_t>(opt.batch_size));
     try {
@@ -63,8 +67,8 @@ inline EvalResult evaluate_dataset(SegformerForSemanticSegmentation<float>& mode
         images.push_back(samples.back().rgb);
         sizes.emplace_back(samples.back().label.height, samples.back().label.width);
       }
-      const SegformerOutput<float> out = model.forward(Var<float>(processor.preprocess(images)));
-      const std::vector<Tensor<int64_t>> preds = processor.post_process_semantic_segmentation(out.logits.data(), sizes);
+      const Tensor<float> logits = forward(processor.preprocess(images));
+      const std::vector<Tensor<int64_t>> preds = processor.post_process_semantic_segmentation(logits, sizes);
       for (size_t k = 0; k < samples.size(); ++k) {
         acc.add(preds[k].data(), samples[k].label.data.data(), preds[k].numel());
         if (on_prediction) on_prediction(first + k, samples[k], preds[k]);
@@ -82,6 +86,26 @@ inline EvalResult evaluate_dataset(SegformerForSemanticSegmentation<float>& mode
   r.images = static_cast<int64_t>(ds.size());
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return r;
+}
+}  // namespace detail
+
+// With the inference engine: the way to evaluate a trained model (the programs use this one).
+inline EvalResult evaluate_dataset(SegformerInference<float>& engine, const SegmentationDataset& ds,
+                                   const SegformerImageProcessor& processor, const EvalOptions& opt = {},
+                                   const OnPrediction& on_prediction = {}) {
+  return detail::evaluate_batches([&](const Tensor<float>& x) { return engine.run(x); }, engine.config().num_labels, ds,
+                                  processor, opt, on_prediction);
+}
+
+// With the autograd model in eval mode under NoGradGuard (the Trainer's validation: no copy of the
+// weights per evaluation). The model is left in eval mode.
+inline EvalResult evaluate_dataset(SegformerForSemanticSegmentation<float>& model, const SegmentationDataset& ds,
+                                   const SegformerImageProcessor& processor, const EvalOptions& opt = {},
+                                   const OnPrediction& on_prediction = {}) {
+  model.eval();
+  NoGradGuard no_grad;
+  return detail::evaluate_batches([&](const Tensor<float>& x) { return model.forward(Var<float>(x)).logits.data(); },
+                                  model.config.num_labels, ds, processor, opt, on_prediction);
 }
 
 // The class names a model trained on `ds` predicts: reduce_labels drops class 0 (the background
@@ -129,6 +153,46 @@ inline std::string metrics_table(const MeanIoU& m, const std::vector<std::string
   std::snprintf(line, sizeof line, "  mean IoU %s%%   mean accuracy %s%%   overall accuracy %s%%\n",
                 pct(m.mean_iou).c_str(), pct(m.mean_accuracy).c_str(), pct(m.overall_accuracy).c_str());
   out += line;
+  return out;
+}
+
+// The confusion matrix as text: counts (rows x cols, row-major pixel counts, row = ground truth,
+// column = prediction) normalised per row to percentages of the row's pixels, one decimal, every
+// column 6 characters wide ("  87.3", "   0.0" for a share below 0.05 %, "     ." for no pixel at
+// all, "     -" for a row with no pixels). Columns are headed by class id; the rows name each class
+// ("  3 road"); a column beyond row_names (e.g. zero-shot's "no class") is listed under the table.
+// A legend line comes first.
+inline std::string confusion_table(const std::vector<double>& counts, const std::vector<std::string>& row_names,
+                                   const std::vector<std::string>& col_names) {
+  const size_t R = row_names.size(), C = col_names.size();
+  SEGML_CHECK(counts.size() == R * C, "confusion_table: ", counts.size(), " counts for ", R, " x ", C, " classes");
+  size_t name_width = 5;
+  for (const auto& n : row_names) name_width = std::max(name_width, std::min<size_t>(n.size(), 24));
+  const int id_width = static_cast<int>(std::to_string(std::max<size_t>(R, C)).size());
+  std::string out = "Confusion matrix: rows = ground truth, columns = prediction (class id), % of the row's pixels\n";
+  char cell[64];
+  std::string head(2 + static_cast<size_t>(id_width) + 1 + name_width, ' ');
+  for (size_t c = 0; c < C; ++c) {
+    std::snprintf(cell, sizeof cell, " %5zu", c);
+    head += cell;
+  }
+  out += head + "\n";
+  for (size_t r = 0; r < R; ++r) {
+    double total = 0;
+    for (size_t c = 0; c < C; ++c) total += counts[r * C + c];
+    std::snprintf(cell, sizeof cell, "  %*zu %-*s", id_width, r, static_cast<int>(name_width),
+                  row_names[r].substr(0, 24).c_str());
+    out += cell;
+    for (size_t c = 0; c < C; ++c) {
+      const double v = counts[r * C + c];
+      if (total <= 0) std::snprintf(cell, sizeof cell, " %5s", "-");
+      else if (v <= 0) std::snprintf(cell, sizeof cell, " %5s", ".");
+      else std::snprintf(cell, sizeof cell, " %5.1f", 100.0 * v / total);
+      out += cell;
+    }
+    out += "\n";
+  }
+  for (size_t c = R; c < C; ++c) out += "  column " + std::to_string(c) + " = " + col_names[c] + "\n";
   return out;
 }
 

@@ -699,10 +699,13 @@ class Trainer {
       smooth.x.push_back(double(history_[i].step)), smooth.y.push_back(ema);
     }
     for (const EvalRecord& e : evals_) miou.x.push_back(double(e.step)), miou.y.push_back(e.metrics.mean_iou);
+    Series lr{"learning rate", {}, {}, "#2ca02c", false, false};
+    for (const StepRecord& r : history_) lr.x.push_back(double(r.step)), lr.y.push_back(r.lr);
     std::vector<Series> series{loss, smooth};
     if (!evals_.empty()) series.push_back(miou);
     const std::string svg = line_plot_svg("SegFormer fine-tuning: training loss and validation mean IoU", "step",
-                                          "cross-entropy loss", evals_.empty() ? "" : "val mean IoU", series);
+                                          "cross-entropy loss", evals_.empty() ? "" : "val mean IoU", series, {lr},
+                                          "learning rate");
     safetensors::write_file_atomic((std::filesystem::path(opt_.output_dir) / "training_curves.svg").string(),
                                    std::vector<char>(svg.begin(), svg.end()));
   }
