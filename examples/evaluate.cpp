@@ -94,19 +94,7 @@ struct Progress {
 
 // A class name as a prompt: '_' and '-' -> ' ', runs of white space -> one space, trimmed, ASCII
 // letters lower case ("Sign_Symbol" -> "sign symbol"; other characters, e.g. '+', are kept).
-std::string clean_class_name(const std::string& name) {
-  std::string out;
-  for (unsigned char c : name) {
-    const bool space = c == '_' || c == '-' || std::isspace(c);
-    if (space) {
-      if (!out.empty() && out.back() != ' ') out += ' ';
-    } else {
-      out += static_cast<char>(std::tolower(c));
-    }
-  }
-  while (!out.empty() && out.back() == ' ') out.pop_back();
-  return out;
-}
+std::string clean_class_name(const std::string& name) { return normalize_class_name(name, "_-"); }
 
 void check_template(const std::string& t) {
   size_t count = 0;

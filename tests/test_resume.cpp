@@ -16,6 +16,7 @@
 #include <segml/train/trainer.hpp>
 
 #include "support.hpp"
+#include "train_support.hpp"
 
 using namespace segml;
 using namespace segml::train;
@@ -25,17 +26,10 @@ using segml::test::TempDir;
 namespace {
 
 SegformerConfig tiny_config(const std::vector<std::string>& labels) {
-  SegformerConfig c = segml::test::tiny_segformer_config();
-  c.set_labels(labels);
-  return c;
+  return segml::test::tiny_train_config(labels, /*keep_dropout=*/true);
 }
 
-const fs::path& scenes() {
-  static TempDir dir("resume_scenes");
-  static bool done = (write_synthetic_dataset(dir.path, 4, 0, 0, 48, 40, 5), true);
-  (void)done;
-  return dir.path;
-}
+const fs::path& scenes() { return segml::test::scenes_once("resume_scenes", 4, 0, 48, 40, 5); }
 
 TrainOptions tiny_options(const fs::path& out) {
   TrainOptions o;
@@ -50,12 +44,7 @@ TrainOptions tiny_options(const fs::path& out) {
   return o;
 }
 
-SegformerImageProcessor processor_for(const TrainOptions& o) {
-  SegformerImageProcessor p;
-  p.height = o.crop_height;
-  p.width = o.crop_width;
-  return p;
-}
+using segml::test::processor_for;
 
 // Every float of every tensor in the safetensors files under `dir` is finite.
 int64_t non_finite_in(const fs::path& dir) {

@@ -15,6 +15,7 @@
 #include <segml/train/trainer.hpp>
 
 #include "support.hpp"
+#include "train_support.hpp"
 
 using namespace segml;
 using namespace segml::train;
@@ -25,22 +26,10 @@ namespace {
 // A fresh folder under the system temp dir, removed at scope exit.
 using segml::test::TempDir;
 
-// The tiny SegFormer of the model fixtures (hidden 8..32), without dropout / drop-path.
-SegformerConfig tiny_config(const std::vector<std::string>& labels) {
-  SegformerConfig c = segml::test::tiny_segformer_config();
-  c.classifier_dropout_prob = 0.0;
-  c.drop_path_rate = 0.0;
-  c.set_labels(labels);
-  return c;
-}
+SegformerConfig tiny_config(const std::vector<std::string>& labels) { return segml::test::tiny_train_config(labels); }
 
 // 8 train, 2 val scenes of 64x48 (generated once per test run).
-const fs::path& scenes() {
-  static TempDir dir("scenes");
-  static bool done = (write_synthetic_dataset(dir.path, 8, 2, 0, 64, 48, 3), true);
-  (void)done;
-  return dir.path;
-}
+const fs::path& scenes() { return segml::test::scenes_once("scenes", 8, 2, 64, 48, 3); }
 
 TrainOptions small_options(const fs::path& out) {
   TrainOptions o;
@@ -54,27 +43,10 @@ TrainOptions small_options(const fs::path& out) {
   return o;
 }
 
-SegformerImageProcessor processor_for(const TrainOptions& o) {
-  SegformerImageProcessor p;
-  p.height = o.crop_height;
-  p.width = o.crop_width;
-  return p;
-}
+using segml::test::processor_for;
 
-std::vector<float> parameters_of(SegformerForSemanticSegmentation<float>& m) {
-  std::vector<float> all;
-  nn::Visitor<float> v;
-  v.parameter = [&](const std::string&, Var<float>& p) {
-    const Tensor<float> t = p.data().contiguous();
-    all.insert(all.end(), t.data(), t.data() + t.numel());
-  };
-  v.buffer = [&](const std::string&, Tensor<float>& b) {
-    const Tensor<float> t = b.contiguous();
-    all.insert(all.end(), t.data(), t.data() + t.numel());
-  };
-  m.visit(v);
-  return all;
-}
+// Parameters and buffers.
+std::vector<float> parameters_of(SegformerForSemanticSegmentation<float>& m) { return segml::test::parameters_of(m, true); }
 
 }  // namespace
 

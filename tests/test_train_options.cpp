@@ -19,6 +19,7 @@
 #include <segml/train/trainer.hpp>
 
 #include "support.hpp"
+#include "train_support.hpp"
 
 using namespace segml;
 using namespace segml::train;
@@ -27,21 +28,10 @@ using segml::test::TempDir;
 
 namespace {
 
-SegformerConfig tiny_config(const std::vector<std::string>& labels) {
-  SegformerConfig c = segml::test::tiny_segformer_config();
-  c.classifier_dropout_prob = 0.0;
-  c.drop_path_rate = 0.0;
-  c.set_labels(labels);
-  return c;
-}
+SegformerConfig tiny_config(const std::vector<std::string>& labels) { return segml::test::tiny_train_config(labels); }
 
 // 4 train, 2 val scenes of 48x40.
-const fs::path& scenes() {
-  static TempDir dir("options_scenes");
-  static bool done = (write_synthetic_dataset(dir.path, 4, 2, 0, 48, 40, 9), true);
-  (void)done;
-  return dir.path;
-}
+const fs::path& scenes() { return segml::test::scenes_once("options_scenes", 4, 2, 48, 40, 9); }
 
 TrainOptions tiny_options(const fs::path& out) {
   TrainOptions o;
@@ -55,24 +45,9 @@ TrainOptions tiny_options(const fs::path& out) {
   return o;
 }
 
-SegformerImageProcessor processor_for(const TrainOptions& o) {
-  SegformerImageProcessor p;
-  p.height = o.crop_height;
-  p.width = o.crop_width;
-  return p;
-}
+using segml::test::processor_for;
 
-std::vector<float> parameters_of(SegformerForSemanticSegmentation<float>& m) {
-  std::vector<float> all;
-  nn::Visitor<float> v;
-  v.parameter = [&](const std::string&, Var<float>& p) {
-    const Tensor<float> t = p.data().contiguous();
-    all.insert(all.end(), t.data(), t.data() + t.numel());
-  };
-  v.buffer = [](const std::string&, Tensor<float>&) {};
-  m.visit(v);
-  return all;
-}
+using segml::test::parameters_of;  // parameters only
 
 std::string read_text(const fs::path& p) {
   std::ifstream in(p, std::ios::binary);

@@ -40,6 +40,7 @@
 #include <set>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "segml/core/error.hpp"
@@ -48,11 +49,12 @@ namespace segml {
 
 using Rgb = std::array<uint8_t, 3>;
 
-// "Sign_Symbol" -> "sign symbol" (see the file comment).
-inline std::string normalize_class_name(const std::string& name) {
+// "Sign_Symbol" -> "sign symbol" (see the file comment). `separators` are the characters read as a
+// space besides white space (evaluate's prompts keep '/' and '.': separators "_-").
+inline std::string normalize_class_name(const std::string& name, std::string_view separators = "_-/.") {
   std::string out;
   for (unsigned char c : name) {
-    const bool space = c == '_' || c == '-' || c == '/' || c == '.' || std::isspace(c);
+    const bool space = separators.find(static_cast<char>(c)) != std::string_view::npos || std::isspace(c);
     if (space) {
       if (!out.empty() && out.back() != ' ') out += ' ';
     } else {
