@@ -17,6 +17,12 @@
 // num_train_epochs, eval_steps, save_steps, ...) and --threads may override them (each override is
 // printed); a `keep` option is refused when its value differs from the saved one. Every numeric
 // flag is range-checked (examples/cli_checks.hpp).
+//
+// Data-parallel (docs/distributed.md): `mpirun -np N finetune_sidewalk ...` (or srun) trains one
+// model on N processes when the program was built with MPI. --per_device_train_batch_size is per
+// process; the global batch is that x N x --gradient_accumulation_steps, and a step equals the
+// one-process step on the same global batch. Rank 0 alone prints and writes; an error on any rank
+// ends the whole job with the rank in the message.
 #include <CLI/CLI.hpp>
 
 #include <atomic>
@@ -38,6 +44,9 @@
 
 #include <segml/segformer.hpp>
 #include <segml/train/trainer.hpp>
+#ifdef SEGML_HAVE_MPI
+#include <segml/distributed/mpi.hpp>
+#endif
 
 #include "cli_checks.hpp"
 
@@ -225,7 +234,31 @@ class OptionFlags {
 
 }  // namespace
 
+// The MPI job this process is a rank of (none for a plain run, or a build without MPI).
+struct Job {
+#ifdef SEGML_HAVE_MPI
+  Job(int* argc, char*** argv) : mpi(argc, argv) {}
+  distributed::MpiSession mpi;
+  std::shared_ptr<distributed::Communicator> world() const { return mpi.world(); }
+#else
+  Job(int*, char***) {}
+  std::shared_ptr<distributed::Communicator> world() const { return nullptr; }
+#endif
+  int rank() const { return world() ? world()->rank() : 0; }
+  int size() const { return world() ? world()->size() : 1; }
+};
+
+// The number of ranks an MPI launcher says this process belongs to (1 when none).
+int launcher_world_size() {
+  for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE"})
+    if (const char* s = std::getenv(v)) return std::max(1, std::atoi(s));
+  return 1;
+}
+
 int main(int argc, char** argv) {
+  Job job(&argc, &argv);
+  // Rank 0 alone prints; the others' errors still reach stderr.
+  if (job.rank() != 0 && !std::freopen("/dev/null", "w", stdout)) return 1;
   CLI::App app{"Fine-tune a SegFormer for semantic segmentation on the CPU (see docs/training.md).\n"
                "Without arguments: B0 from scratch on built-in procedural street scenes, a few minutes."};
   std::string model_path, config_name, data_dir, resume, class_map, crop = "";
@@ -287,12 +320,30 @@ int main(int argc, char** argv) {
       ->check(cli::positive_whole())
       ->group(segml_group);
   app.add_option("--class-map", class_map, "JSON remapping the dataset's class ids (see docs/datasets.md)")->group(segml_group);
+  // Data parallelism (mpirun -np N ...).
+  const std::string dp_group = "Data-parallel training (mpirun -np N / srun; docs/distributed.md)";
+  bool no_sync_bn = false, check_replicas = false;
+  double bucket_cap_mb = train::TrainOptions().bucket_cap_mb;
+  app.add_flag("--no-sync-bn", no_sync_bn,
+               "BatchNorm statistics of each process's own batch (default: over every process's batch, SyncBN)")
+      ->group(dp_group);
+  app.add_option("--bucket-cap-mb", bucket_cap_mb, "Gradients are summed in buckets of about this many MiB")
+      ->capture_default_str()
+      ->check(CLI::Range(0.001, 4096.0))
+      ->group(dp_group);
+  app.add_flag("--check-replicas", check_replicas,
+               "After every step, check that every process holds bit-identical parameters (on in debug builds)")
+      ->group(dp_group);
   flags.add_aliases(app, alias_group);
   app.add_option("--resume", resume, "Alias of --resume_from_checkpoint (segml's earlier name)")->group(alias_group);
   CLI11_PARSE(app, argc, argv);
   auto given = [&](const char* flag) { return app.count(flag) > 0; };
 
   try {
+    if (!job.world() && launcher_world_size() > 1)
+      fail("started as one of ", launcher_world_size(), " processes by an MPI launcher, but this finetune_sidewalk was ",
+           "built without MPI, so each process would train alone. Install MPI (Debian: apt install libopenmpi-dev ",
+           "openmpi-bin) and rebuild, or run it as one process");
     if (given("--resume") && given("--resume_from_checkpoint"))
       fail("--resume_from_checkpoint and its alias --resume: give one of them");
     // Every table option given on the command line: name -> (flag as typed, value text).
@@ -360,6 +411,7 @@ int main(int argc, char** argv) {
       keep("--crop-size", given("--crop-size") && *parse_size(crop) == std::pair{opt.crop_height, opt.crop_width},
            text(opt.crop_height) + "x" + text(opt.crop_width));
       keep("--no-augment", no_augment == !opt.augment, opt.augment ? "augmentation on" : "--no-augment");
+      keep("--no-sync-bn", no_sync_bn == !opt.sync_bn, opt.sync_bn ? "SyncBN" : "--no-sync-bn");
       keep("--subset", subset == opt.extra.value("subset", int64_t{0}), text(opt.extra.value("subset", int64_t{0})));
       keep("--data", !saved_data.empty() && same_folder(data_dir, saved_data), saved_data.empty() ? "built-in data" : saved_data);
       keep("--class-map", !saved_map.empty() && same_folder(class_map, saved_map), saved_map.empty() ? "none" : saved_map);
@@ -398,7 +450,11 @@ int main(int argc, char** argv) {
       data_dir = "runs/synthetic-scenes";
       std::printf("Data: built-in procedural street scenes in %s ", data_dir.c_str());
       std::fflush(stdout);
-      const bool wrote = write_synthetic_dataset(data_dir, 200, 24, 24, 320, 240, /*seed=*/0);
+      // Data-parallel: rank 0 writes it, the others then read it.
+      bool wrote = false;
+      if (job.rank() == 0) wrote = write_synthetic_dataset(data_dir, 200, 24, 24, 320, 240, /*seed=*/0);
+      if (job.world()) job.world()->barrier();
+      if (job.rank() != 0) write_synthetic_dataset(data_dir, 200, 24, 24, 320, 240, /*seed=*/0);
       std::printf("(%s: 200 train, 24 val, 24 test, 320x240)\n", wrote ? "generated" : "reused");
     }
 
@@ -407,6 +463,7 @@ int main(int argc, char** argv) {
       const auto [ch, cw] = *parse_size(crop.empty() ? (builtin ? "160" : "512") : crop);
       opt.crop_height = ch, opt.crop_width = cw;
       opt.augment = !no_augment;
+      opt.sync_bn = !no_sync_bn;
       opt.learning_rate = model_path.empty() ? 1e-3 : 6e-5;
       if (!has("max_steps") && !has("num_train_epochs")) {
         if (builtin)
@@ -462,6 +519,9 @@ int main(int argc, char** argv) {
     processor.width = opt.crop_width;
     processor.do_reduce_labels = false;
 
+    opt.communicator = job.world();
+    opt.bucket_cap_mb = bucket_cap_mb;
+    if (check_replicas) opt.check_replicas = true;
     train::Trainer trainer(*model, processor, train_ds, val_ds, opt);
     trainer.base_model = opt.extra.value("model", "");
     trainer.dataset_name = opt.extra.value("data", "") == "" ? "segml's built-in synthetic street scenes" : opt.extra.value("data", "");
@@ -496,11 +556,15 @@ int main(int argc, char** argv) {
                 static_cast<long long>(model->config.hidden_sizes.front()),
                 static_cast<long long>(model->config.hidden_sizes.back()), double(params) / 1e6, labels.size(),
                 init.c_str());
-    std::printf("Training: %zu images, %s %lldx%lld, batch %lld x %lld, %lld steps, %s lr %.3g (%s), %d threads -> %s\n",
+    const std::string procs = job.size() > 1 ? " x " + std::to_string(job.size()) + " processes" : "";
+    std::printf("Training: %zu images, %s %lldx%lld, batch %lld%s x %lld accumulation = %lld per step, %lld steps, %s lr "
+                "%.3g (%s), %d threads%s -> %s\n",
                 train_ds.size(), opt.augment ? "augmented crops" : "resized to", static_cast<long long>(opt.crop_height),
                 static_cast<long long>(opt.crop_width), static_cast<long long>(opt.per_device_train_batch_size),
-                static_cast<long long>(opt.gradient_accumulation_steps), static_cast<long long>(trainer.total_steps()),
-                opt.optimizer.c_str(), opt.learning_rate, opt.lr_scheduler_type.c_str(), num_threads(), opt.output_dir.c_str());
+                procs.c_str(), static_cast<long long>(opt.gradient_accumulation_steps),
+                static_cast<long long>(trainer.global_batch_size()), static_cast<long long>(trainer.total_steps()),
+                opt.optimizer.c_str(), opt.learning_rate, opt.lr_scheduler_type.c_str(), num_threads(),
+                job.size() > 1 ? " per process" : "", opt.output_dir.c_str());
     if (opt.max_grad_norm > 0)
       std::printf("Gradient clipping: max_grad_norm %g (HF's default 1.0; segml before did not clip; 0 turns it off)\n",
                   opt.max_grad_norm);
@@ -542,6 +606,12 @@ int main(int argc, char** argv) {
                 opt.output_dir.c_str(), opt.output_dir.c_str(), opt.output_dir.c_str());
     return 0;
   } catch (const std::exception& e) {
+    if (job.size() > 1) {  // the others may be waiting for this rank: end them all
+      std::fprintf(stderr, "finetune_sidewalk: rank %d of %d: error: %s\n", job.rank(), job.size(), e.what());
+      std::fflush(stderr);
+      job.world()->abort(1);
+      std::abort();
+    }
     std::fprintf(stderr, "finetune_sidewalk: error: %s\n", e.what());
     return 1;
   }

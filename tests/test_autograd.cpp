@@ -1,5 +1,9 @@
 #include <doctest/doctest.h>
 
+#include <algorithm>
+#include <string>
+#include <vector>
+
 #include <segml/ops/elementwise.hpp>
 
 #include "support.hpp"
@@ -117,4 +121,35 @@ TEST_CASE("autograd: a pass-through gradient is handed on without a copy, yet ne
   CHECK(!a.grad().shares_storage_with(r.grad()));
   CHECK(a.grad().at({2}) == 6.0);
   CHECK(r.grad().at({2, 0}) == 6.0);
+}
+
+TEST_CASE("autograd: a leaf's gradient-ready hook runs once per backward, after its last contribution") {
+  // w is used twice (w * x, then w * that): its hook must see both contributions; u gets none.
+  Var<double> w(Tensor<double>::from({2}, {2.0, 3.0}), true), x(Tensor<double>::from({2}, {5.0, 7.0}), true);
+  Var<double> u(Tensor<double>::from({2}, {1.0, 1.0}), true);
+  std::vector<std::string> calls;
+  std::vector<double> w_grad_seen;
+  w.set_grad_ready_hook([&] {
+    calls.push_back("w");
+    const Tensor<double> g = w.grad().contiguous();
+    w_grad_seen.assign(g.data(), g.data() + g.numel());
+  });
+  x.set_grad_ready_hook([&] { calls.push_back("x"); });
+  u.set_grad_ready_hook([&] { calls.push_back("u"); });
+  const Var<double> y = ops::sum(ops::mul(w, ops::mul(w, x)));  // sum(w^2 x): dw = 2 w x, dx = w^2
+  y.backward();
+  REQUIRE(calls.size() == 2);
+  CHECK(std::count(calls.begin(), calls.end(), "w") == 1);
+  CHECK(std::count(calls.begin(), calls.end(), "x") == 1);
+  REQUIRE(w_grad_seen.size() == 2);
+  CHECK(w_grad_seen[0] == doctest::Approx(20.0));  // complete when the hook ran: 2 * 2 * 5
+  CHECK(w_grad_seen[1] == doctest::Approx(42.0));
+  // A second backward fires again (accumulation across calls is the caller's business), and
+  // removing a hook stops it.
+  x.set_grad_ready_hook({});
+  ops::sum(ops::mul(w, x)).backward();
+  CHECK(std::count(calls.begin(), calls.end(), "w") == 2);
+  CHECK(std::count(calls.begin(), calls.end(), "x") == 1);
+  Var<double> product = ops::mul(w, x);
+  CHECK_THROWS_AS(product.set_grad_ready_hook([] {}), Error);  // not a leaf
 }

@@ -20,12 +20,18 @@
 // Under NoGradGuard no Node is created, so no activation is kept.
 //
 // Destruction of long graphs is iterative (see ~Node): a 10,000-op chain does not recurse.
+//
+// Gradient-ready hooks (what data-parallel training overlaps its communication with): a leaf may
+// carry a hook (set_grad_ready_hook) that backward() calls, on the calling thread, once the leaf's
+// gradient of that backward() is complete, i.e. right after the last node that feeds it has run.
+// A leaf the graph does not reach is not called.
 #pragma once
 
 #include <atomic>
 #include <functional>
 #include <memory>
 #include <string>
+#include <unordered_map>
 #include <unordered_set>
 #include <utility>
 #include <vector>
@@ -117,6 +123,7 @@ struct VarImpl {
   bool retain_grad = false;
   std::shared_ptr<Node<T>> grad_fn;  // null for leaves
   std::atomic<int64_t> handles{0};   // live Var handles (graph edges do not count)
+  std::function<void()> grad_ready;  // leaves: called when backward() has completed this leaf's gradient
 };
 
 template <class T>
@@ -168,6 +175,12 @@ class Var {
   // Keep this non-leaf's gradient after backward() (torch retain_grad()).
   void retain_grad() { impl_->retain_grad = true; }
   void zero_grad() { impl_->grad = Tensor<T>(); }
+  // Called by backward() once this leaf's gradient of that pass is complete (see the file comment);
+  // an empty function removes the hook.
+  void set_grad_ready_hook(std::function<void()> hook) {
+    SEGML_CHECK(!impl_->grad_fn, "set_grad_ready_hook: only a leaf (a parameter) can carry a gradient-ready hook");
+    impl_->grad_ready = std::move(hook);
+  }
   const std::shared_ptr<Node<T>>& grad_fn() const { return impl_->grad_fn; }
 
   // A new leaf sharing this value, cut from the graph.
@@ -239,6 +252,12 @@ void Var<T>::backward(const Tensor<T>& grad_output, bool retain_graph) const {
     }
   }
 
+  // Leaves with a gradient-ready hook: how many of the nodes still to run feed each of them.
+  std::unordered_map<VarImpl<T>*, int64_t> feeds;
+  for (const auto& v : order)
+    for (const auto& in : v->grad_fn->inputs)
+      if (!in->grad_fn && in->requires_grad && in->grad_ready) ++feeds[in.get()];
+
   // 2. Seed, then run each node after all its consumers (reverse post-order).
   detail::accumulate(*impl_, grad_output.clone());
   for (auto it = order.rbegin(); it != order.rend(); ++it) {
@@ -270,6 +289,15 @@ void Var<T>::backward(const Tensor<T>& grad_output, bool retain_graph) const {
       }
     }
     if (!v->retain_grad && v != impl_.get()) v->grad = Tensor<T>();
+    // The leaves this node fed last are complete now: their hooks run, in input order.
+    if (!feeds.empty())
+      for (const auto& in : node->inputs) {
+        const auto f = feeds.find(in.get());
+        if (f != feeds.end() && --f->second == 0) {
+          feeds.erase(f);
+          in->grad_ready();
+        }
+      }
     if (!retain_graph) {
       node->backward = nullptr;  // frees the saved tensors now
       v->grad_fn.reset();

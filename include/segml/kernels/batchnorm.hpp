@@ -22,6 +22,7 @@
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
+#include <vector>
 
 #include "segml/core/cpu.hpp"
 #include "segml/core/parallel.hpp"
@@ -253,21 +254,42 @@ inline BnSegments<T> bn_segments() {
 }  // namespace detail
 
 // ---- dispatching kernels ---------------------------------------------------------------------------
+// The statistics come in two steps, per-channel sums then what they give, so that synchronised
+// BatchNorm (ops/norm.hpp) can add the sums of every process in between. Sums are in double.
+
+// s (C) = sum over (n, i) of x. x (N, C, HW)
+template <class T>
+inline void batchnorm_channel_sums(double* s, const T* x, int64_t N, int64_t C, int64_t HW) {
+  const detail::BnSegments<T> seg = detail::bn_segments<T>();
+  parallel_for(C, 1, [&](int64_t cb, int64_t ce) {
+    for (int64_t c = cb; c < ce; ++c) {
+      double acc = 0;
+      for (int64_t n = 0; n < N; ++n) acc += seg.sum(x + (n * C + c) * HW, HW);
+      s[c] = acc;
+    }
+  });
+}
+// q (C) = sum over (n, i) of (x - mean[c])^2. x (N, C, HW); mean (C)
+template <class T>
+inline void batchnorm_channel_sqdev(double* q, const T* x, const T* mean, int64_t N, int64_t C, int64_t HW) {
+  const detail::BnSegments<T> seg = detail::bn_segments<T>();
+  parallel_for(C, 1, [&](int64_t cb, int64_t ce) {
+    for (int64_t c = cb; c < ce; ++c) {
+      double acc = 0;
+      for (int64_t n = 0; n < N; ++n) acc += seg.sqdev(x + (n * C + c) * HW, HW, mean[c]);
+      q[c] = acc;
+    }
+  });
+}
 // x (N, C, HW); mean, var (C): batch mean and biased variance.
 template <class T>
 inline void batchnorm_stats(T* mean, T* var, const T* x, int64_t N, int64_t C, int64_t HW) {
-  const detail::BnSegments<T> seg = detail::bn_segments<T>();
   const double M = static_cast<double>(N * HW);
-  parallel_for(C, 1, [&](int64_t cb, int64_t ce) {
-    for (int64_t c = cb; c < ce; ++c) {
-      double s = 0, q = 0;
-      for (int64_t n = 0; n < N; ++n) s += seg.sum(x + (n * C + c) * HW, HW);
-      const T m = static_cast<T>(s / M);
-      for (int64_t n = 0; n < N; ++n) q += seg.sqdev(x + (n * C + c) * HW, HW, m);
-      mean[c] = m;
-      var[c] = static_cast<T>(q / M);
-    }
-  });
+  std::vector<double> acc(static_cast<size_t>(C));
+  batchnorm_channel_sums(acc.data(), x, N, C, HW);
+  for (int64_t c = 0; c < C; ++c) mean[c] = static_cast<T>(acc[static_cast<size_t>(c)] / M);
+  batchnorm_channel_sqdev(acc.data(), x, mean, N, C, HW);
+  for (int64_t c = 0; c < C; ++c) var[c] = static_cast<T>(acc[static_cast<size_t>(c)] / M);
 }
 // x, y (N, C, HW); mean, rstd, weight, bias (C)
 template <class T>
@@ -281,32 +303,56 @@ inline void batchnorm_forward(T* y, const T* x, const T* mean, const T* rstd, co
     }
   });
 }
-// dy, x, dx (N, C, HW); mean, rstd, weight, dweight, dbias (C). batch_stats as in the _ref twin.
+// sdy (C) = sum dy, sdyx (C) = sum dy * (x - mean[c]). dy, x (N, C, HW); mean (C)
 template <class T>
-inline void batchnorm_backward(T* dx, T* dweight, T* dbias, const T* dy, const T* x, const T* mean, const T* rstd,
-                               const T* weight, int64_t N, int64_t C, int64_t HW, bool batch_stats) {
+inline void batchnorm_backward_sums(double* sdy, double* sdyx, const T* dy, const T* x, const T* mean, int64_t N,
+                                    int64_t C, int64_t HW) {
   const detail::BnSegments<T> seg = detail::bn_segments<T>();
-  const double M = static_cast<double>(N * HW);
   parallel_for(C, 1, [&](int64_t cb, int64_t ce) {
     for (int64_t c = cb; c < ce; ++c) {
-      double sdy = 0, sdyx = 0;
+      double a = 0, b = 0;
       for (int64_t n = 0; n < N; ++n) {
         const int64_t off = (n * C + c) * HW;
-        sdy += seg.sum(dy + off, HW);
-        sdyx += seg.dotdev(dy + off, x + off, HW, mean[c]);
+        a += seg.sum(dy + off, HW);
+        b += seg.dotdev(dy + off, x + off, HW, mean[c]);
       }
+      sdy[c] = a;
+      sdyx[c] = b;
+    }
+  });
+}
+// dx (N, C, HW) from the sums of batchnorm_backward_sums over M values (this batch's, or every
+// process's under synchronised BatchNorm). batch_stats as in the _ref twin.
+template <class T>
+inline void batchnorm_backward_dx(T* dx, const T* dy, const T* x, const T* mean, const T* rstd, const T* weight,
+                                  const double* sdy, const double* sdyx, double M, int64_t N, int64_t C, int64_t HW,
+                                  bool batch_stats) {
+  const detail::BnSegments<T> seg = detail::bn_segments<T>();
+  parallel_for(C, 1, [&](int64_t cb, int64_t ce) {
+    for (int64_t c = cb; c < ce; ++c) {
       const double rs = rstd[c], k = static_cast<double>(weight[c]) * rs;
-      dbias[c] = static_cast<T>(sdy);
-      dweight[c] = static_cast<T>(sdyx * rs);
       // train: dx = k * dy + b * (x - mean) + c0 with b = -k rstd^2 sum(dy (x-mean)) / M, c0 = -k sum(dy) / M
-      const T b = batch_stats ? static_cast<T>(-k * rs * rs * sdyx / M) : T(0);
-      const T c0 = batch_stats ? static_cast<T>(-k * sdy / M) : T(0);
+      const T b = batch_stats ? static_cast<T>(-k * rs * rs * sdyx[c] / M) : T(0);
+      const T c0 = batch_stats ? static_cast<T>(-k * sdy[c] / M) : T(0);
       for (int64_t n = 0; n < N; ++n) {
         const int64_t off = (n * C + c) * HW;
         seg.affine2(dx + off, dy + off, x + off, HW, static_cast<T>(k), mean[c], b, c0);
       }
     }
   });
+}
+// dy, x, dx (N, C, HW); mean, rstd, weight, dweight, dbias (C). batch_stats as in the _ref twin.
+template <class T>
+inline void batchnorm_backward(T* dx, T* dweight, T* dbias, const T* dy, const T* x, const T* mean, const T* rstd,
+                               const T* weight, int64_t N, int64_t C, int64_t HW, bool batch_stats) {
+  std::vector<double> sdy(static_cast<size_t>(C)), sdyx(static_cast<size_t>(C));
+  batchnorm_backward_sums(sdy.data(), sdyx.data(), dy, x, mean, N, C, HW);
+  for (int64_t c = 0; c < C; ++c) {
+    dbias[c] = static_cast<T>(sdy[static_cast<size_t>(c)]);
+    dweight[c] = static_cast<T>(sdyx[static_cast<size_t>(c)] * static_cast<double>(rstd[c]));
+  }
+  batchnorm_backward_dx(dx, dy, x, mean, rstd, weight, sdy.data(), sdyx.data(), static_cast<double>(N * HW), N, C, HW,
+                        batch_stats);
 }
 
 }  // namespace segml::kernels

@@ -337,6 +337,9 @@ class SegformerForSemanticSegmentation {
   bool training() const { return training_; }
   Generator& generator() { return generator_; }
 
+  // The BatchNorm layers (the decode head's), for synchronising them in data-parallel training.
+  std::vector<nn::BatchNorm2d<T>*> batch_norms() { return {&decode_head.batch_norm}; }
+
   // HF's base_model_prefix "segformer": a bare SegformerModel checkpoint names its keys "encoder.*".
   static nn::BaseModelPrefix base_model_prefix() { return {"segformer.", {"segformer.", "decode_head."}, {"encoder."}}; }
 

@@ -95,11 +95,14 @@ struct LayerNorm {
 };
 
 // torch.nn.BatchNorm2d: batch statistics and running-stat update in training, running stats in eval.
+// With `sync` set (data-parallel training), torch.nn.SyncBatchNorm: the training statistics are
+// those of every process's batch together (ops/norm.hpp).
 template <class T>
 struct BatchNorm2d {
   Var<T> weight, bias;
   Tensor<T> running_mean, running_var, num_batches_tracked;
   T eps = T(1e-5), momentum = T(0.1);
+  ops::StatSum sync;  // sums over the processes; empty = local statistics
   BatchNorm2d() = default;
   explicit BatchNorm2d(int64_t c)
       : weight(make_parameter<T>({c})),
@@ -111,8 +114,16 @@ struct BatchNorm2d {
   }
   Var<T> operator()(const Var<T>& x, bool training) {
     if (training) num_batches_tracked.data()[0] += T(1);
-    return ops::batch_norm2d(x, weight, bias, running_mean, running_var, training, momentum, eps);
+    return ops::batch_norm2d(x, weight, bias, running_mean, running_var, training, momentum, eps, sync ? &sync : nullptr);
   }
+  // A process with no images this step, when synchronised: its part of the forward (statistics,
+  // running-stat and counter update) and, later, of the backward.
+  void forward_without_data() {
+    SEGML_CHECK(static_cast<bool>(sync), "BatchNorm2d::forward_without_data: only a synchronised BatchNorm takes part without data");
+    num_batches_tracked.data()[0] += T(1);
+    ops::batch_norm2d_sync_without_data(running_mean, running_var, weight.numel(), momentum, sync);
+  }
+  void backward_without_data() { ops::batch_norm2d_sync_backward_without_data(weight.numel(), sync); }
   void visit(const std::string& p, Visitor<T>& v) {
     v.parameter(p + "weight", weight);
     v.parameter(p + "bias", bias);

@@ -35,6 +35,12 @@ struct EvalOptions {
   int64_t batch_size = 4;
   bool reduce_labels = false;  // HF's reduce_labels on the stored labels (0 -> ignore, k -> k - 1)
   int64_t ignore_index = 255;
+  // Data-parallel evaluation: this process runs the batches k with k % shard_count == shard_rank
+  // (whole batches, no padding: every image is counted once), then `sum_over_processes` (a sum of
+  // doubles over the processes, in place) adds up the counts, so every process returns the
+  // metrics of the whole split. on_prediction sees this process's images only.
+  int64_t shard_rank = 0, shard_count = 1;
+  std::function<void(double* data, int64_t n)> sum_over_processes;
 };
 
 struct EvalResult {
@@ -54,9 +60,13 @@ inline EvalResult evaluate_batches(Forward&& forward, int64_t num_labels, const 
                                    const SegformerImageProcessor& processor, const EvalOptions& opt,
                                    const OnPrediction& on_prediction) {
   SEGML_CHECK(opt.batch_size >= 1, "evaluate_dataset: batch size must be >= 1, got ", opt.batch_size);
+  SEGML_CHECK(opt.shard_count >= 1 && opt.shard_rank >= 0 && opt.shard_rank < opt.shard_count,
+              "evaluate_dataset: shard ", opt.shard_rank, " of ", opt.shard_count, " does not exist");
   const auto t0 = std::chrono::steady_clock::now();
   MeanIoUAccumulator acc(num_labels, opt.ignore_index, opt.reduce_labels);
+  int64_t batch_index = -1;
   for (size_t first = 0; first < ds.size(); first += static_cast<size_t>(opt.batch_size)) {
+    if (++batch_index % opt.shard_count != opt.shard_rank) continue;
     const size_t last = std::min(ds.size(), first + static_cast<size_t>(opt.batch_size));
     try {
       std::vector<Sample> samples;
@@ -80,6 +90,7 @@ inline EvalResult evaluate_batches(Forward&& forward, int64_t num_labels, const 
            dynamic_cast<const std::bad_alloc*>(&e) ? "out of memory" : e.what());
     }
   }
+  if (opt.sum_over_processes) acc.sum_over(opt.sum_over_processes);
   EvalResult r;
   r.metrics = acc.compute();
   r.confusion = acc.confusion();

@@ -88,6 +88,19 @@ class MeanIoUAccumulator {
 
   // confusion(label, pred) pixel counts over the non-ignored pixels, row-major (num_labels^2).
   const std::vector<double>& confusion() const { return confusion_; }
+
+  // Adds up the counts of several accumulators that saw disjoint images (data-parallel
+  // evaluation): `sum` sums a buffer of doubles over the processes in place. The counts are whole
+  // numbers, exact in double up to 2^53 pixels, so the result equals one accumulator seeing all.
+  template <class Sum>
+  void sum_over(Sum&& sum) {
+    std::vector<double> all;
+    for (const std::vector<double>* v : {&intersect_, &pred_, &label_, &confusion_}) all.insert(all.end(), v->begin(), v->end());
+    sum(all.data(), static_cast<int64_t>(all.size()));
+    size_t at = 0;
+    for (std::vector<double>* v : {&intersect_, &pred_, &label_, &confusion_})
+      for (double& x : *v) x = all[at++];
+  }
   int64_t num_labels() const { return n_; }
 
  private:

@@ -9,8 +9,8 @@
 //   - for_each_option(): the rows with their values, which the command line of
 //     examples/finetune_sidewalk.cpp turns into flags (--<name> and --<alias>) and validators,
 //     and which load_state() uses to refuse a resume that changes a `keep` option.
-// Rows whose `cli` is false (crop size, augmentation) are spelled differently on the command line
-// (--crop-size HxW, --no-augment); the program handles them, the rest is the same.
+// Rows whose `cli` is false (crop size, augmentation, SyncBN) are spelled differently on the command
+// line (--crop-size HxW, --no-augment, --no-sync-bn); the program handles them, the rest is the same.
 //
 // HF semantics kept: max_steps > 0 wins over num_train_epochs (a real number: the run is
 // ceil(num_train_epochs * optimizer steps per epoch) steps); warmup_steps > 0 wins over
@@ -24,12 +24,14 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <memory>
 #include <string>
 #include <type_traits>
 
 #include <nlohmann/json.hpp>
 
 #include "segml/core/error.hpp"
+#include "segml/distributed/communicator.hpp"
 
 namespace segml::train {
 
@@ -113,13 +115,30 @@ inline constexpr double kNoLimit = std::numeric_limits<double>::max();
   X(bool, augment, true, "", false, false, OnResume::keep, 0, 0, false, "",                                          \
     "Random resize 0.5-2, crop, flip, photometric distortion (false: resize to the crop size)")                    \
   X(bool, reduce_labels, false, "", false, true, OnResume::keep, 0, 0, false, "",                                    \
-    "HF's reduce_labels: id 0 (background) becomes ignore, k becomes k-1")
+    "HF's reduce_labels: id 0 (background) becomes ignore, k becomes k-1")                                          \
+  X(bool, sync_bn, true, "", false, false, OnResume::keep, 0, 0, false, "",                                          \
+    "Data-parallel training: BatchNorm statistics over every process's batch (SyncBN; false: each process's own)")
 
 struct TrainOptions {
 #define SEGML_TRAIN_OPTION_MEMBER(type, name, def, ...) type name = def;
   SEGML_TRAIN_OPTIONS(SEGML_TRAIN_OPTION_MEMBER)
 #undef SEGML_TRAIN_OPTION_MEMBER
   bool verbose = true;                               // progress on stdout (not saved)
+  // Data-parallel training (segml/distributed/): the processes that train this model together, e.g.
+  // MpiSession::world(). Null or a group of one: ordinary training. Not saved.
+  std::shared_ptr<distributed::Communicator> communicator;
+  // Data-parallel: after every step, every process compares a checksum of its parameters and
+  // buffers with rank 0's and stops on a difference (default: on in debug builds).
+#ifdef NDEBUG
+  bool check_replicas = false;
+#else
+  bool check_replicas = true;
+#endif
+  // Data-parallel: an error on one process prints it with the rank and ends every process
+  // (Communicator::abort), so that no process waits forever for one that failed.
+  bool abort_on_error = true;
+  // Data-parallel: gradients are summed in buckets of about this many MiB (torch DDP's bucket_cap_mb).
+  double bucket_cap_mb = 25;
   nlohmann::json extra = nlohmann::json::object();  // the caller's own fields (data path, ...), saved for resuming
 
   // The optimizer steps of a run with `steps_per_epoch` steps per epoch (HF: max_steps > 0 wins).

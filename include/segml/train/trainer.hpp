@@ -50,6 +50,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -67,10 +68,13 @@
 
 #include "segml/core/file.hpp"
 #include "segml/data/dataset.hpp"
+#include "segml/distributed/communicator.hpp"
+#include "segml/distributed/data_parallel.hpp"
 #include "segml/io/checkpoint.hpp"
 #include "segml/io/image.hpp"
 #include "segml/io/image_processor.hpp"
 #include "segml/io/overlay.hpp"
+#include "segml/kernels/cross_entropy.hpp"
 #include "segml/train/augment.hpp"
 #include "segml/train/evaluation.hpp"
 #include "segml/train/model_card.hpp"
@@ -99,11 +103,13 @@ struct EvalRecord {
   int64_t images = 0;
 };
 
-// One micro-batch.
+// One micro-batch (this process's part of it, in data-parallel training).
 struct Batch {
-  Tensor<float> pixel_values;  // (B, 3, H, W)
+  Tensor<float> pixel_values;  // (B, 3, H, W); undefined when this process has no image in it
   Tensor<int64_t> labels;      // (B, H, W)
   int64_t epoch = 0;
+  int64_t global_images = 0;   // images in the micro-batch over every process
+  int64_t images() const { return pixel_values.defined() ? pixel_values.size(0) : 0; }
 };
 
 // The total L2 norm of all gradients.
@@ -365,8 +371,15 @@ class Trainer {
     const int64_t labels = static_cast<int64_t>(train::class_names(train_.id2label(), opt_.reduce_labels).size());
     SEGML_CHECK(model_.config.num_labels == labels, "Trainer: the model has ", model_.config.num_labels,
                 " labels but the dataset has ", labels);
-    batches_per_epoch_ = (static_cast<int64_t>(train_.size()) + opt_.per_device_train_batch_size - 1) /
-                         opt_.per_device_train_batch_size;
+    if (opt_.communicator && opt_.communicator->size() > 1) {
+      comm_ = opt_.communicator;
+      world_ = comm_->size();
+      rank_ = comm_->rank();
+      if (rank_ != 0) opt_.verbose = false;  // rank 0 alone prints
+    }
+    // A global micro-batch is per_device_train_batch_size images on each process.
+    const int64_t global_batch = opt_.per_device_train_batch_size * world_;
+    batches_per_epoch_ = (static_cast<int64_t>(train_.size()) + global_batch - 1) / global_batch;
     // HF: num_update_steps_per_epoch = max(1, batches // accumulation); steps = ceil(epochs * that).
     total_steps_ = opt_.total_steps(std::max<int64_t>(1, batches_per_epoch_ / opt_.gradient_accumulation_steps));
     schedule_.kind = opt_.lr_scheduler_type;
@@ -375,7 +388,27 @@ class Trainer {
     schedule_.warmup_steps = opt_.warmup_for(total_steps_);
     schedule_.lr(0);  // validates the kind
     build_optimizer();
+    if (comm_) setup_data_parallel();
   }
+
+  ~Trainer() {
+    reducer_.reset();  // removes its hooks from the parameters
+    for (nn::BatchNorm2d<float>* bn : model_.batch_norms()) bn->sync = {};
+  }
+  Trainer(const Trainer&) = delete;
+  Trainer& operator=(const Trainer&) = delete;
+
+  // Data-parallel training: the processes (1 without a communicator) and this one's rank.
+  int world_size() const { return world_; }
+  int rank() const { return rank_; }
+  // Global micro-batches per epoch: ceil(training images / (per_device_train_batch_size x processes)).
+  int64_t batches_per_epoch() const { return batches_per_epoch_; }
+  // Images per optimizer step over every process.
+  int64_t global_batch_size() const {
+    return opt_.per_device_train_batch_size * world_ * opt_.gradient_accumulation_steps;
+  }
+  // The gradient reduction's measurements (null without data parallelism).
+  const distributed::GradientReducer* reducer() const { return reducer_.get(); }
 
   int64_t total_steps() const { return total_steps_; }
   int64_t step() const { return step_; }
@@ -403,34 +436,73 @@ class Trainer {
   // when finished (final evaluation, checkpoint-<last step>, final model in output_dir), false when
   // stopped (checkpoint-<step> saved). A Trainer that load_state() left at its last step trains
   // nothing: it only makes sure output_dir holds that step's final model.
+  //
+  // Data-parallel (a communicator of N > 1 processes): every process calls run(); rank 0 alone
+  // prints and writes files. With abort_on_error, an exception on any process is printed with its
+  // rank and ends the whole job (Communicator::abort) instead of returning.
   bool run(const std::atomic<bool>* stop = nullptr) {
+    if (!comm_ || !opt_.abort_on_error) return run_steps(stop);
+    try {
+      return run_steps(stop);
+    } catch (const std::exception& e) {
+      abort_job(e.what());
+    }
+  }
+
+  // Prints "rank r of N failed: what" and ends every process of the job.
+  [[noreturn]] void abort_job(const std::string& what) const {
+    std::fprintf(stderr, "\nsegml: rank %d of %d failed: %s\nsegml: ending every process of the job\n", rank_, world_,
+                 what.c_str());
+    std::fflush(stderr);
+    std::fflush(stdout);
+    comm_->abort(1);
+    std::abort();  // abort() does not return
+  }
+
+ private:
+  bool run_steps(const std::atomic<bool>* stop) {
     namespace fs = std::filesystem;
     const fs::path out(opt_.output_dir);
-    fs::create_directories(out);
-    for (const fs::path& p : clean_temporaries(out))
-      if (opt_.verbose) std::printf("Removed %s (left by an interrupted save)\n", p.string().c_str());
-    // Checkpoints after the step we start from belong to an abandoned continuation: the run goes on
-    // from step_, so they would be mixed with the new ones (and the log is rewritten up to step_).
-    for (const CheckpointRef& c : list_checkpoints(out))
-      if (c.step > step_) {
-        if (opt_.verbose)
-          std::printf("Removing %s: it is after step %lld, where this run continues\n", c.dir.string().c_str(),
-                      static_cast<long long>(step_));
-        file::remove_folder(c.dir);
-      }
-    write_log_up_to_now();
-    std::ofstream log(out / "train_log.jsonl", std::ios::app);
-    if (!log) fail("cannot open '", (out / "train_log.jsonl").string(), "' for appending");
+    const bool main = rank_ == 0;
+    std::ofstream log;
+    if (main) {
+      fs::create_directories(out);
+      for (const fs::path& p : clean_temporaries(out))
+        if (opt_.verbose) std::printf("Removed %s (left by an interrupted save)\n", p.string().c_str());
+      // Checkpoints after the step we start from belong to an abandoned continuation: the run goes on
+      // from step_, so they would be mixed with the new ones (and the log is rewritten up to step_).
+      for (const CheckpointRef& c : list_checkpoints(out))
+        if (c.step > step_) {
+          if (opt_.verbose)
+            std::printf("Removing %s: it is after step %lld, where this run continues\n", c.dir.string().c_str(),
+                        static_cast<long long>(step_));
+          file::remove_folder(c.dir);
+        }
+      write_log_up_to_now();
+      log.open(out / "train_log.jsonl", std::ios::app);
+      if (!log) fail("cannot open '", (out / "train_log.jsonl").string(), "' for appending");
+    }
     if (finished()) {
-      if (!fs::exists(out / "model.safetensors") || safetensors_metadata(out / "model.safetensors").count("step") == 0 ||
-          safetensors_metadata(out / "model.safetensors").at("step") != std::to_string(step_) ||
-          !fs::exists(out / "README.md"))
+      char need = 0;
+      if (main)
+        need = !fs::exists(out / "model.safetensors") || safetensors_metadata(out / "model.safetensors").count("step") == 0 ||
+               safetensors_metadata(out / "model.safetensors").at("step") != std::to_string(step_) ||
+               !fs::exists(out / "README.md");
+      if (comm_) comm_->broadcast(&need, 1, 0);
+      if (need)
         finish();
-      else
+      else if (main)
         write_curves();
       return true;
     }
-    if (step_ > 0) write_curves();
+    if (main && step_ > 0) write_curves();
+    if (opt_.verbose && comm_)
+      std::printf("Data-parallel: %s; %lld image(s) per process x %d processes x %lld accumulation = global batch %lld; "
+                  "BatchNorm %s; gradients summed in %lld bucket(s) of <= %.0f MB\n",
+                  job_description_.c_str(), static_cast<long long>(opt_.per_device_train_batch_size), world_,
+                  static_cast<long long>(opt_.gradient_accumulation_steps), static_cast<long long>(global_batch_size()),
+                  opt_.sync_bn ? "synchronised (SyncBN)" : "per process (--no-sync-bn)",
+                  static_cast<long long>(reducer_->bucket_count()), opt_.bucket_cap_mb);
     const bool tty = isatty(fileno(stdout));
     Prefetcher<Batch> data([this](int64_t m) { return make_batch(m); }, step_ * opt_.gradient_accumulation_steps,
                            static_cast<int>(std::max<int64_t>(1, opt_.dataloader_num_workers)),
@@ -440,25 +512,26 @@ class Trainer {
     while (step_ < total_steps_) {
       const auto t0 = std::chrono::steady_clock::now();
       const double lr = schedule_.lr(step_);
+      // Without SyncBN each process's running statistics would drift apart: like torch DDP
+      // (broadcast_buffers), every process starts the step with rank 0's buffers.
+      if (comm_ && !opt_.sync_bn) distributed::broadcast_tensors(*comm_, buffer_tensors());
       double loss_sum = 0;
       int64_t images = 0, epoch = 0;
       for (int64_t a = 0; a < opt_.gradient_accumulation_steps; ++a) {
         const Batch b = data.next();
         epoch = b.epoch;
-        const SegformerOutput<float> out_ = model_.forward(Var<float>(b.pixel_values), &b.labels);
-        const double loss = out_.loss.data().data()[0];
-        SEGML_CHECK(std::isfinite(loss), "Trainer: the loss is ", loss, " at step ", step_ + 1,
-                    " (diverged: lower --learning_rate or --max_grad_norm); nothing of this step was saved");
-        out_.loss.backward(
-            Tensor<float>::full(out_.loss.shape(), 1.0f / static_cast<float>(opt_.gradient_accumulation_steps)));
-        loss_sum += loss;
-        images += b.pixel_values.size(0);
+        if (reducer_ && a + 1 == opt_.gradient_accumulation_steps) reducer_->arm();
+        loss_sum += comm_ ? micro_step_data_parallel(b) : micro_step(b);
+        images += b.global_images;
       }
+      if (reducer_) reducer_->finish();
       const double norm = opt_.max_grad_norm > 0 ? clip_grad_norm(params_, opt_.max_grad_norm) : grad_norm(params_);
       optimizer_->step(lr);
       optimizer_->zero_grad();
       check_finite(step_ + 1);
       ++step_;
+      if (comm_ && opt_.check_replicas)
+        distributed::check_replicas(*comm_, state_tensors(), "after step " + std::to_string(step_));
       const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       step_seconds = step_ == 1 ? seconds : 0.9 * step_seconds + 0.1 * seconds;
       const double ips = seconds > 0 ? double(images) / seconds : 0.0;
@@ -467,8 +540,10 @@ class Trainer {
                      std::isfinite(norm) ? norm : 0.0};
       smoothed_loss_ = history_.empty() ? rec.loss : 0.95 * smoothed_loss_ + 0.05 * rec.loss;
       history_.push_back(rec);
-      log << step_json(rec).dump() << "\n";
-      log.flush();
+      if (main) {
+        log << step_json(rec).dump() << "\n";
+        log.flush();
+      }
       if (opt_.verbose) progress(rec, epoch, step_seconds, tty);
       if (on_step) on_step(rec);
 
@@ -479,13 +554,18 @@ class Trainer {
         model_.train();
         evaluated = true;
       }
-      const bool stopping = !last && stop && stop->load();
-      if (last || stopping || (opt_.save_steps > 0 && step_ % opt_.save_steps == 0) ||
-          (evaluated && opt_.load_best_model_at_end))
+      bool stopping = !last && stop && stop->load();
+      if (comm_ && !last) {  // any process asked to stop: all stop after this step
+        double any = stopping ? 1.0 : 0.0;
+        comm_->allreduce_sum(&any, 1);
+        stopping = any > 0;
+      }
+      if (main && (last || stopping || (opt_.save_steps > 0 && step_ % opt_.save_steps == 0) ||
+                   (evaluated && opt_.load_best_model_at_end)))
         save_checkpoint_state();
       if (stopping) {
         if (opt_.verbose && tty) std::printf("\n");
-        write_curves();
+        if (main) write_curves();
         return false;
       }
     }
@@ -494,20 +574,121 @@ class Trainer {
     return true;
   }
 
+  // One micro-batch on one process: forward, HF's loss, backward of loss / accumulation steps.
+  double micro_step(const Batch& b) {
+    const SegformerOutput<float> out = model_.forward(Var<float>(b.pixel_values), &b.labels);
+    const double loss = out.loss.data().data()[0];
+    check_loss(loss);
+    out.loss.backward(Tensor<float>::full(out.loss.shape(), 1.0f / static_cast<float>(opt_.gradient_accumulation_steps)));
+    return loss;
+  }
+
+  // One micro-batch of a data-parallel step. HF's loss is the mean over every non-ignored pixel of
+  // the (global) batch, so each process's mean, over its own n_r valid pixels, is weighted by
+  // n_r / N (N: the count over every process, one small sum) before backward; the gradient sum
+  // over the processes is then exactly the gradient of the global mean (DDP's average of per-process
+  // means differs when the processes hold different numbers of valid pixels). A process without
+  // images takes part in the sums (and in SyncBN's) with zeros.
+  double micro_step_data_parallel(const Batch& b) {
+    const std::vector<nn::BatchNorm2d<float>*> bns = model_.batch_norms();
+    SegformerOutput<float> out;
+    double sums[2] = {0, 0};  // sum of pixel losses, valid pixels
+    if (b.images() > 0) {
+      out = model_.forward(Var<float>(b.pixel_values), &b.labels);
+      const double valid = static_cast<double>(kernels::cross_entropy_count_valid(
+          b.labels.data(), b.labels.numel(), model_.config.num_labels, model_.config.semantic_loss_ignore_index));
+      sums[0] = double(out.loss.data().data()[0]) * valid;
+      sums[1] = valid;
+    } else {
+      for (nn::BatchNorm2d<float>* bn : bns)
+        if (bn->sync) bn->forward_without_data();
+    }
+    comm_->allreduce_sum(sums, 2);
+    const double loss = sums[1] > 0 ? sums[0] / sums[1] : 0.0;
+    check_loss(loss);
+    if (b.images() > 0) {
+      const double valid = static_cast<double>(kernels::cross_entropy_count_valid(
+          b.labels.data(), b.labels.numel(), model_.config.num_labels, model_.config.semantic_loss_ignore_index));
+      const double weight = sums[1] > 0 ? valid / sums[1] : 0.0;
+      out.loss.backward(Tensor<float>::full(out.loss.shape(),
+                                            static_cast<float>(weight / static_cast<double>(opt_.gradient_accumulation_steps))));
+    } else {
+      for (auto it = bns.rbegin(); it != bns.rend(); ++it)
+        if ((*it)->sync) (*it)->backward_without_data();
+    }
+    return loss;
+  }
+
+  void check_loss(double loss) const {
+    SEGML_CHECK(std::isfinite(loss), "Trainer: the loss is ", loss, " at step ", step_ + 1,
+                " (diverged: lower --learning_rate or --max_grad_norm); nothing of this step was saved");
+  }
+
+  // Data parallelism: every process starts from rank 0's weights (and buffers), BatchNorm is
+  // synchronised (unless sync_bn is false), the gradient reducer hooks the parameters. Its own
+  // channels keep the BatchNorm and gradient sums independent of each other and of the loss sums.
+  void setup_data_parallel() {
+    SEGML_CHECK(opt_.bucket_cap_mb > 0, "Trainer: bucket_cap_mb must be > 0, got ", opt_.bucket_cap_mb);
+    std::vector<Tensor<float>*> all;
+    nn::Visitor<float> v;
+    v.parameter = [&](const std::string&, Var<float>& p) { all.push_back(&p.data()); };
+    v.buffer = [&](const std::string&, Tensor<float>& t) { all.push_back(&t); };
+    model_.visit(v);
+    distributed::broadcast_tensors(*comm_, all);
+    job_description_ = comm_->describe();  // a collective: every process asks
+    grad_comm_ = comm_->duplicate();
+    bn_comm_ = comm_->duplicate();
+    reducer_ = std::make_unique<distributed::GradientReducer>(grad_comm_, params_,
+                                                               static_cast<int64_t>(opt_.bucket_cap_mb * 1024 * 1024));
+    if (opt_.sync_bn)
+      for (nn::BatchNorm2d<float>* bn : model_.batch_norms())
+        bn->sync = [c = bn_comm_](double* data, int64_t n) { c->allreduce_sum(data, n); };
+  }
+
+  std::vector<Tensor<float>*> buffer_tensors() {
+    std::vector<Tensor<float>*> all;
+    nn::Visitor<float> v;
+    v.parameter = [](const std::string&, Var<float>&) {};
+    v.buffer = [&](const std::string&, Tensor<float>& t) { all.push_back(&t); };
+    model_.visit(v);
+    return all;
+  }
+
+  // Every parameter and buffer, for the replica checksum.
+  std::vector<const Tensor<float>*> state_tensors() const {
+    std::vector<const Tensor<float>*> all;
+    nn::Visitor<float> v;
+    v.parameter = [&](const std::string&, Var<float>& p) { all.push_back(&p.data()); };
+    v.buffer = [&](const std::string&, Tensor<float>& t) { all.push_back(&t); };
+    model_.visit(v);
+    return all;
+  }
+
+ public:
+
   // The end of a run: the final model in output_dir (the best checkpoint's weights with
   // load_best_model_at_end), the curves, the model card and its sample overlay.
+  // Data-parallel: rank 0 reads the best checkpoint and sends it to the others, and writes alone.
   void finish() {
     namespace fs = std::filesystem;
     int64_t weights_step = step_;
     if (opt_.load_best_model_at_end && best_step_ >= 0 && best_step_ != step_) {
       const fs::path best = fs::path(opt_.output_dir) / ("checkpoint-" + std::to_string(best_step_));
-      const LoadReport r = load_state_dict(model_, {(best / "model.safetensors").string()});
-      SEGML_CHECK(r.clean(), "Trainer: the best checkpoint does not match the model\n", r.str(best.string()));
+      if (rank_ == 0) {
+        const LoadReport r = load_state_dict(model_, {(best / "model.safetensors").string()});
+        SEGML_CHECK(r.clean(), "Trainer: the best checkpoint does not match the model\n", r.str(best.string()));
+      }
+      if (comm_) {
+        std::vector<Tensor<float>*> all;
+        for (const Tensor<float>* t : state_tensors()) all.push_back(const_cast<Tensor<float>*>(t));
+        distributed::broadcast_tensors(*comm_, all);
+      }
       weights_step = best_step_;
       if (opt_.verbose)
         std::printf("Loading the best model from %s (%s %.6g) into %s\n", best.string().c_str(),
                     opt_.best_metric_key().c_str(), best_metric_, opt_.output_dir.c_str());
     }
+    if (rank_ != 0) return;
     save_checkpoint(opt_.output_dir, weights_step);
     write_curves();
     write_model_card();
@@ -557,6 +738,12 @@ class Trainer {
     check_same_arithmetic(TrainOptions::from_json(state.at("options")), dir);
     SEGML_CHECK(step <= total_steps_, "Trainer::load_state: '", dir, "' is at step ", step,
                 " but these options train only ", total_steps_, " steps in total");
+    const int saved_world = state.value("world_size", 1);
+    SEGML_CHECK(saved_world == world_, "Trainer::load_state: '", dir, "' was trained by ", saved_world,
+                saved_world == 1 ? " process" : " processes", " (global batch ",
+                opt_.per_device_train_batch_size * saved_world * opt_.gradient_accumulation_steps, ") but this run has ",
+                world_, world_ == 1 ? " process" : " processes", " (global batch ", global_batch_size(),
+                "); an exact resume needs the same number of processes (start them with mpirun -np ", saved_world, ")");
     const LoadReport r = load_state_dict(model_, {(fs::path(dir) / "model.safetensors").string()});
     SEGML_CHECK(r.clean(), "Trainer::load_state: the saved model does not match\n", r.str(dir));
     const safetensors::File opt_file((fs::path(dir) / "optimizer.safetensors").string());
@@ -580,6 +767,8 @@ class Trainer {
     best_step_ = -1;
     for (const EvalRecord& e : evals_) track_best(e);
     saved_threads_ = state.value("threads", 0);
+    // Every process read the same state (the same folder, on a shared file system): prove it.
+    if (comm_) distributed::check_replicas(*comm_, state_tensors(), "resuming from '" + dir + "'");
   }
 
   // The thread count the loaded state was trained with (0 when unknown or nothing was loaded).
@@ -598,21 +787,42 @@ class Trainer {
     return text;
   }
 
-  // The micro-batch at global position m (a pure function of m and the options).
+  // This process's part of the micro-batch at global position m (a pure function of m, the options
+  // and the rank). Like torch's DistributedSampler, but without its padding: the epoch's shuffle
+  // (seeded by seed and epoch) is the same on every process; global micro-batch j of the epoch is
+  // positions [j G, j G + G) of it, G = per_device_train_batch_size x processes, and each process
+  // takes its contiguous share (distributed::shard). The epoch's last global micro-batch may be
+  // smaller, and a process may then have no image: it still takes part in the step.
   Batch make_batch(int64_t m) const {
-    const int64_t epoch = m / batches_per_epoch_, j = m % batches_per_epoch_;
-    const std::vector<int64_t> order = epoch_order(epoch);
-    const int64_t n = static_cast<int64_t>(order.size());
-    const int64_t begin = j * opt_.per_device_train_batch_size, end = std::min(n, begin + opt_.per_device_train_batch_size);
+    const int64_t epoch = m / batches_per_epoch_;
     std::vector<Example> ex;
-    for (int64_t k = begin; k < end; ++k) ex.push_back(make_example(order[static_cast<size_t>(k)], epoch));
-    return stack(ex, epoch);
+    for (int64_t index : batch_indices(m)) ex.push_back(make_example(index, epoch));
+    Batch b = stack(ex, epoch);
+    b.global_images = global_micro_batch(m).size();
+    return b;
   }
 
-  // Examples of one size as one batch.
+  // Positions [begin, end) in its epoch's shuffle of the global micro-batch m (every process's images).
+  distributed::Shard global_micro_batch(int64_t m) const {
+    const int64_t n = static_cast<int64_t>(train_.size()), G = opt_.per_device_train_batch_size * world_;
+    const int64_t begin = (m % batches_per_epoch_) * G;
+    return {begin, std::min(n, begin + G)};
+  }
+
+  // The dataset indices of this process's part of the micro-batch at global position m.
+  std::vector<int64_t> batch_indices(int64_t m) const {
+    const std::vector<int64_t> order = epoch_order(m / batches_per_epoch_);
+    const distributed::Shard all = global_micro_batch(m);
+    const distributed::Shard mine = distributed::shard(all.begin, all.size(), rank_, world_);
+    return std::vector<int64_t>(order.begin() + mine.begin, order.begin() + mine.end);
+  }
+
+  // Examples of one size as one batch (no examples: an empty batch).
   static Batch stack(const std::vector<Example>& ex, int64_t epoch) {
     Batch b;
     b.epoch = epoch;
+    b.global_images = static_cast<int64_t>(ex.size());
+    if (ex.empty()) return b;
     const int64_t B = static_cast<int64_t>(ex.size()), H = ex[0].labels.size(0), W = ex[0].labels.size(1);
     b.pixel_values = Tensor<float>::empty({B, 3, H, W});
     b.labels = Tensor<int64_t>::empty({B, H, W});
@@ -639,14 +849,21 @@ class Trainer {
     EvalOptions eo;
     eo.reduce_labels = opt_.reduce_labels;
     eo.batch_size = opt_.per_device_eval_batch_size;
+    if (comm_) {  // each process evaluates every world_-th batch; the counts are summed exactly
+      eo.shard_rank = rank_;
+      eo.shard_count = world_;
+      eo.sum_over_processes = [c = comm_](double* data, int64_t n) { c->allreduce_sum(data, n); };
+    }
     const auto t0 = std::chrono::steady_clock::now();
     const EvalResult r = evaluate_dataset(model_, *val_, processor_, eo);
     EvalRecord rec{step_, r.metrics, eval_loss(), 0.0, r.images};
     rec.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     evals_.push_back(rec);
     track_best(rec);
-    log << eval_json(rec).dump() << "\n";
-    log.flush();
+    if (rank_ == 0) {
+      log << eval_json(rec).dump() << "\n";
+      log.flush();
+    }
     if (opt_.verbose)
       std::printf("%seval @ step %lld: loss %.4f  mean IoU %.4f  mean accuracy %.4f  overall accuracy %.4f  (%lld images, %.1f s)\n",
                   tty ? "\r\033[K" : "", static_cast<long long>(step_), rec.loss, r.metrics.mean_iou,
@@ -657,13 +874,15 @@ class Trainer {
   // HF's eval_loss: the model's loss (cross-entropy, ignore 255) over the val split, each image
   // resized with its label (nearest) to the processor's size as in training without augmentation,
   // averaged over batches of per_device_eval_batch_size. Leaves the model in eval mode.
+  // Data-parallel: process r takes the batches k with k % processes == r; the sums are added.
   double eval_loss() {
     model_.eval();
     NoGradGuard no_grad;
-    double sum = 0;
-    int64_t batches = 0;
+    double sums[2] = {0, 0};  // losses, batches
     const int64_t n = static_cast<int64_t>(val_->size()), B = opt_.per_device_eval_batch_size;
+    int64_t k = -1;
     for (int64_t first = 0; first < n; first += B) {
+      if (++k % world_ != rank_) continue;
       const int64_t last = std::min(n, first + B);
       std::vector<Example> ex;
       for (int64_t i = first; i < last; ++i) {
@@ -673,10 +892,11 @@ class Trainer {
       }
       const Batch b = stack(ex, 0);
       const SegformerOutput<float> out = model_.forward(Var<float>(b.pixel_values), &b.labels);
-      sum += out.loss.data().data()[0];
-      ++batches;
+      sums[0] += out.loss.data().data()[0];
+      sums[1] += 1;
     }
-    return batches > 0 ? sum / double(batches) : double(NAN);
+    if (comm_) comm_->allreduce_sum(sums, 2);
+    return sums[1] > 0 ? sums[0] / sums[1] : double(NAN);
   }
 
   // The value of metric_for_best_model in an evaluation.
@@ -866,8 +1086,8 @@ class Trainer {
             {"eval_steps", opt_.eval_steps},
             {"global_step", step_},
             {"is_hyper_param_search", false},
-            {"is_local_process_zero", true},
-            {"is_world_process_zero", true},
+            {"is_local_process_zero", rank_ == 0},
+            {"is_world_process_zero", rank_ == 0},
             {"log_history", log_history},
             {"logging_steps", opt_.logging_steps},
             {"max_steps", total_steps_},
@@ -887,6 +1107,7 @@ class Trainer {
               {"generator", {{"seed", g.seed}, {"offset", g.offset}}},
               {"smoothed_loss", smoothed_loss_},
               {"threads", num_threads()},
+              {"world_size", world_},
               {"options", opt_.to_json()},
               {"history", hist},
               {"evals", ev}}}};
@@ -1016,6 +1237,12 @@ class Trainer {
   Schedule schedule_;
   std::unique_ptr<Optimizer<float>> optimizer_;
   std::vector<Var<float>*> params_;
+  // Data parallelism (null / 1 / 0 without): the job, channels of its own for the gradient and
+  // BatchNorm sums, the gradient reducer.
+  std::shared_ptr<distributed::Communicator> comm_, grad_comm_, bn_comm_;
+  int world_ = 1, rank_ = 0;
+  std::string job_description_;
+  std::unique_ptr<distributed::GradientReducer> reducer_;
   int64_t batches_per_epoch_ = 1, total_steps_ = 1, step_ = 0;
   int saved_threads_ = 0;
   int64_t best_step_ = -1;
