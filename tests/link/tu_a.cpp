@@ -1,6 +1,9 @@
 // Translation unit A of the link test: includes everything and uses a few entry points.
 #include <segml/segformer.hpp>
 #include <segml/models/clip/tokenization_clip.hpp>
+#ifdef SEGML_HAVE_MPI
+#include <segml/distributed/mpi.hpp>  // the one header that needs MPI
+#endif
 
 int tu_b_entry();
 
