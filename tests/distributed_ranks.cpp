@@ -204,6 +204,28 @@ TEST_CASE("2 processes x batch 1 == 1 process x batch 2: one SGD and one AdamW s
   }
 }
 
+TEST_CASE("with dropout and drop-path on, 2 processes x batch 1 still equal 1 process x batch 2") {
+  // Each process draws the masks of the whole global micro-batch and keeps its own samples' part.
+  const std::vector<std::string> labels = {"road", "sidewalk", "person", "car", "sky"};
+  SegformerConfig cfg = test::tiny_train_config(labels, /*keep_dropout=*/true);
+  cfg.classifier_dropout_prob = 0.1;
+  cfg.drop_path_rate = 0.3;
+  cfg.hidden_dropout_prob = 0.1;
+  train::TrainOptions o = one_step("sgd");
+  o.max_steps = 2;
+  o.learning_rate = 0.1;
+  const SharedDir out("dp_dropout");
+  test::TempDir alone("dp_dropout_alone");
+  o.per_device_train_batch_size = 1;
+  const Trained parallel = train_run(cfg, data_dir(), o, true, out.path);
+  o.per_device_train_batch_size = 2;
+  const Trained single = train_run(cfg, data_dir(), o, false, alone.file());
+  REQUIRE(parallel.losses.size() == 2);
+  for (size_t i = 0; i < 2; ++i) CHECK(std::abs(parallel.losses[i] - single.losses[i]) <= 1e-5 * std::abs(single.losses[i]));
+  const double worst = compare_steps(parallel, single, 1e-4, 1e-5);
+  MESSAGE("dropout on: worst relative L2 of a step difference " << worst);
+}
+
 TEST_CASE("three steps with augmentation, accumulation and an empty rank: one-process result, identical replicas") {
   const std::filesystem::path data = test::scenes_once("dp_scenes", 5, 0, 48, 40, 3);
   const SegmentationDataset ds = SegmentationDataset::open(data.string(), "train");

@@ -574,3 +574,33 @@ TEST_CASE("upsampled_cross_entropy: gradcheck (double) and thread-count independ
   CHECK_THROWS_WITH_AS(ops::upsampled_cross_entropy(Var<float>(x), Tensor<int64_t>::zeros({3, 8, 8})),
                        doctest::Contains("labels must be (B=2, H, W)"), segml::Error);
 }
+
+TEST_CASE("dropout and drop_path on a batch slice: each process's samples get the whole batch's masks") {
+  // A batch of 3 samples drawn whole, then as slices [0, 1), [1, 3) and [2, 3) from the same state:
+  // the slices' outputs are the whole batch's rows and the stream ends where the whole draw ends.
+  // 5 x 3 = 15 elements per sample: sample 1 starts off a Philox block boundary (offset 15).
+  for (const int64_t per_w : {int64_t{5}, int64_t{4}}) {
+    CAPTURE(per_w);
+    const Tensor<float> x = Tensor<float>::ones({3, 3, per_w});
+    const int64_t per = 3 * per_w;
+    Generator whole_gen(77);
+    const Tensor<float> whole = ops::dropout(Var<float>(x), 0.5, true, whole_gen).data();
+    const Tensor<float> whole_path = ops::drop_path(Var<float>(x), 0.4, true, whole_gen).data();
+    for (const auto& [first, count] : {std::pair<int64_t, int64_t>{0, 1}, {1, 2}, {2, 1}}) {
+      CAPTURE(first);
+      Generator g(77);
+      g.set_batch_slice(first, 3);
+      const Tensor<float> part = ops::dropout(Var<float>(x.narrow(0, first, count).contiguous()), 0.5, true, g).data();
+      const Tensor<float> part_path =
+          ops::drop_path(Var<float>(x.narrow(0, first, count).contiguous()), 0.4, true, g).data();
+      for (int64_t i = 0; i < count * per; ++i) {
+        CHECK(part.data()[i] == whole.data()[first * per + i]);
+        CHECK(part_path.data()[i] == whole_path.data()[first * per + i]);
+      }
+      CHECK(g.get_state() == whole_gen.get_state());
+    }
+  }
+  Generator g(1);
+  g.set_batch_slice(2, 2);
+  CHECK_THROWS_AS(ops::dropout(Var<float>(Tensor<float>::ones({1, 4})), 0.5, true, g), Error);  // beyond the batch
+}

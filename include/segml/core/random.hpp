@@ -76,6 +76,17 @@ class Generator {
   GeneratorState get_state() const { return state_; }
   void set_state(const GeneratorState& s) { state_ = s; }
 
+  // Data-parallel training: this process holds samples [first, first + count) of a batch of
+  // `total` samples spread over several processes. Batch-shaped draws (ops::dropout, ops::drop_path)
+  // then draw for the whole batch and keep this process's samples, so every process consumes the
+  // same stream and each sample gets the values it would get with the whole batch in one process.
+  // total = 0 (the default): the batch at hand is the whole batch.
+  struct BatchSlice {
+    int64_t first = 0, total = 0;
+  };
+  void set_batch_slice(int64_t first, int64_t total) { slice_ = {first, total}; }
+  const BatchSlice& batch_slice() const { return slice_; }
+
   // The block for absolute counter `block` of this stream (does not advance the state).
   PhiloxBlock block_at(uint64_t block) const {
     const uint32_t ctr[4] = {static_cast<uint32_t>(block), static_cast<uint32_t>(block >> 32), 0u, 0u};
@@ -155,6 +166,7 @@ class Generator {
     });
   }
 
+  BatchSlice slice_;
   GeneratorState state_;
 };
 

@@ -296,10 +296,32 @@ __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl"))) inline void dropou
 #endif  // __x86_64__
 
 // keep (n) and, if x is given, out (n) = keep ? x * scale : 0, on the best path for T and isa().
+// The n elements are elements [offset, offset + n) of a stream drawn for `total` elements
+// (total = n, offset = 0: the usual case; see dropout_forward_part).
 template <class T>
-inline void dropout_run(uint8_t* keep, T* out, const T* x, T scale, int64_t n, double keep_prob, Generator& gen) {
-  if (n <= 0) return;
-  const DropoutStream st = dropout_stream(n, keep_prob, gen);
+inline void dropout_run(uint8_t* keep, T* out, const T* x, T scale, int64_t n, double keep_prob, Generator& gen,
+                        int64_t total = -1, int64_t offset = 0) {
+  if (total < 0) total = n;
+  if (n <= 0) {
+    dropout_stream(total, keep_prob, gen);  // the stream advances as for the whole
+    return;
+  }
+  DropoutStream st = dropout_stream(total, keep_prob, gen);
+  if (offset % 4 != 0) {  // not on a block boundary: element by element, portable
+    const uint32_t key[2] = {st.key0, st.key1};
+    parallel_for(n, 1 << 14, [&](int64_t s, int64_t e) {
+      for (int64_t i = s; i < e; ++i) {
+        const int64_t g = offset + i;
+        const uint64_t c = st.first + static_cast<uint64_t>(g / 4);
+        const uint32_t ctr[4] = {static_cast<uint32_t>(c), static_cast<uint32_t>(c >> 32), 0u, 0u};
+        const bool kept = (philox4x32_10(ctr, key).w[g % 4] >> 8) < st.threshold;
+        keep[i] = kept;
+        if (x) out[i] = kept ? x[i] * scale : T(0);
+      }
+    });
+    return;
+  }
+  st.first += static_cast<uint64_t>(offset / 4);
   const int64_t blocks = (n + 3) / 4;
   const Isa level = std::is_same_v<T, float> ? isa() : Isa::scalar;
   parallel_for(blocks, kDropoutGrainBlocks, [&](int64_t kb, int64_t ke) {
@@ -343,6 +365,15 @@ inline void dropout_apply(T* out, const T* x, const uint8_t* keep, T scale, int6
 template <class T>
 inline void dropout_forward(T* out, uint8_t* keep, const T* x, T scale, int64_t n, double keep_prob, Generator& gen) {
   detail::dropout_run<T>(keep, out, x, scale, n, keep_prob, gen);
+}
+
+// dropout_forward for elements [offset, offset + n) of a tensor of `total` elements: the stream
+// advances as for all `total` and the n elements get exactly the values dropout_forward over the
+// whole tensor gives them (data-parallel training: one process's samples of a batch).
+template <class T>
+inline void dropout_forward_part(T* out, uint8_t* keep, const T* x, T scale, int64_t n, double keep_prob,
+                                 Generator& gen, int64_t total, int64_t offset) {
+  detail::dropout_run<T>(keep, out, x, scale, n, keep_prob, gen, total, offset);
 }
 
 // mask (batch): mask[b] = floor(keep_prob + U[0,1)) in T, exactly as HF SegFormer's drop_path builds it

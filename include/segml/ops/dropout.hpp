@@ -11,7 +11,13 @@
 // (x / 0 * 0) for rate = 1; we give zeros, like dropout(p = 1).
 // The random streams are segml's own (core/random.hpp), not torch's: masks match torch's
 // distribution, not its bits.
+// Data-parallel training: with gen.batch_slice() set (this process holds samples [first, first +
+// B) of a batch of `total`), both draw for the whole batch and keep this process's samples: the
+// masks equal those of the whole batch in one process, and every process's stream advances alike.
 #pragma once
+
+#include <algorithm>
+#include <vector>
 
 #include "segml/autograd/variable.hpp"
 #include "segml/core/random.hpp"
@@ -38,7 +44,16 @@ Var<T> dropout(const Var<T>& x, double p, bool training, Generator& gen = defaul
   Tensor<uint8_t> keep = Tensor<uint8_t>::empty(cx.shape());
   const T scale = static_cast<T>(1.0 / (1.0 - p));
   Tensor<T> out = Tensor<T>::empty(cx.shape());
-  kernels::dropout_forward(out.data(), keep.data(), cx.data(), scale, n, 1.0 - p, gen);  // mask and output in one pass
+  const Generator::BatchSlice slice = gen.batch_slice();
+  if (slice.total > 0 && cx.dim() >= 1) {  // this process's samples of a larger batch
+    const int64_t B = cx.size(0), per = B > 0 ? n / B : 0;
+    SEGML_CHECK(slice.first >= 0 && slice.first + B <= slice.total, "dropout: batch slice [", slice.first, ", ",
+                slice.first + B, ") is outside the batch of ", slice.total);
+    kernels::dropout_forward_part(out.data(), keep.data(), cx.data(), scale, n, 1.0 - p, gen, slice.total * per,
+                                  slice.first * per);
+  } else {
+    kernels::dropout_forward(out.data(), keep.data(), cx.data(), scale, n, 1.0 - p, gen);  // mask and output in one pass
+  }
   return make_result<T>(std::move(out), "dropout", {&x}, [keep, scale](const Tensor<T>& gy, Grads<T>& g) {
     const Tensor<T> go = gy.contiguous();
     g[0] = Tensor<T>::empty(go.shape());
@@ -56,7 +71,16 @@ Var<T> drop_path(const Var<T>& x, double rate, bool training, Generator& gen = d
   const int64_t batch = cx.size(0), per_sample = batch ? cx.numel() / batch : 0;
   const T keep_prob = static_cast<T>(1.0 - rate);
   Tensor<T> mask = Tensor<T>::empty({batch});
-  kernels::drop_path_mask(mask.data(), batch, keep_prob, gen);
+  const Generator::BatchSlice slice = gen.batch_slice();
+  if (slice.total > 0) {  // this process's samples of a larger batch
+    SEGML_CHECK(slice.first >= 0 && slice.first + batch <= slice.total, "drop_path: batch slice [", slice.first, ", ",
+                slice.first + batch, ") is outside the batch of ", slice.total);
+    std::vector<T> all(static_cast<size_t>(slice.total));
+    kernels::drop_path_mask(all.data(), slice.total, keep_prob, gen);
+    std::copy_n(all.data() + slice.first, batch, mask.data());
+  } else {
+    kernels::drop_path_mask(mask.data(), batch, keep_prob, gen);
+  }
   Tensor<T> out = Tensor<T>::empty(cx.shape());
   kernels::drop_path_apply(out.data(), cx.data(), mask.data(), keep_prob, batch, per_sample);
   return make_result<T>(std::move(out), "drop_path", {&x},

@@ -41,8 +41,12 @@
 // - Non-finite parameters are never saved nor trained on: after every optimizer step the
 //   parameters and buffers are scanned and a NaN/Inf stops training with an error naming the step
 //   and the first bad tensor.
-// Does not: mixed precision, distributed training, early stopping, lock a run folder against two
-// processes training into it at once.
+// Data-parallel training on several processes (TrainOptions::communicator, segml/distributed/,
+// docs/distributed.md): every process runs the same Trainer on its share of each global
+// micro-batch; a step equals the one-process step on the same global batch (loss over the global
+// valid-pixel count, SyncBN, dropout masks of the whole batch), rank 0 alone writes.
+// Does not: mixed precision, early stopping, lock a run folder against two processes training
+// into it at once.
 #pragma once
 
 #include <algorithm>
@@ -109,6 +113,7 @@ struct Batch {
   Tensor<int64_t> labels;      // (B, H, W)
   int64_t epoch = 0;
   int64_t global_images = 0;   // images in the micro-batch over every process
+  int64_t global_first = 0;    // position of this process's first image among them
   int64_t images() const { return pixel_values.defined() ? pixel_values.size(0) : 0; }
 };
 
@@ -521,7 +526,13 @@ class Trainer {
         const Batch b = data.next();
         epoch = b.epoch;
         if (reducer_ && a + 1 == opt_.gradient_accumulation_steps) reducer_->arm();
+        // Dropout and drop-path draw from a stream of (seed, micro-batch) made for the whole global
+        // micro-batch, each process keeping its images' part: the same masks for any number of
+        // processes (and a process without images stays in step with the others).
+        model_.generator().set_state({sample_seed(opt_.seed, step_ * opt_.gradient_accumulation_steps + a, -2), 0});
+        if (comm_) model_.generator().set_batch_slice(b.global_first, b.global_images);
         loss_sum += comm_ ? micro_step_data_parallel(b) : micro_step(b);
+        model_.generator().set_batch_slice(0, 0);
         images += b.global_images;
       }
       if (reducer_) reducer_->finish();
@@ -798,7 +809,9 @@ class Trainer {
     std::vector<Example> ex;
     for (int64_t index : batch_indices(m)) ex.push_back(make_example(index, epoch));
     Batch b = stack(ex, epoch);
-    b.global_images = global_micro_batch(m).size();
+    const distributed::Shard all = global_micro_batch(m);
+    b.global_images = all.size();
+    b.global_first = distributed::shard(all.begin, all.size(), rank_, world_).begin - all.begin;
     return b;
   }
 
