@@ -50,7 +50,6 @@ struct ReducerStats {
   double bytes = 0;               // per step
   double backward_seconds = 0;    // arm() to the end of backward (finish() called), summed
   double wait_seconds = 0;        // time finish() waited for sums still in flight: communication not hidden
-  double started_in_backward = 0; // fraction of the bytes whose sum started before backward() ended
 };
 
 class GradientReducer {
@@ -93,8 +92,7 @@ class GradientReducer {
   void arm() {
     armed_ = true;
     next_launch_ = 0;
-    bytes_in_backward_ = 0;
-    for (Bucket& b : buckets_) b.pending = b.params.size(), b.launched = false;
+    for (Bucket& b : buckets_) b.pending = b.params.size();
     armed_at_ = std::chrono::steady_clock::now();
   }
 
@@ -125,7 +123,6 @@ class GradientReducer {
     stats_.bytes = bytes;
     stats_.backward_seconds += std::chrono::duration<double>(backward_end - armed_at_).count();
     stats_.wait_seconds += std::chrono::duration<double>(waited - backward_end).count();
-    stats_.started_in_backward += bytes > 0 ? bytes_in_backward_ / bytes : 0.0;
   }
 
   const ReducerStats& stats() const { return stats_; }
@@ -137,7 +134,6 @@ class GradientReducer {
     int64_t numel = 0;
     std::vector<float> buffer;
     size_t pending = 0;  // parameters whose gradient is not complete yet
-    bool launched = false;
     std::unique_ptr<Request> request;
   };
   struct Slot {
@@ -150,9 +146,6 @@ class GradientReducer {
     Bucket& b = buckets_[slot_of_[k].bucket];
     if (b.pending > 0) --b.pending;
     launch_ready();
-    bytes_in_backward_ = 0;
-    for (const Bucket& x : buckets_)
-      if (x.launched) bytes_in_backward_ += 4.0 * double(x.numel);
     // Let the sums in flight advance (MPI progresses non-blocking collectives inside its calls).
     for (Bucket& x : buckets_)
       if (x.request) x.request->test();
@@ -175,7 +168,6 @@ class GradientReducer {
         at += p.numel();
       }
       b.request = comm_->iallreduce_sum(b.buffer.data(), b.numel);
-      b.launched = true;
     }
   }
 
@@ -185,7 +177,6 @@ class GradientReducer {
   std::vector<Bucket> buckets_;
   size_t next_launch_ = 0;
   bool armed_ = false;
-  double bytes_in_backward_ = 0;
   std::chrono::steady_clock::time_point armed_at_;
   ReducerStats stats_;
 };

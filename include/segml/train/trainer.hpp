@@ -519,7 +519,7 @@ class Trainer {
       const double lr = schedule_.lr(step_);
       // Without SyncBN each process's running statistics would drift apart: like torch DDP
       // (broadcast_buffers), every process starts the step with rank 0's buffers.
-      if (comm_ && !opt_.sync_bn) distributed::broadcast_tensors(*comm_, buffer_tensors());
+      if (comm_ && !opt_.sync_bn) distributed::broadcast_tensors(*comm_, model_tensors(false, true));
       double loss_sum = 0;
       int64_t images = 0, epoch = 0;
       for (int64_t a = 0; a < opt_.gradient_accumulation_steps; ++a) {
@@ -603,10 +603,11 @@ class Trainer {
   double micro_step_data_parallel(const Batch& b) {
     const std::vector<nn::BatchNorm2d<float>*> bns = model_.batch_norms();
     SegformerOutput<float> out;
+    double valid = 0;         // this process's valid pixels
     double sums[2] = {0, 0};  // sum of pixel losses, valid pixels
     if (b.images() > 0) {
       out = model_.forward(Var<float>(b.pixel_values), &b.labels);
-      const double valid = static_cast<double>(kernels::cross_entropy_count_valid(
+      valid = static_cast<double>(kernels::cross_entropy_count_valid(
           b.labels.data(), b.labels.numel(), model_.config.num_labels, model_.config.semantic_loss_ignore_index));
       sums[0] = double(out.loss.data().data()[0]) * valid;
       sums[1] = valid;
@@ -618,8 +619,6 @@ class Trainer {
     const double loss = sums[1] > 0 ? sums[0] / sums[1] : 0.0;
     check_loss(loss);
     if (b.images() > 0) {
-      const double valid = static_cast<double>(kernels::cross_entropy_count_valid(
-          b.labels.data(), b.labels.numel(), model_.config.num_labels, model_.config.semantic_loss_ignore_index));
       const double weight = sums[1] > 0 ? valid / sums[1] : 0.0;
       out.loss.backward(Tensor<float>::full(out.loss.shape(),
                                             static_cast<float>(weight / static_cast<double>(opt_.gradient_accumulation_steps))));
@@ -640,12 +639,7 @@ class Trainer {
   // channels keep the BatchNorm and gradient sums independent of each other and of the loss sums.
   void setup_data_parallel() {
     SEGML_CHECK(opt_.bucket_cap_mb > 0, "Trainer: bucket_cap_mb must be > 0, got ", opt_.bucket_cap_mb);
-    std::vector<Tensor<float>*> all;
-    nn::Visitor<float> v;
-    v.parameter = [&](const std::string&, Var<float>& p) { all.push_back(&p.data()); };
-    v.buffer = [&](const std::string&, Tensor<float>& t) { all.push_back(&t); };
-    model_.visit(v);
-    distributed::broadcast_tensors(*comm_, all);
+    distributed::broadcast_tensors(*comm_, model_tensors(true, true));
     job_description_ = comm_->describe();  // a collective: every process asks
     grad_comm_ = comm_->duplicate();
     bn_comm_ = comm_->duplicate();
@@ -656,23 +650,23 @@ class Trainer {
         bn->sync = [c = bn_comm_](double* data, int64_t n) { c->allreduce_sum(data, n); };
   }
 
-  std::vector<Tensor<float>*> buffer_tensors() {
+  // The model's parameters and / or buffers, in visit() order (what is broadcast or checksummed).
+  std::vector<Tensor<float>*> model_tensors(bool parameters, bool buffers) const {
     std::vector<Tensor<float>*> all;
     nn::Visitor<float> v;
-    v.parameter = [](const std::string&, Var<float>&) {};
-    v.buffer = [&](const std::string&, Tensor<float>& t) { all.push_back(&t); };
+    v.parameter = [&](const std::string&, Var<float>& p) {
+      if (parameters) all.push_back(&p.data());
+    };
+    v.buffer = [&](const std::string&, Tensor<float>& t) {
+      if (buffers) all.push_back(&t);
+    };
     model_.visit(v);
     return all;
   }
-
   // Every parameter and buffer, for the replica checksum.
   std::vector<const Tensor<float>*> state_tensors() const {
-    std::vector<const Tensor<float>*> all;
-    nn::Visitor<float> v;
-    v.parameter = [&](const std::string&, Var<float>& p) { all.push_back(&p.data()); };
-    v.buffer = [&](const std::string&, Tensor<float>& t) { all.push_back(&t); };
-    model_.visit(v);
-    return all;
+    const std::vector<Tensor<float>*> all = model_tensors(true, true);
+    return {all.begin(), all.end()};
   }
 
  public:
@@ -689,11 +683,7 @@ class Trainer {
         const LoadReport r = load_state_dict(model_, {(best / "model.safetensors").string()});
         SEGML_CHECK(r.clean(), "Trainer: the best checkpoint does not match the model\n", r.str(best.string()));
       }
-      if (comm_) {
-        std::vector<Tensor<float>*> all;
-        for (const Tensor<float>* t : state_tensors()) all.push_back(const_cast<Tensor<float>*>(t));
-        distributed::broadcast_tensors(*comm_, all);
-      }
+      if (comm_) distributed::broadcast_tensors(*comm_, model_tensors(true, true));
       weights_step = best_step_;
       if (opt_.verbose)
         std::printf("Loading the best model from %s (%s %.6g) into %s\n", best.string().c_str(),
