@@ -160,9 +160,7 @@ void bench_conv_transpose(benchmark::State& state, kernels::ConvTranspose2dGeome
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::vector<Isa> isas{Isa::scalar};
-  if (detect_isa() >= Isa::avx2) isas.push_back(Isa::avx2);
-  if (detect_isa() >= Isa::avx512) isas.push_back(Isa::avx512);
+  const std::vector<Isa> isas = supported_isas();
   for (const DwShape& s : kDwShapes)
     for (bool nhwc : {true, false})
       for (bool backward : {false, true})

@@ -46,7 +46,7 @@ double machine_peak(bool quick) {
 }
 
 void BM_peak(benchmark::State& state, segml::Isa isa) {
-  if (isa > segml::detect_isa()) return state.SkipWithError("ISA not supported on this CPU");
+  if (!segml::isa_supported(isa)) return state.SkipWithError("ISA not supported on this CPU");
   double g = 0;
   for (auto _ : state) g = segml_bench::peak_gflops(isa, segml::num_threads(), 5'000'000, 3);
   state.counters["GFLOPS"] = g;
@@ -171,7 +171,7 @@ const int64_t kShapes[][3] = {{16384, 32, 128},  {16384, 128, 32}, {4096, 64, 25
 
 void register_all() {
   benchmark::RegisterBenchmark("BM_peak/avx2", BM_peak, segml::Isa::avx2)->Iterations(1)->UseRealTime();
-  if (segml::detect_isa() >= segml::Isa::avx512)
+  if (segml::isa_supported(segml::Isa::avx512))
     benchmark::RegisterBenchmark("BM_peak/avx512", BM_peak, segml::Isa::avx512)->Iterations(1)->UseRealTime();
   for (int64_t trans_b : {0, 1})
     for (const auto& s : kShapes) {

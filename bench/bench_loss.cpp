@@ -60,7 +60,7 @@ void validate() {
 }
 
 bool isa_available(benchmark::State& state) {
-  if (static_cast<Isa>(state.range(0)) > detect_isa()) {
+  if (!isa_supported(static_cast<Isa>(state.range(0)))) {
     state.SkipWithError("ISA not supported by this CPU");
     return false;
   }

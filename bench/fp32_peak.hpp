@@ -56,7 +56,8 @@ __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl"))) inline float fma_c
 // GFLOP/s of the FMA chains of `isa` (avx2 or avx512) on `threads` threads; 0 without a SIMD path.
 inline double peak_gflops(segml::Isa isa, int threads, int64_t n = 10'000'000, int reps = 5) {
 #if defined(__x86_64__)
-  if (isa == segml::Isa::scalar || isa > segml::detect_isa()) return 0;
+  if (isa != segml::Isa::avx2 && isa != segml::Isa::avx512) return 0;
+  if (!segml::isa_supported(isa)) return 0;
   const int lanes = isa == segml::Isa::avx512 ? 16 : 8;
   double best = 0;
   for (int rep = 0; rep < reps; ++rep) {

@@ -360,8 +360,7 @@ TEST_CASE("clipseg inference engine: logits match PyTorch on every ISA (square, 
   const test::Fixture fx("clipseg_tiny");
   const CLIPSegForImageSegmentation<float> model = fixture_model<float>(fx);
   const std::vector<std::vector<int64_t>> prompts = id_rows(fx.get<int64_t>("text.input_ids"));
-  for (Isa which : {Isa::scalar, Isa::avx2, Isa::avx512}) {
-    if (which > detect_isa()) continue;
+  for (Isa which : supported_isas()) {
     set_isa(which);
     CLIPSegInference<float> engine(model);
     for (const FixtureCase& c : fixture_cases(fx)) {

@@ -19,10 +19,7 @@ using Vars = std::vector<VarD>;
 
 // The ISAs this machine can run, scalar first.
 std::vector<Isa> isas() {
-  std::vector<Isa> v{Isa::scalar};
-  if (detect_isa() >= Isa::avx2) v.push_back(Isa::avx2);
-  if (detect_isa() >= Isa::avx512) v.push_back(Isa::avx512);
-  return v;
+  return supported_isas();
 }
 
 Tensor<float> rnd(const Shape& s, uint64_t seed) { return test::random_tensor<float>(s, seed); }

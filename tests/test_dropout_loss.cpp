@@ -237,12 +237,12 @@ TEST_CASE("dropout kernels: mask and fused forward equal the reference twin bit 
   const int64_t sizes[] = {0, 1, 3, 4, 5, 7, 8, 9, 31, 32, 33, 63, 64, 65, 1000, 12345};
   const double keep_probs[] = {0.0, 0.1, 0.5, 0.9, 1.0, 0x1.0p-24, 1.0 - 0x1.0p-24, 0.5 + 0x1.0p-26};
   const GeneratorState starts[] = {{1, 0}, {0xDEADBEEF12345678ull, (1ull << 32) - 5}, {7, ~0ull - 2}};
-  for (int level = 0; level <= static_cast<int>(detect_isa()); ++level) {
-    ScopedIsa isa(static_cast<Isa>(level));
+  for (Isa level : supported_isas()) {
+    ScopedIsa isa(level);
     for (const GeneratorState& start : starts)
       for (double q : keep_probs)
         for (int64_t n : sizes) {
-          CAPTURE(isa_name(static_cast<Isa>(level)));
+          CAPTURE(isa_name(level));
           CAPTURE(start.offset);
           CAPTURE(q);
           CAPTURE(n);
@@ -294,12 +294,12 @@ TEST_CASE("dropout kernels: keep probabilities exactly at a drawn uniform, every
       Generator g_ref(77);
       kernels::dropout_mask_ref(want.data(), n, q, g_ref);
       CHECK(want[i] == (q > m * 0x1.0p-24 ? 1 : 0));
-      for (int level = 0; level <= static_cast<int>(detect_isa()); ++level) {
-        ScopedIsa isa(static_cast<Isa>(level));
+      for (Isa level : supported_isas()) {
+        ScopedIsa isa(level);
         std::vector<uint8_t> mask(n);
         Generator g(77);
         kernels::dropout_mask(mask.data(), n, q, g);
-        CHECK_MESSAGE(mask == want, isa_name(static_cast<Isa>(level)));
+        CHECK_MESSAGE(mask == want, isa_name(level));
       }
     }
   }
@@ -314,19 +314,19 @@ TEST_CASE("dropout kernels: mask and outputs are identical for 1, 2 and 3 thread
   Generator g_ref(42);
   kernels::dropout_mask_ref(want.data(), n, 0.6, g_ref);
   kernels::dropout_apply_ref(want_y.data(), x.data(), want.data(), 2.5f, n);
-  for (int level = 0; level <= static_cast<int>(detect_isa()); ++level) {
-    ScopedIsa isa(static_cast<Isa>(level));
+  for (Isa level : supported_isas()) {
+    ScopedIsa isa(level);
     for_thread_counts([&](int threads) {
       Generator g1(42), g2(42);
       std::vector<uint8_t> mask(n), fused_mask(n);
       std::vector<float> y(n);
       kernels::dropout_mask(mask.data(), n, 0.6, g1);
       kernels::dropout_forward(y.data(), fused_mask.data(), x.data(), 2.5f, n, 0.6, g2);
-      CHECK_MESSAGE(mask == want, isa_name(static_cast<Isa>(level)) << ", threads " << threads);
-      CHECK_MESSAGE(fused_mask == want, isa_name(static_cast<Isa>(level)) << ", threads " << threads);
-      CHECK_MESSAGE(y == want_y, isa_name(static_cast<Isa>(level)) << ", threads " << threads);
+      CHECK_MESSAGE(mask == want, isa_name(level) << ", threads " << threads);
+      CHECK_MESSAGE(fused_mask == want, isa_name(level) << ", threads " << threads);
+      CHECK_MESSAGE(y == want_y, isa_name(level) << ", threads " << threads);
       kernels::dropout_apply(y.data(), x.data(), want.data(), 2.5f, n);
-      CHECK_MESSAGE(y == want_y, isa_name(static_cast<Isa>(level)) << ", threads " << threads);
+      CHECK_MESSAGE(y == want_y, isa_name(level) << ", threads " << threads);
     });
   }
 }
@@ -420,8 +420,8 @@ TEST_CASE("cross_entropy: SIMD kernels vs the scalar twin, every remainder, ever
   // Tolerances: the SIMD exp is within ~2 ulp of std::exp, so per-pixel losses agree to ~1e-6
   // relative (loss sums: rtol 1e-6) and gradients (each |g| <= scale = 0.37) to 2e-7 absolute.
   const float scale = 0.37f;
-  for (int level = 0; level <= static_cast<int>(detect_isa()); ++level) {
-    ScopedIsa isa_guard(static_cast<Isa>(level));
+  for (Isa level : supported_isas()) {
+    ScopedIsa isa_guard(level);
     double worst_loss = 0, worst_grad = 0;
     for (int64_t C : {1, 3, 35}) {
       std::vector<int64_t> pixel_counts;
@@ -459,8 +459,8 @@ TEST_CASE("cross_entropy: matches PyTorch (float and double)") {
     const int64_t ii = fx.get<int64_t>(n + ".ignore_index").data()[0];
     const Tensor<double> want_loss = fx.get<double>(n + ".loss");
     const Tensor<double> want_grad = fx.get<double>(n + ".grad");
-    for (int level = 0; level <= static_cast<int>(detect_isa()); ++level) {
-      ScopedIsa isa_guard(static_cast<Isa>(level));
+    for (Isa level : supported_isas()) {
+      ScopedIsa isa_guard(level);
       Var<float> x(fx.get<float>(n + ".logits"), true);
       Var<float> loss = ops::cross_entropy(x, labels, ii);
       CHECK(loss.shape() == Shape{});
@@ -538,8 +538,7 @@ TEST_CASE("upsampled_cross_entropy: equals cross_entropy(resize_bilinear(x)), fo
     Tensor<double> dup = Tensor<double>::empty(up.shape()), dwant = Tensor<double>::empty(x.shape());
     kernels::cross_entropy_backward_ref(dup.data(), up.data(), lab.data(), c.B, c.C, c.H * c.W, 255, 1.0 / double(n_valid));
     kernels::resize_bilinear_backward_ref(dwant.data(), dup.data(), c.B * c.C, c.h, c.w, c.H, c.W);
-    for (Isa which : {Isa::scalar, Isa::avx2, Isa::avx512}) {
-      if (which > detect_isa()) continue;
+    for (Isa which : supported_isas()) {
       ScopedIsa scoped(which);
       const Var<float> v(x, true);
       const Var<float> loss = ops::upsampled_cross_entropy(v, lab);

@@ -42,10 +42,7 @@ std::vector<double> to_double(const std::vector<float>& v) { return {v.begin(), 
 
 // Every ISA this CPU can run, lowest first (scalar = the Eigen path).
 std::vector<Isa> isas() {
-  std::vector<Isa> out;
-  for (Isa i : {Isa::scalar, Isa::avx2, Isa::avx512})
-    if (i <= segml::detect_isa()) out.push_back(i);
-  return out;
+  return segml::supported_isas();
 }
 
 struct Case {

@@ -36,8 +36,7 @@ TEST_CASE("inference: tiny model logits match PyTorch and the autograd forward")
   const test::Fixture fx("model_tiny");
   SegformerForSemanticSegmentation<float> model = load_model("model_tiny");
   const Tensor<float> pixels = fx.get("pixel_values");
-  for (Isa which : {Isa::scalar, Isa::avx2, Isa::avx512}) {
-    if (which > detect_isa()) continue;
+  for (Isa which : supported_isas()) {
     ScopedIsa scoped(which);
     SegformerInference<float> engine(model);
     const Tensor<float> logits = engine.run(pixels);

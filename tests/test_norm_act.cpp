@@ -1,5 +1,5 @@
-// Tests for LayerNorm, BatchNorm2d, exact GELU, ReLU, softmax and the SIMD math under them:
-// accuracy of exp / erf / Phi, every SIMD kernel against its scalar twin on every ISA this CPU has,
+// Tests for LayerNorm, BatchNorm2d, exact GELU, ReLU and softmax: every SIMD kernel against its
+// scalar twin on every ISA this CPU has,
 // finite-difference gradients in double, PyTorch fixtures (forward and backward), bad shapes.
 #include <doctest/doctest.h>
 
@@ -18,10 +18,7 @@ namespace {
 
 // Every ISA this machine can run, lowest first (scalar exercises the portable dispatch path).
 std::vector<Isa> isas() {
-  std::vector<Isa> v;
-  for (Isa i : {Isa::scalar, Isa::avx2, Isa::avx512})
-    if (i <= detect_isa()) v.push_back(i);
-  return v;
+  return supported_isas();
 }
 
 Tensor<float> randf(const Shape& s, uint64_t seed, double lo = -1, double hi = 1) {
@@ -30,78 +27,7 @@ Tensor<float> randf(const Shape& s, uint64_t seed, double lo = -1, double hi = 1
 
 }  // namespace
 
-// ---- simd_math accuracy ------------------------------------------------------------------------
-#if defined(__x86_64__)
-namespace {
-enum class Fn { exp, erf, ndtr };
-
-SEGML_AVX2_FN void apply_avx2(Fn f, float* y, const float* x, int64_t n) {
-  for (int64_t i = 0; i < n; i += 8) {  // n is a multiple of 8
-    const __m256 v = _mm256_loadu_ps(x + i);
-    _mm256_storeu_ps(y + i, f == Fn::exp ? simd::exp256_ps(v) : f == Fn::erf ? simd::erf256_ps(v) : simd::ndtr256_ps(v));
-  }
-}
-SEGML_AVX512_FN void apply_avx512(Fn f, float* y, const float* x, int64_t n) {
-  for (int64_t i = 0; i < n; i += 16) {  // n is a multiple of 16
-    const __m512 v = _mm512_loadu_ps(x + i);
-    _mm512_storeu_ps(y + i, f == Fn::exp ? simd::exp512_ps(v) : f == Fn::erf ? simd::erf512_ps(v) : simd::ndtr512_ps(v));
-  }
-}
-
-double reference(Fn f, double x) {
-  switch (f) {
-    case Fn::exp: return std::exp(x);
-    case Fn::erf: return std::erf(x);
-    default: return 0.5 * std::erfc(-x / std::sqrt(2.0));
-  }
-}
-}  // namespace
-
-TEST_CASE("simd_math: exp / erf / Phi relative error over the float range, and special values") {
-  // A dense sweep of [-110, 110] (1/16384 apart) plus special values; length a multiple of 16.
-  std::vector<float> x;
-  for (int64_t i = -110 * 16384; i < 110 * 16384; ++i) x.push_back(static_cast<float>(i) / 16384.0f);
-  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
-  for (float s : {inf, -inf, nan, 0.0f, -0.0f, 88.72f, 88.73f, -87.3f, 1e-30f, -1e-30f, 3.9f, -3.9f, 1.0f, -1.0f, 1.4142135f,
-                  -1.4142135f})
-    x.push_back(s);
-  while (x.size() % 16) x.push_back(0.5f);
-  const int64_t n = static_cast<int64_t>(x.size());
-  std::vector<float> y(x.size());
-  // Bounds stated in simd_math.hpp, with a little headroom.
-  struct Case {
-    Fn f;
-    const char* name;
-    double max_rel;
-  };
-  for (Isa isa : isas()) {
-    if (isa == Isa::scalar) continue;
-    for (Case c : {Case{Fn::exp, "exp", 1.5e-7}, Case{Fn::erf, "erf", 2.5e-7}, Case{Fn::ndtr, "ndtr", 1.0e-6}}) {
-      if (isa == Isa::avx512)
-        apply_avx512(c.f, y.data(), x.data(), n);
-      else
-        apply_avx2(c.f, y.data(), x.data(), n);
-      double worst = 0;
-      int bad_special = 0;
-      for (int64_t i = 0; i < n; ++i) {
-        const double r = reference(c.f, x[static_cast<size_t>(i)]);
-        if (std::isnan(x[static_cast<size_t>(i)])) {
-          bad_special += !std::isnan(y[static_cast<size_t>(i)]);
-        } else if (std::abs(r) > std::numeric_limits<float>::max()) {  // overflow: +inf
-          bad_special += !(std::isinf(y[static_cast<size_t>(i)]) && y[static_cast<size_t>(i)] > 0);
-        } else if (std::abs(r) < std::numeric_limits<float>::min()) {  // 0 or tiny: may flush
-          bad_special += !(std::abs(y[static_cast<size_t>(i)]) < 1.2e-38f);
-        } else {
-          worst = std::max(worst, std::abs(y[static_cast<size_t>(i)] - r) / std::abs(r));
-        }
-      }
-      MESSAGE(std::string(isa_name(isa)) << " " << std::string(c.name) << ": max rel err " << worst << " (bound " << c.max_rel << ")");
-      CHECK(worst <= c.max_rel);
-      CHECK(bad_special == 0);
-    }
-  }
-}
-#endif
+// The accuracy of exp / erf / Phi on every backend is tests/test_simd.cpp's.
 
 // ---- SIMD vs scalar twins ------------------------------------------------------------------------
 namespace {
@@ -132,7 +58,7 @@ TEST_CASE("activations: GELU / ReLU SIMD vs scalar twin, every ISA and remainder
       kernels::gelu_backward_ref(dxd.data(), xd.data(), dyd.data(), n);
       CAPTURE(std::string(isa_name(isa)));
       CAPTURE(n);
-      // gelu: relative 2e-6 (Phi within 1e-6, see simd_math.hpp) down to 1e-37 (where Phi underflows);
+      // gelu: relative 2e-6 (Phi within 1e-6, see simd/math.hpp) down to 1e-37 (where Phi underflows);
       // gelu': plus an absolute 1e-6 for the cancellation near its zero at x ~ -0.75.
       for (int64_t i = 0; i < n; ++i) {
         CHECK(std::abs(y.data()[i] - yd.data()[i]) <= 1e-37 + 2e-6 * std::abs(yd.data()[i]));

@@ -27,9 +27,9 @@ namespace {
 // Runs body once per ISA up to what the hardware supports.
 template <class F>
 void for_each_isa(F&& body) {
-  for (int i = 0; i <= static_cast<int>(detect_isa()); ++i) {
-    ScopedIsa s(static_cast<Isa>(i));
-    INFO("isa " << std::string(isa_name(static_cast<Isa>(i))));
+  for (Isa i : supported_isas()) {
+    ScopedIsa s(i);
+    INFO("isa " << std::string(isa_name(i)));
     body();
   }
 }

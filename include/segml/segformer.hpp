@@ -2,7 +2,8 @@
 //
 // segml is a header-only C++20 library that trains and runs SegFormer semantic segmentation on the
 // CPU. Layers, bottom to top (arrows point down only; see docs/architecture.md):
-//   core/      Tensor, errors, CPU/ISA dispatch, threads, RNG, durable file writes
+//   core/      Tensor, errors, ISA detection, threads, RNG, durable file writes
+//   simd/      vector operations per ISA (AVX-512, AVX2, NEON, scalar) and the dispatch into them
 //   kernels/   raw-pointer forward + backward kernels, each next to its scalar reference twin
 //   autograd/  Var, the graph, backward(), gradcheck
 //   ops/       differentiable functional ops (kernels + graph)

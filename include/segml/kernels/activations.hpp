@@ -12,8 +12,9 @@
 //    neither overflows nor cancels in either tail.
 //  - ReLU follows torch: relu(x) = max(x, 0) with NaN propagated; its backward passes dy where the
 //    OUTPUT is > 0 (torch's threshold_backward on the result), so it takes y, not x.
-//  - Each *_ref is the scalar oracle (float and double); the dispatching versions use AVX2 /
-//    AVX-512 for float (see simd_math.hpp for the accuracy of Phi and exp) and run in parallel.
+//  - Each *_ref is the scalar oracle (float and double) and the scalar path; the dispatching
+//    versions are written once on the simd backends (AVX-512, AVX2, NEON for float; see
+//    simd/math.hpp for the accuracy of Phi and exp) and run in parallel.
 //    Outputs may alias inputs exactly (in-place), never partially.
 #pragma once
 
@@ -23,7 +24,8 @@
 
 #include "segml/core/cpu.hpp"
 #include "segml/core/parallel.hpp"
-#include "segml/kernels/simd_math.hpp"
+#include "segml/simd/dispatch.hpp"
+#include "segml/simd/math.hpp"
 
 namespace segml::kernels {
 
@@ -90,258 +92,110 @@ inline void relu_backward_ref(T* dx, const T* y, const T* dy, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dx[i] = y[i] > T(0) ? dy[i] : T(0);
 }
 
-#if defined(__x86_64__)
 namespace detail {
-// ---- AVX2 ----------------------------------------------------------------------------------------
-SEGML_AVX2_FN __m256 gelu256_ps(__m256 x) { return _mm256_mul_ps(x, simd::ndtr256_ps(x)); }
-SEGML_AVX2_FN __m256 gelu_grad256_ps(__m256 x) {
-  const __m256 pdf = _mm256_mul_ps(simd::exp256_ps(_mm256_mul_ps(_mm256_mul_ps(x, x), _mm256_set1_ps(-0.5f))),
-                                   _mm256_set1_ps(static_cast<float>(kInvSqrt2Pi)));
-  return _mm256_fmadd_ps(x, pdf, simd::ndtr256_ps(x));
+// ---- the vector kernels, written once on the simd backends (vec.hpp, math.hpp) ------------------
+template <class S>
+inline typename S::V gelu(const typename S::V& x) {
+  return x * simd::ndtr<S>(x);
 }
-SEGML_AVX2_FN void gelu_forward_avx2(float* y, const float* x, int64_t n) {
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, gelu256_ps(_mm256_loadu_ps(x + i)));
-  if (i < n) {
-    const __m256i m = simd::tail_mask256(n - i);
-    _mm256_maskstore_ps(y + i, m, gelu256_ps(_mm256_maskload_ps(x + i, m)));
-  }
-}
-SEGML_AVX2_FN void gelu_backward_avx2(float* dx, const float* x, const float* dy, int64_t n) {
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    _mm256_storeu_ps(dx + i, _mm256_mul_ps(_mm256_loadu_ps(dy + i), gelu_grad256_ps(_mm256_loadu_ps(x + i))));
-  if (i < n) {
-    const __m256i m = simd::tail_mask256(n - i);
-    _mm256_maskstore_ps(dx + i, m, _mm256_mul_ps(_mm256_maskload_ps(dy + i, m), gelu_grad256_ps(_mm256_maskload_ps(x + i, m))));
-  }
+template <class S>
+inline typename S::V gelu_grad(const typename S::V& x) {
+  const typename S::V pdf = simd::exp<S>(x * x * S::set1(-0.5f)) * S::set1(static_cast<float>(kInvSqrt2Pi));
+  return S::fma(x, pdf, simd::ndtr<S>(x));
 }
 // QuickGELU: e = exp(-|a x|), r = 1 / (1 + e); s = r or e r and 1 - s = e r or r by the sign of x.
-SEGML_AVX2_FN void quick_gelu_sigmoid256_ps(__m256 x, __m256& s, __m256& oms) {
-  const __m256 t = _mm256_mul_ps(x, _mm256_set1_ps(static_cast<float>(kQuickGeluAlpha)));
-  const __m256 e = simd::exp256_ps(_mm256_or_ps(t, _mm256_set1_ps(-0.0f)));  // exp(-|t|)
-  const __m256 r = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_add_ps(_mm256_set1_ps(1.0f), e)), er = _mm256_mul_ps(e, r);
-  const __m256 neg = _mm256_cmp_ps(t, _mm256_setzero_ps(), _CMP_LT_OQ);
-  s = _mm256_blendv_ps(r, er, neg);
-  oms = _mm256_blendv_ps(er, r, neg);
+template <class S>
+inline void quick_gelu_sigmoid(const typename S::V& x, typename S::V& s, typename S::V& oms) {
+  using V = typename S::V;
+  const V t = x * S::set1(static_cast<float>(kQuickGeluAlpha));
+  const V e = simd::exp<S>(S::copysign(t, S::set1(-0.0f)));  // exp(-|t|)
+  const V r = S::set1(1.0f) / (S::set1(1.0f) + e), er = e * r;
+  const auto neg = S::lt(t, S::zero());
+  s = S::select(neg, er, r);
+  oms = S::select(neg, r, er);
 }
-SEGML_AVX2_FN __m256 quick_gelu256_ps(__m256 x) {
-  __m256 s, oms;
-  quick_gelu_sigmoid256_ps(x, s, oms);
-  return _mm256_mul_ps(x, s);
+template <class S>
+inline typename S::V quick_gelu(const typename S::V& x) {
+  typename S::V s, oms;
+  quick_gelu_sigmoid<S>(x, s, oms);
+  return x * s;
 }
-SEGML_AVX2_FN __m256 quick_gelu_grad256_ps(__m256 x) {
-  __m256 s, oms;
-  quick_gelu_sigmoid256_ps(x, s, oms);
-  const __m256 ax = _mm256_mul_ps(x, _mm256_set1_ps(static_cast<float>(kQuickGeluAlpha)));
-  return _mm256_fmadd_ps(_mm256_mul_ps(ax, s), oms, s);
-}
-SEGML_AVX2_FN void quick_gelu_forward_avx2(float* y, const float* x, int64_t n) {
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, quick_gelu256_ps(_mm256_loadu_ps(x + i)));
-  if (i < n) {
-    const __m256i m = simd::tail_mask256(n - i);
-    _mm256_maskstore_ps(y + i, m, quick_gelu256_ps(_mm256_maskload_ps(x + i, m)));
-  }
-}
-SEGML_AVX2_FN void quick_gelu_backward_avx2(float* dx, const float* x, const float* dy, int64_t n) {
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    _mm256_storeu_ps(dx + i, _mm256_mul_ps(_mm256_loadu_ps(dy + i), quick_gelu_grad256_ps(_mm256_loadu_ps(x + i))));
-  if (i < n) {
-    const __m256i m = simd::tail_mask256(n - i);
-    _mm256_maskstore_ps(dx + i, m,
-                        _mm256_mul_ps(_mm256_maskload_ps(dy + i, m), quick_gelu_grad256_ps(_mm256_maskload_ps(x + i, m))));
-  }
-}
-// max(0, x) returns x when x is NaN (MAXPS returns its second operand on NaN).
-SEGML_AVX2_FN void relu_forward_avx2(float* y, const float* x, int64_t n) {
-  const __m256 zero = _mm256_setzero_ps();
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_max_ps(zero, _mm256_loadu_ps(x + i)));
-  if (i < n) {
-    const __m256i m = simd::tail_mask256(n - i);
-    _mm256_maskstore_ps(y + i, m, _mm256_max_ps(zero, _mm256_maskload_ps(x + i, m)));
-  }
-}
-SEGML_AVX2_FN void relu_backward_avx2(float* dx, const float* y, const float* dy, int64_t n) {
-  const __m256 zero = _mm256_setzero_ps();
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const __m256 pos = _mm256_cmp_ps(_mm256_loadu_ps(y + i), zero, _CMP_GT_OQ);
-    _mm256_storeu_ps(dx + i, _mm256_and_ps(pos, _mm256_loadu_ps(dy + i)));
-  }
-  if (i < n) {
-    const __m256i m = simd::tail_mask256(n - i);
-    const __m256 pos = _mm256_cmp_ps(_mm256_maskload_ps(y + i, m), zero, _CMP_GT_OQ);
-    _mm256_maskstore_ps(dx + i, m, _mm256_and_ps(pos, _mm256_maskload_ps(dy + i, m)));
-  }
+template <class S>
+inline typename S::V quick_gelu_grad(const typename S::V& x) {
+  typename S::V s, oms;
+  quick_gelu_sigmoid<S>(x, s, oms);
+  return S::fma(x * S::set1(static_cast<float>(kQuickGeluAlpha)) * s, oms, s);
 }
 
-// ---- AVX-512 -------------------------------------------------------------------------------------
-SEGML_AVX512_FN __m512 gelu512_ps(__m512 x) { return _mm512_mul_ps(x, simd::ndtr512_ps(x)); }
-SEGML_AVX512_FN __m512 gelu_grad512_ps(__m512 x) {
-  const __m512 pdf = _mm512_mul_ps(simd::exp512_ps(_mm512_mul_ps(_mm512_mul_ps(x, x), _mm512_set1_ps(-0.5f))),
-                                   _mm512_set1_ps(static_cast<float>(kInvSqrt2Pi)));
-  return _mm512_fmadd_ps(x, pdf, simd::ndtr512_ps(x));
-}
-SEGML_AVX512_FN void gelu_forward_avx512(float* y, const float* x, int64_t n) {
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, gelu512_ps(_mm512_loadu_ps(x + i)));
-  if (i < n) {
-    const __mmask16 m = simd::tail_mask512(n - i);
-    _mm512_mask_storeu_ps(y + i, m, gelu512_ps(_mm512_maskz_loadu_ps(m, x + i)));
-  }
-}
-SEGML_AVX512_FN void gelu_backward_avx512(float* dx, const float* x, const float* dy, int64_t n) {
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16)
-    _mm512_storeu_ps(dx + i, _mm512_mul_ps(_mm512_loadu_ps(dy + i), gelu_grad512_ps(_mm512_loadu_ps(x + i))));
-  if (i < n) {
-    const __mmask16 m = simd::tail_mask512(n - i);
-    _mm512_mask_storeu_ps(dx + i, m,
-                          _mm512_mul_ps(_mm512_maskz_loadu_ps(m, dy + i), gelu_grad512_ps(_mm512_maskz_loadu_ps(m, x + i))));
-  }
-}
-SEGML_AVX512_FN void quick_gelu_sigmoid512_ps(__m512 x, __m512& s, __m512& oms) {
-  const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(static_cast<float>(kQuickGeluAlpha)));
-  const __m512 e = simd::exp512_ps(_mm512_or_ps(t, _mm512_set1_ps(-0.0f)));  // exp(-|t|)
-  const __m512 r = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_add_ps(_mm512_set1_ps(1.0f), e)), er = _mm512_mul_ps(e, r);
-  const __mmask16 neg = _mm512_cmp_ps_mask(t, _mm512_setzero_ps(), _CMP_LT_OQ);
-  s = _mm512_mask_blend_ps(neg, r, er);
-  oms = _mm512_mask_blend_ps(neg, er, r);
-}
-SEGML_AVX512_FN __m512 quick_gelu512_ps(__m512 x) {
-  __m512 s, oms;
-  quick_gelu_sigmoid512_ps(x, s, oms);
-  return _mm512_mul_ps(x, s);
-}
-SEGML_AVX512_FN __m512 quick_gelu_grad512_ps(__m512 x) {
-  __m512 s, oms;
-  quick_gelu_sigmoid512_ps(x, s, oms);
-  const __m512 ax = _mm512_mul_ps(x, _mm512_set1_ps(static_cast<float>(kQuickGeluAlpha)));
-  return _mm512_fmadd_ps(_mm512_mul_ps(ax, s), oms, s);
-}
-SEGML_AVX512_FN void quick_gelu_forward_avx512(float* y, const float* x, int64_t n) {
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, quick_gelu512_ps(_mm512_loadu_ps(x + i)));
-  if (i < n) {
-    const __mmask16 m = simd::tail_mask512(n - i);
-    _mm512_mask_storeu_ps(y + i, m, quick_gelu512_ps(_mm512_maskz_loadu_ps(m, x + i)));
-  }
-}
-SEGML_AVX512_FN void quick_gelu_backward_avx512(float* dx, const float* x, const float* dy, int64_t n) {
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16)
-    _mm512_storeu_ps(dx + i, _mm512_mul_ps(_mm512_loadu_ps(dy + i), quick_gelu_grad512_ps(_mm512_loadu_ps(x + i))));
-  if (i < n) {
-    const __mmask16 m = simd::tail_mask512(n - i);
-    _mm512_mask_storeu_ps(dx + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, dy + i),
-                                                   quick_gelu_grad512_ps(_mm512_maskz_loadu_ps(m, x + i))));
-  }
-}
-SEGML_AVX512_FN void relu_forward_avx512(float* y, const float* x, int64_t n) {
-  const __m512 zero = _mm512_setzero_ps();
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, _mm512_maskz_max_ps(simd::kAll, zero, _mm512_loadu_ps(x + i)));
-  if (i < n) {
-    const __mmask16 m = simd::tail_mask512(n - i);
-    _mm512_mask_storeu_ps(y + i, m, _mm512_maskz_max_ps(simd::kAll, zero, _mm512_maskz_loadu_ps(m, x + i)));
-  }
-}
-SEGML_AVX512_FN void relu_backward_avx512(float* dx, const float* y, const float* dy, int64_t n) {
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    const __mmask16 pos = _mm512_cmp_ps_mask(_mm512_loadu_ps(y + i), _mm512_setzero_ps(), _CMP_GT_OQ);
-    _mm512_storeu_ps(dx + i, _mm512_maskz_mov_ps(pos, _mm512_loadu_ps(dy + i)));
-  }
-  if (i < n) {
-    const __mmask16 m = simd::tail_mask512(n - i);
-    const __mmask16 pos = _mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(m, y + i), _mm512_setzero_ps(), _CMP_GT_OQ);
-    _mm512_mask_storeu_ps(dx + i, m, _mm512_maskz_mov_ps(pos, _mm512_maskz_loadu_ps(m, dy + i)));
-  }
+// Runs a pointwise kernel over [0, n) in parallel chunks: on a vector backend out[i] = vec(S, i, m)
+// a vector at a time, on the scalar backend (and for double) the reference twin ref(b, e), which
+// computes in double.
+template <class T, class Vec, class Ref>
+inline void pointwise(int64_t n, T* out, Vec&& vec, Ref&& ref) {
+  simd::parallel_for<T>(n, kPointwiseGrain, [&](auto s, int64_t b, int64_t e) {
+    using S = decltype(s);
+    if constexpr (S::lanes == 1) {
+      ref(b, e);
+    } else {
+      simd::for_lanes<S>(e - b, [&](int64_t j, const auto& m) { S::store(out + b + j, vec(s, b + j, m), m); });
+    }
+  });
 }
 }  // namespace detail
-#endif  // __x86_64__
 
-// ---- dispatching kernels: parallel chunks, each on the widest ISA allowed (float only) --------------
+// ---- dispatching kernels: parallel chunks, each on the active ISA's backend (float only) ----------
 template <class T>
 inline void gelu_forward(T* y, const T* x, int64_t n) {
-  [[maybe_unused]] const Isa isa = std::is_same_v<T, float> ? segml::isa() : Isa::scalar;
-  parallel_for(n, detail::kPointwiseGrain, [&](int64_t b, int64_t e) {
-#if defined(__x86_64__)
-    if constexpr (std::is_same_v<T, float>) {
-      if (isa == Isa::avx512) return detail::gelu_forward_avx512(y + b, x + b, e - b);
-      if (isa == Isa::avx2) return detail::gelu_forward_avx2(y + b, x + b, e - b);
-    }
-#endif
-    gelu_forward_ref(y + b, x + b, e - b);
-  });
+  detail::pointwise(
+      n, y, [&](auto s, int64_t i, const auto& m) { return detail::gelu<decltype(s)>(decltype(s)::load(x + i, m)); },
+      [&](int64_t b, int64_t e) { gelu_forward_ref(y + b, x + b, e - b); });
 }
 template <class T>
 inline void gelu_backward(T* dx, const T* x, const T* dy, int64_t n) {
-  [[maybe_unused]] const Isa isa = std::is_same_v<T, float> ? segml::isa() : Isa::scalar;
-  parallel_for(n, detail::kPointwiseGrain, [&](int64_t b, int64_t e) {
-#if defined(__x86_64__)
-    if constexpr (std::is_same_v<T, float>) {
-      if (isa == Isa::avx512) return detail::gelu_backward_avx512(dx + b, x + b, dy + b, e - b);
-      if (isa == Isa::avx2) return detail::gelu_backward_avx2(dx + b, x + b, dy + b, e - b);
-    }
-#endif
-    gelu_backward_ref(dx + b, x + b, dy + b, e - b);
-  });
+  detail::pointwise(
+      n, dx,
+      [&](auto s, int64_t i, const auto& m) {
+        using S = decltype(s);
+        return S::load(dy + i, m) * detail::gelu_grad<S>(S::load(x + i, m));
+      },
+      [&](int64_t b, int64_t e) { gelu_backward_ref(dx + b, x + b, dy + b, e - b); });
 }
 template <class T>
 inline void quick_gelu_forward(T* y, const T* x, int64_t n) {
-  [[maybe_unused]] const Isa isa = std::is_same_v<T, float> ? segml::isa() : Isa::scalar;
-  parallel_for(n, detail::kPointwiseGrain, [&](int64_t b, int64_t e) {
-#if defined(__x86_64__)
-    if constexpr (std::is_same_v<T, float>) {
-      if (isa == Isa::avx512) return detail::quick_gelu_forward_avx512(y + b, x + b, e - b);
-      if (isa == Isa::avx2) return detail::quick_gelu_forward_avx2(y + b, x + b, e - b);
-    }
-#endif
-    quick_gelu_forward_ref(y + b, x + b, e - b);
-  });
+  detail::pointwise(
+      n, y, [&](auto s, int64_t i, const auto& m) { return detail::quick_gelu<decltype(s)>(decltype(s)::load(x + i, m)); },
+      [&](int64_t b, int64_t e) { quick_gelu_forward_ref(y + b, x + b, e - b); });
 }
 template <class T>
 inline void quick_gelu_backward(T* dx, const T* x, const T* dy, int64_t n) {
-  [[maybe_unused]] const Isa isa = std::is_same_v<T, float> ? segml::isa() : Isa::scalar;
-  parallel_for(n, detail::kPointwiseGrain, [&](int64_t b, int64_t e) {
-#if defined(__x86_64__)
-    if constexpr (std::is_same_v<T, float>) {
-      if (isa == Isa::avx512) return detail::quick_gelu_backward_avx512(dx + b, x + b, dy + b, e - b);
-      if (isa == Isa::avx2) return detail::quick_gelu_backward_avx2(dx + b, x + b, dy + b, e - b);
-    }
-#endif
-    quick_gelu_backward_ref(dx + b, x + b, dy + b, e - b);
-  });
+  detail::pointwise(
+      n, dx,
+      [&](auto s, int64_t i, const auto& m) {
+        using S = decltype(s);
+        return S::load(dy + i, m) * detail::quick_gelu_grad<S>(S::load(x + i, m));
+      },
+      [&](int64_t b, int64_t e) { quick_gelu_backward_ref(dx + b, x + b, dy + b, e - b); });
 }
+// max(0, x) is x when x is NaN (max returns its second operand on NaN), as torch propagates it.
 template <class T>
 inline void relu_forward(T* y, const T* x, int64_t n) {
-  [[maybe_unused]] const Isa isa = std::is_same_v<T, float> ? segml::isa() : Isa::scalar;
-  parallel_for(n, detail::kPointwiseGrain, [&](int64_t b, int64_t e) {
-#if defined(__x86_64__)
-    if constexpr (std::is_same_v<T, float>) {
-      if (isa == Isa::avx512) return detail::relu_forward_avx512(y + b, x + b, e - b);
-      if (isa == Isa::avx2) return detail::relu_forward_avx2(y + b, x + b, e - b);
-    }
-#endif
-    relu_forward_ref(y + b, x + b, e - b);
-  });
+  detail::pointwise(
+      n, y,
+      [&](auto s, int64_t i, const auto& m) {
+        using S = decltype(s);
+        return S::max(S::zero(), S::load(x + i, m));
+      },
+      [&](int64_t b, int64_t e) { relu_forward_ref(y + b, x + b, e - b); });
 }
 template <class T>
 inline void relu_backward(T* dx, const T* y, const T* dy, int64_t n) {
-  [[maybe_unused]] const Isa isa = std::is_same_v<T, float> ? segml::isa() : Isa::scalar;
-  parallel_for(n, detail::kPointwiseGrain, [&](int64_t b, int64_t e) {
-#if defined(__x86_64__)
-    if constexpr (std::is_same_v<T, float>) {
-      if (isa == Isa::avx512) return detail::relu_backward_avx512(dx + b, y + b, dy + b, e - b);
-      if (isa == Isa::avx2) return detail::relu_backward_avx2(dx + b, y + b, dy + b, e - b);
-    }
-#endif
-    relu_backward_ref(dx + b, y + b, dy + b, e - b);
-  });
+  detail::pointwise(
+      n, dx,
+      [&](auto s, int64_t i, const auto& m) {
+        using S = decltype(s);
+        return S::select(S::gt(S::load(y + i, m), S::zero()), S::load(dy + i, m), S::zero());
+      },
+      [&](int64_t b, int64_t e) { relu_backward_ref(dx + b, y + b, dy + b, e - b); });
 }
 
 }  // namespace segml::kernels

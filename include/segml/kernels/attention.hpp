@@ -81,7 +81,7 @@ inline void pack_keys(float* kt, const float* kh, int64_t M, int64_t C, int64_t 
 }
 
 // s[i][m] = scale * q_i · k_m for the kRows rows q[i] (d values each), m < M; s rows of stride lds.
-SEGML_AVX2_FN void scores_avx2(float* const s[kRows], const float* const q[kRows], const float* kt, int64_t M, int64_t d,
+SEGML_TARGET_AVX2 inline void scores_avx2(float* const s[kRows], const float* const q[kRows], const float* kt, int64_t M, int64_t d,
                                float scale) {
   const __m256 vscale = _mm256_set1_ps(scale);
   for (int64_t m0 = 0; m0 < M; m0 += kKeys, kt += kKeys * d) {
@@ -104,7 +104,8 @@ SEGML_AVX2_FN void scores_avx2(float* const s[kRows], const float* const q[kRows
         _mm256_storeu_ps(s[i] + m0 + 8, _mm256_mul_ps(acc[i][1], vscale));
       }
     } else {  // the last, partial panel: only keys < M exist in s
-      const __m256i lo = simd::tail_mask256(M - m0), hi = simd::tail_mask256(M - m0 - 8);
+      const __m256i lo = _mm256_castps_si256(simd::Avx2::tail(M - m0).r);
+      const __m256i hi = _mm256_castps_si256(simd::Avx2::tail(std::max<int64_t>(M - m0 - 8, 0)).r);
       for (int i = 0; i < kRows; ++i) {
         _mm256_maskstore_ps(s[i] + m0, lo, _mm256_mul_ps(acc[i][0], vscale));
         _mm256_maskstore_ps(s[i] + m0 + 8, hi, _mm256_mul_ps(acc[i][1], vscale));
@@ -116,7 +117,7 @@ SEGML_AVX2_FN void scores_avx2(float* const s[kRows], const float* const q[kRows
 // o[i][c] = inv[i] * Σ_m p[i][m] v[m][c] for c < d (d a multiple of 8), v (M, d) with row stride C.
 // NV vectors of 8 channels per pass: 2, and 1 for a last 8 when d is an odd multiple of 8.
 template <int NV>
-SEGML_AVX2_FN void weighted_values_pass_avx2(float* const o[kRows], const float* const p[kRows], const float inv[kRows],
+SEGML_TARGET_AVX2 inline void weighted_values_pass_avx2(float* const o[kRows], const float* const p[kRows], const float inv[kRows],
                                              const float* v, int64_t M, int64_t C) {
   __m256 acc[kRows][NV];
 #pragma GCC unroll 6
@@ -169,7 +170,7 @@ inline void weighted_values_avx2(float* const o[kRows], const float* const p[kRo
 // in the same order, so their results equal the AVX2 kernels' bit for bit.
 // scores: two kKeys panels side by side per step, a 6 x 32 tile in 12 zmm accumulators; a last odd
 // or partial panel on its own (6 x 16).
-SEGML_AVX512_FN void scores_avx512(float* const s[kRows], const float* const q[kRows], const float* kt, int64_t M,
+SEGML_TARGET_AVX512 inline void scores_avx512(float* const s[kRows], const float* const q[kRows], const float* kt, int64_t M,
                                    int64_t d, float scale) {
   const __m512 vscale = _mm512_set1_ps(scale);
   int64_t m0 = 0;
@@ -210,7 +211,7 @@ SEGML_AVX512_FN void scores_avx512(float* const s[kRows], const float* const q[k
 
 // weighted values: NV vectors of 16 channels per pass (2, and 1 for a last 16).
 template <int NV>
-SEGML_AVX512_FN void weighted_values_pass_avx512(float* const o[kRows], const float* const p[kRows],
+SEGML_TARGET_AVX512 inline void weighted_values_pass_avx512(float* const o[kRows], const float* const p[kRows],
                                                  const float inv[kRows], const float* v, int64_t M, int64_t C) {
   __m512 acc[kRows][NV];
 #pragma GCC unroll 6
@@ -255,7 +256,7 @@ inline void row_pointers(P* out[kRows], P* first, int64_t stride, int rows) {
 // causal_row >= 0: the block's first row is query causal_row of a causal attention, so row i
 // attends to keys [0, causal_row + i] only: scores and P v run over the keys up to the block's last
 // row, each row's softmax over its own prefix, and P is 0 past it (in s up to M when normalize).
-SEGML_AVX2_FN void attention_rows_avx2(float* out, float* s, int64_t lds, const float* q, const float* kt, const float* vh,
+SEGML_TARGET_AVX2 inline void attention_rows_avx2(float* out, float* s, int64_t lds, const float* q, const float* kt, const float* vh,
                                        int rows, int64_t M, int64_t C, int64_t d, float scale, bool normalize,
                                        bool wide, int64_t causal_row = -1) {
   const int64_t M_all = M;
@@ -270,10 +271,13 @@ SEGML_AVX2_FN void attention_rows_avx2(float* out, float* s, int64_t lds, const 
   wide ? scores_avx512(si, qi, kt, M, d, scale) : scores_avx2(si, qi, kt, M, d, scale);
   for (int i = 0; i < rows; ++i) {
     const int64_t keys = causal_row >= 0 ? causal_row + i + 1 : M;  // this row's allowed keys
-    const float mx = detail::row_max_avx2(si[i], keys);
-    inv[i] = 1.f / detail::row_exp_sum_avx2(si[i], si[i], mx, keys);
+    // The softmax rows are generic SIMD-layer code: entered for AVX2 so that they inline here.
+    inv[i] = 1.f / simd::enter(simd::Avx2{}, [&](auto s) {
+      using S = decltype(s);
+      return detail::row_exp_sum<S>(si[i], si[i], detail::row_max<S>(si[i], keys), keys);
+    });
     if (normalize) {
-      detail::row_scale_avx2(si[i], inv[i], keys);
+      simd::enter(simd::Avx2{}, [&](auto s) { detail::row_scale<decltype(s)>(si[i], inv[i], keys); });
       inv[i] = 1.f;
     }
     if (keys < M_all) std::fill(si[i] + keys, si[i] + (normalize ? M_all : M), 0.f);  // masked: P = 0
@@ -285,7 +289,7 @@ SEGML_AVX2_FN void attention_rows_avx2(float* out, float* s, int64_t lds, const 
 // Phase 1 of the backward for rows (1..kRows) of one head: ds rows (stride M) = the softmax
 // backward of dP = dO v_hᵀ (without the 1/sqrt(d), as attention_backward keeps it), then, when dq
 // is non-null, dq rows = scale * dS k_h. vt: v_h packed like pack_keys.
-SEGML_AVX2_FN void attention_backward_rows_avx2(float* dq, float* ds, const float* p, const float* dout, const float* vt,
+SEGML_TARGET_AVX2 inline void attention_backward_rows_avx2(float* dq, float* ds, const float* p, const float* dout, const float* vt,
                                                 const float* kh, int rows, int64_t M, int64_t C, int64_t d,
                                                 float scale, bool wide) {
   const float *doi[kRows], *pi[kRows];
@@ -294,7 +298,9 @@ SEGML_AVX2_FN void attention_backward_rows_avx2(float* dq, float* ds, const floa
   row_pointers(pi, p, M, rows);
   row_pointers(si, ds, M, rows);
   wide ? scores_avx512(si, doi, vt, M, d, 1.f) : scores_avx2(si, doi, vt, M, d, 1.f);
-  for (int i = 0; i < rows; ++i) detail::softmax_backward_avx2(si[i], pi[i], si[i], 1, M);
+  simd::enter(simd::Avx2{}, [&](auto s) {
+    for (int i = 0; i < rows; ++i) detail::softmax_backward_rows<decltype(s)>(si[i], pi[i], si[i], 1, M);
+  });
   if (!dq) return;
   const float scales[kRows] = {scale, scale, scale, scale, scale, scale};
   row_pointers(dqi, dq, C, rows);

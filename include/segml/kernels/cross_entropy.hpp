@@ -12,8 +12,9 @@
 //  - The forward returns the SUM of the per-pixel losses in double. It is accumulated per fixed chunk
 //    of pixels and the chunk sums are added in chunk order, so the result does not depend on the
 //    thread count (it may differ between ISAs by float rounding of exp).
-//  - The scalar twins (*_ref, float and double) are the oracle; double always uses them.
-// The SIMD paths use simd::exp256_ps / exp512_ps (1 ulp, kernels/simd_math.hpp) on x - max <= 0.
+//  - The scalar twins (*_ref, float and double) are the oracle and the scalar path; double always
+//    uses them. The vector paths (AVX-512, AVX2, NEON: one tile code on the simd backends) use
+//    simd::exp (1 ulp, simd/math.hpp) on x - max <= 0.
 #pragma once
 
 #include <algorithm>
@@ -26,7 +27,8 @@
 #include "segml/core/cpu.hpp"
 #include "segml/core/error.hpp"
 #include "segml/core/parallel.hpp"
-#include "segml/kernels/simd_math.hpp"
+#include "segml/simd/dispatch.hpp"
+#include "segml/simd/math.hpp"
 
 namespace segml::kernels {
 
@@ -155,15 +157,49 @@ inline void cross_entropy_backward_ref(T* dlogits, const T* logits, const int64_
 // cache lines of 16 neighbouring pixels then all map to the same L1/L2 cache set and evict each
 // other between the max and exp passes. So each 16-pixel tile (one cache line per class) is copied
 // once into a small contiguous (C, 16) buffer, the passes run there, and the backward writes each
-// output line once. The ISA-specific part is only the per-tile math below.
+// output line once. Only the per-tile math works on vectors.
 namespace detail {
 
 inline constexpr int64_t kCrossEntropyTile = 16;  // pixels per tile: one 64-byte line per class
 
+// The per-tile math, written once on the simd backends: a tile row of 16 pixels is 16 / S::lanes
+// vectors (AVX-512 1, AVX2 2, NEON 4), independent dependency chains.
 // max[j] = max_c t[c][j], sum[j] = sum_c exp(t[c][j] - max[j]).  t (C, 16), max, sum (16)
-using CeTileStatsFn = void (*)(const float* t, int64_t C, float* max, float* sum);
+template <class S>
+inline void ce_tile_stats(const float* t, int64_t C, float* max, float* sum) {
+  constexpr int64_t kT = kCrossEntropyTile, kV = kT / S::lanes;
+  typename S::V m[kV], s[kV];
+  for (int64_t v = 0; v < kV; ++v) m[v] = S::load(t + v * S::lanes);
+  for (int64_t c = 1; c < C; ++c)
+    for (int64_t v = 0; v < kV; ++v) m[v] = S::max(m[v], S::load(t + c * kT + v * S::lanes));
+  for (int64_t v = 0; v < kV; ++v) s[v] = S::zero();
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t v = 0; v < kV; ++v) s[v] = s[v] + simd::exp<S>(S::load(t + c * kT + v * S::lanes) - m[v]);
+  for (int64_t v = 0; v < kV; ++v) {
+    S::store(max + v * S::lanes, m[v]);
+    S::store(sum + v * S::lanes, s[v]);
+  }
+}
+
 // t[c][j] = w[j] * softmax_c(t[., j]).  t (C, 16), w (16)
-using CeTileSoftmaxFn = void (*)(float* t, int64_t C, const float* w);
+template <class S>
+inline void ce_tile_softmax(float* t, int64_t C, const float* w) {
+  constexpr int64_t kT = kCrossEntropyTile, kV = kT / S::lanes;
+  typename S::V m[kV], s[kV];
+  for (int64_t v = 0; v < kV; ++v) m[v] = S::load(t + v * S::lanes);
+  for (int64_t c = 1; c < C; ++c)
+    for (int64_t v = 0; v < kV; ++v) m[v] = S::max(m[v], S::load(t + c * kT + v * S::lanes));
+  for (int64_t v = 0; v < kV; ++v) s[v] = S::zero();
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t v = 0; v < kV; ++v) {
+      const typename S::V e = simd::exp<S>(S::load(t + c * kT + v * S::lanes) - m[v]);
+      S::store(t + c * kT + v * S::lanes, e);
+      s[v] = s[v] + e;
+    }
+  for (int64_t v = 0; v < kV; ++v) s[v] = S::load(w + v * S::lanes) / s[v];  // s becomes w / sum
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t v = 0; v < kV; ++v) S::store(t + c * kT + v * S::lanes, S::load(t + c * kT + v * S::lanes) * s[v]);
+}
 
 // tile (C, 16) = x[:, p : p + 16], prefetching the lines of a tile 4 ahead (up to `end`): with C
 // lines a page apart, the hardware prefetchers do not follow so many streams.  x (C, P)
@@ -176,8 +212,9 @@ inline void ce_gather_tile(float* tile, const float* x, int64_t C, int64_t P, in
 }
 
 // Loss sum of pixels [p0, p1) of one image, tile by tile.  x (C, P), lab (P)
+template <class S>
 inline double ce_forward_chunk_tiled(const float* x, const int64_t* lab, int64_t C, int64_t P, int64_t p0, int64_t p1,
-                                     int64_t ignore_index, CeTileStatsFn stats) {
+                                     int64_t ignore_index) {
   constexpr int64_t kT = kCrossEntropyTile;
   std::vector<float> tile(static_cast<size_t>(C * kT));
   float mv[kT], sv[kT];
@@ -185,7 +222,7 @@ inline double ce_forward_chunk_tiled(const float* x, const int64_t* lab, int64_t
   int64_t p = p0;
   for (; p + kT <= p1; p += kT) {
     ce_gather_tile(tile.data(), x, C, P, p, p1);
-    stats(tile.data(), C, mv, sv);
+    ce_tile_stats<S>(tile.data(), C, mv, sv);
     for (int64_t j = 0; j < kT; ++j) {
       const int64_t l = lab[p + j];
       if (l != ignore_index)
@@ -198,8 +235,9 @@ inline double ce_forward_chunk_tiled(const float* x, const int64_t* lab, int64_t
 }
 
 // Gradient of pixels [p0, p1) of one image, tile by tile.  d, x (C, P), lab (P)
+template <class S>
 inline void ce_backward_chunk_tiled(float* d, const float* x, const int64_t* lab, int64_t C, int64_t P, int64_t p0,
-                                    int64_t p1, int64_t ignore_index, float scale, CeTileSoftmaxFn softmax) {
+                                    int64_t p1, int64_t ignore_index, float scale) {
   constexpr int64_t kT = kCrossEntropyTile;
   std::vector<float> tile(static_cast<size_t>(C * kT));
   float w[kT];  // scale at valid pixels, 0 at ignored ones
@@ -207,7 +245,7 @@ inline void ce_backward_chunk_tiled(float* d, const float* x, const int64_t* lab
   for (; p + kT <= p1; p += kT) {
     ce_gather_tile(tile.data(), x, C, P, p, p1);
     for (int64_t j = 0; j < kT; ++j) w[j] = lab[p + j] != ignore_index ? scale : 0.0f;
-    softmax(tile.data(), C, w);
+    ce_tile_softmax<S>(tile.data(), C, w);
     for (int64_t j = 0; j < kT; ++j)
       if (lab[p + j] != ignore_index) tile[static_cast<size_t>(lab[p + j] * kT + j)] -= scale;
     for (int64_t c = 0; c < C; ++c) std::memcpy(d + c * P + p, &tile[static_cast<size_t>(c * kT)], sizeof(float) * kT);
@@ -220,71 +258,6 @@ inline void ce_backward_chunk_tiled(float* d, const float* x, const int64_t* lab
   }
 }
 
-#if defined(__x86_64__)
-// AVX2: a tile row is two vectors of 8 (two independent dependency chains).
-SEGML_AVX2_FN void ce_tile_stats_avx2(const float* t, int64_t C, float* max, float* sum) {
-  __m256 m0 = _mm256_loadu_ps(t), m1 = _mm256_loadu_ps(t + 8);
-  for (int64_t c = 1; c < C; ++c) {
-    m0 = _mm256_max_ps(m0, _mm256_loadu_ps(t + c * 16));
-    m1 = _mm256_max_ps(m1, _mm256_loadu_ps(t + c * 16 + 8));
-  }
-  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
-  for (int64_t c = 0; c < C; ++c) {
-    s0 = _mm256_add_ps(s0, simd::exp256_ps(_mm256_sub_ps(_mm256_loadu_ps(t + c * 16), m0)));
-    s1 = _mm256_add_ps(s1, simd::exp256_ps(_mm256_sub_ps(_mm256_loadu_ps(t + c * 16 + 8), m1)));
-  }
-  _mm256_storeu_ps(max, m0);
-  _mm256_storeu_ps(max + 8, m1);
-  _mm256_storeu_ps(sum, s0);
-  _mm256_storeu_ps(sum + 8, s1);
-}
-
-SEGML_AVX2_FN void ce_tile_softmax_avx2(float* t, int64_t C, const float* w) {
-  __m256 m0 = _mm256_loadu_ps(t), m1 = _mm256_loadu_ps(t + 8);
-  for (int64_t c = 1; c < C; ++c) {
-    m0 = _mm256_max_ps(m0, _mm256_loadu_ps(t + c * 16));
-    m1 = _mm256_max_ps(m1, _mm256_loadu_ps(t + c * 16 + 8));
-  }
-  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
-  for (int64_t c = 0; c < C; ++c) {
-    const __m256 e0 = simd::exp256_ps(_mm256_sub_ps(_mm256_loadu_ps(t + c * 16), m0));
-    const __m256 e1 = simd::exp256_ps(_mm256_sub_ps(_mm256_loadu_ps(t + c * 16 + 8), m1));
-    _mm256_storeu_ps(t + c * 16, e0);
-    _mm256_storeu_ps(t + c * 16 + 8, e1);
-    s0 = _mm256_add_ps(s0, e0);
-    s1 = _mm256_add_ps(s1, e1);
-  }
-  const __m256 r0 = _mm256_div_ps(_mm256_loadu_ps(w), s0), r1 = _mm256_div_ps(_mm256_loadu_ps(w + 8), s1);
-  for (int64_t c = 0; c < C; ++c) {
-    _mm256_storeu_ps(t + c * 16, _mm256_mul_ps(_mm256_loadu_ps(t + c * 16), r0));
-    _mm256_storeu_ps(t + c * 16 + 8, _mm256_mul_ps(_mm256_loadu_ps(t + c * 16 + 8), r1));
-  }
-}
-
-// AVX-512: a tile row is one vector of 16.
-SEGML_AVX512_FN void ce_tile_stats_avx512(const float* t, int64_t C, float* max, float* sum) {
-  __m512 m = _mm512_loadu_ps(t);
-  for (int64_t c = 1; c < C; ++c) m = _mm512_maskz_max_ps(simd::kAll, m, _mm512_loadu_ps(t + c * 16));
-  __m512 s = _mm512_setzero_ps();
-  for (int64_t c = 0; c < C; ++c) s = _mm512_add_ps(s, simd::exp512_ps(_mm512_sub_ps(_mm512_loadu_ps(t + c * 16), m)));
-  _mm512_storeu_ps(max, m);
-  _mm512_storeu_ps(sum, s);
-}
-
-SEGML_AVX512_FN void ce_tile_softmax_avx512(float* t, int64_t C, const float* w) {
-  __m512 m = _mm512_loadu_ps(t);
-  for (int64_t c = 1; c < C; ++c) m = _mm512_maskz_max_ps(simd::kAll, m, _mm512_loadu_ps(t + c * 16));
-  __m512 s = _mm512_setzero_ps();
-  for (int64_t c = 0; c < C; ++c) {
-    const __m512 e = simd::exp512_ps(_mm512_sub_ps(_mm512_loadu_ps(t + c * 16), m));
-    _mm512_storeu_ps(t + c * 16, e);
-    s = _mm512_add_ps(s, e);
-  }
-  const __m512 r = _mm512_div_ps(_mm512_loadu_ps(w), s);
-  for (int64_t c = 0; c < C; ++c) _mm512_storeu_ps(t + c * 16, _mm512_mul_ps(_mm512_loadu_ps(t + c * 16), r));
-}
-#endif
-
 }  // namespace detail
 
 // ---- dispatch -----------------------------------------------------------------------------------
@@ -293,19 +266,16 @@ SEGML_AVX512_FN void ce_tile_softmax_avx512(float* t, int64_t C, const float* w)
 template <class T>
 inline double cross_entropy_forward(const T* logits, const int64_t* labels, int64_t B, int64_t C, int64_t P,
                                     int64_t ignore_index) {
-#if defined(__x86_64__)
-  if constexpr (std::is_same_v<T, float>) {
-    const Isa level = isa();
-    if (level >= Isa::avx2) {
-      const detail::CeTileStatsFn stats =
-          level >= Isa::avx512 ? detail::ce_tile_stats_avx512 : detail::ce_tile_stats_avx2;
-      return detail::ce_chunked_sum(B, P, [&](int64_t b, int64_t p0, int64_t p1) {
-        return detail::ce_forward_chunk_tiled(logits + b * C * P, labels + b * P, C, P, p0, p1, ignore_index, stats);
-      });
-    }
-  }
-#endif
-  return cross_entropy_forward_ref(logits, labels, B, C, P, ignore_index);
+  const Isa level = isa();
+  if (simd::lanes<T>(level) == 1) return cross_entropy_forward_ref(logits, labels, B, C, P, ignore_index);
+  return detail::ce_chunked_sum(B, P, [&](int64_t b, int64_t p0, int64_t p1) {
+    return simd::dispatch_on<T>(level, [&](auto s) {
+      if constexpr (decltype(s)::lanes == 1)
+        return 0.0;  // not reached: the scalar backend took the twin above
+      else
+        return detail::ce_forward_chunk_tiled<decltype(s)>(logits + b * C * P, labels + b * P, C, P, p0, p1, ignore_index);
+    });
+  });
 }
 
 // dlogits = scale * (softmax(logits) - onehot(labels)), 0 at ignored pixels (labels validated).
@@ -313,21 +283,15 @@ inline double cross_entropy_forward(const T* logits, const int64_t* labels, int6
 template <class T>
 inline void cross_entropy_backward(T* dlogits, const T* logits, const int64_t* labels, int64_t B, int64_t C, int64_t P,
                                    int64_t ignore_index, T scale) {
-#if defined(__x86_64__)
-  if constexpr (std::is_same_v<T, float>) {
-    const Isa level = isa();
-    if (level >= Isa::avx2) {
-      const detail::CeTileSoftmaxFn softmax =
-          level >= Isa::avx512 ? detail::ce_tile_softmax_avx512 : detail::ce_tile_softmax_avx2;
-      detail::ce_for_each_chunk(B, P, [&](int64_t, int64_t b, int64_t p0, int64_t p1) {
-        detail::ce_backward_chunk_tiled(dlogits + b * C * P, logits + b * C * P, labels + b * P, C, P, p0, p1,
-                                        ignore_index, scale, softmax);
-      });
-      return;
-    }
-  }
-#endif
-  cross_entropy_backward_ref(dlogits, logits, labels, B, C, P, ignore_index, scale);
+  const Isa level = isa();
+  if (simd::lanes<T>(level) == 1) return cross_entropy_backward_ref(dlogits, logits, labels, B, C, P, ignore_index, scale);
+  detail::ce_for_each_chunk(B, P, [&](int64_t, int64_t b, int64_t p0, int64_t p1) {
+    simd::dispatch_on<T>(level, [&](auto s) {
+      if constexpr (decltype(s)::lanes > 1)
+        detail::ce_backward_chunk_tiled<decltype(s)>(dlogits + b * C * P, logits + b * C * P, labels + b * P, C, P, p0,
+                                                     p1, ignore_index, scale);
+    });
+  });
 }
 
 }  // namespace segml::kernels

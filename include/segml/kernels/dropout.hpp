@@ -25,6 +25,7 @@
 #include "segml/core/cpu.hpp"
 #include "segml/core/parallel.hpp"
 #include "segml/core/random.hpp"
+#include "segml/simd/vec.hpp"
 
 namespace segml::kernels {
 
@@ -117,7 +118,7 @@ inline int64_t vector_end(int64_t kb, int64_t ke, int64_t n, int64_t step) {
 // ---- AVX2: 2 x 8 blocks per step, word j of block l in lane l of c[j] ------------------------------
 
 // hi / lo 32-bit halves of a * m per 32-bit lane (m broadcast).
-__attribute__((target("avx2,fma"))) inline void mulhilo_avx2(__m256i a, __m256i m, __m256i& hi, __m256i& lo) {
+SEGML_TARGET_AVX2 inline void mulhilo_avx2(__m256i a, __m256i m, __m256i& hi, __m256i& lo) {
   const __m256i even = _mm256_mul_epu32(a, m);                        // 64-bit products of lanes 0, 2, 4, 6
   const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);  // ... of lanes 1, 3, 5, 7
   hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
@@ -125,13 +126,13 @@ __attribute__((target("avx2,fma"))) inline void mulhilo_avx2(__m256i a, __m256i 
 }
 
 // kept = (w >> 8) < t per lane, as 0 / 1: the sign bit of (w >> 8) - t (both below 2^25).
-__attribute__((target("avx2,fma"))) inline __m256i kept_avx2(__m256i w, __m256i t) {
+SEGML_TARGET_AVX2 inline __m256i kept_avx2(__m256i w, __m256i t) {
   return _mm256_srli_epi32(_mm256_sub_epi32(_mm256_srli_epi32(w, 8), t), 31);
 }
 
 // Keep bytes (element order: block l, word j at byte 4l + j) for blocks ctr .. ctr + 15, as two
 // groups of 8 (bytes[0]: blocks ctr .. ctr + 7); the groups interleave to hide the multiply latency.
-__attribute__((target("avx2,fma"))) inline void dropout_group_avx2(uint64_t ctr, const DropoutStream& st, __m256i bytes[2]) {
+SEGML_TARGET_AVX2 inline void dropout_group_avx2(uint64_t ctr, const DropoutStream& st, __m256i bytes[2]) {
   const __m256i sign = _mm256_set1_epi32(INT32_MIN);
   const __m256i m0 = _mm256_set1_epi32(static_cast<int>(0xD2511F53u)), m1 = _mm256_set1_epi32(static_cast<int>(0xCD9E8D57u));
   const __m256i w0 = _mm256_set1_epi32(static_cast<int>(0x9E3779B9u)), w1 = _mm256_set1_epi32(static_cast<int>(0xBB67AE85u));
@@ -172,7 +173,7 @@ __attribute__((target("avx2,fma"))) inline void dropout_group_avx2(uint64_t ctr,
 }
 
 // dropout_blocks_scalar's contract, float only (x may be null), 16 blocks per step.
-__attribute__((target("avx2,fma"))) inline void dropout_blocks_avx2(uint8_t* keep, float* out, const float* x, float scale,
+SEGML_TARGET_AVX2 inline void dropout_blocks_avx2(uint8_t* keep, float* out, const float* x, float scale,
                                                                     int64_t n, const DropoutStream& st, int64_t kb,
                                                                     int64_t ke) {
   const int64_t ve = vector_end(kb, ke, n, 16);
@@ -195,7 +196,7 @@ __attribute__((target("avx2,fma"))) inline void dropout_blocks_avx2(uint8_t* kee
 }
 
 // dropout_apply_scalar's contract for float, 8 elements per step.
-__attribute__((target("avx2,fma"))) inline void dropout_apply_avx2(float* out, const float* x, const uint8_t* keep,
+SEGML_TARGET_AVX2 inline void dropout_apply_avx2(float* out, const float* x, const uint8_t* keep,
                                                                    float scale, int64_t s, int64_t e) {
   const __m256 vscale = _mm256_set1_ps(scale);
   int64_t i = s;
@@ -215,7 +216,7 @@ __attribute__((target("avx2,fma"))) inline void dropout_apply_avx2(float* out, c
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
 
-__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl"))) inline void mulhilo_avx512(__m512i a, __m512i m, __m512i& hi,
+SEGML_TARGET_AVX512 inline void mulhilo_avx512(__m512i a, __m512i m, __m512i& hi,
                                                                                         __m512i& lo) {
   const __m512i even = _mm512_mul_epu32(a, m);
   const __m512i odd = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), m);
@@ -223,12 +224,12 @@ __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl"))) inline void mulhil
   lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
 }
 
-__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl"))) inline __m512i kept_avx512(__m512i w, __m512i t) {
+SEGML_TARGET_AVX512 inline __m512i kept_avx512(__m512i w, __m512i t) {
   return _mm512_srli_epi32(_mm512_sub_epi32(_mm512_srli_epi32(w, 8), t), 31);
 }
 
 // 64 keep bytes (element order) for blocks ctr .. ctr + 15.
-__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl"))) inline __m512i dropout_group_avx512(uint64_t ctr,
+SEGML_TARGET_AVX512 inline __m512i dropout_group_avx512(uint64_t ctr,
                                                                                                 const DropoutStream& st) {
   const __m512i lo_v = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(ctr)));
   __m512i c0 = _mm512_add_epi32(lo_v, _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
@@ -258,7 +259,7 @@ __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl"))) inline __m512i dro
   return _mm512_shuffle_epi8(words, transpose);
 }
 
-__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl"))) inline void dropout_blocks_avx512(
+SEGML_TARGET_AVX512 inline void dropout_blocks_avx512(
     uint8_t* keep, float* out, const float* x, float scale, int64_t n, const DropoutStream& st, int64_t kb, int64_t ke) {
   const int64_t ve = vector_end(kb, ke, n, 16);
   const __m512 vscale = _mm512_set1_ps(scale);
@@ -279,7 +280,7 @@ __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl"))) inline void dropou
   dropout_blocks_scalar(keep, out, x, scale, n, st, ve, ke);
 }
 
-__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl"))) inline void dropout_apply_avx512(
+SEGML_TARGET_AVX512 inline void dropout_apply_avx512(
     float* out, const float* x, const uint8_t* keep, float scale, int64_t s, int64_t e) {
   const __m512 vscale = _mm512_set1_ps(scale);
   int64_t i = s;

@@ -148,41 +148,39 @@ inline void neighbour_rows(const float* rows[3], const float* img, int64_t h, in
 }
 
 #if defined(__x86_64__)
-#define SEGML_DW_AVX2 __attribute__((target("avx2,fma")))
-#define SEGML_DW_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl")))
 
 // First n (1..8) lanes set.
-SEGML_DW_AVX2 inline __m256i avx2_mask(int64_t n) {
+SEGML_TARGET_AVX2 inline __m256i avx2_mask(int64_t n) {
   alignas(32) static const int32_t bits[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
   return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bits + 8 - n));
 }
-SEGML_DW_AVX2 inline float avx2_hsum(__m256 v) {
+SEGML_TARGET_AVX2 inline float avx2_hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
 }
 // (Not _mm512_reduce_add_ps: GCC 12's version trips -Wmaybe-uninitialized.)
-SEGML_DW_AVX512 inline float avx512_hsum(__m512 v) {
+SEGML_TARGET_AVX512 inline float avx512_hsum(__m512 v) {
   alignas(64) float lanes[16];
   _mm512_store_ps(lanes, v);
   float s = 0;
   for (float l : lanes) s += l;
   return s;
 }
-SEGML_DW_AVX512 inline __mmask16 avx512_mask(int64_t n) {
+SEGML_TARGET_AVX512 inline __mmask16 avx512_mask(int64_t n) {
   return static_cast<__mmask16>(n >= 16 ? 0xFFFFu : (1u << n) - 1u);
 }
 
 template <bool kFull>
-SEGML_DW_AVX2 inline __m256 avx2_load(const float* p, __m256i m) {
+SEGML_TARGET_AVX2 inline __m256 avx2_load(const float* p, __m256i m) {
   if constexpr (kFull)
     return _mm256_loadu_ps(p);
   else
     return _mm256_maskload_ps(p, m);
 }
 template <bool kFull>
-SEGML_DW_AVX2 inline void avx2_store(float* p, __m256i m, __m256 v) {
+SEGML_TARGET_AVX2 inline void avx2_store(float* p, __m256i m, __m256 v) {
   if constexpr (kFull)
     _mm256_storeu_ps(p, v);
   else
@@ -196,7 +194,7 @@ SEGML_DW_AVX2 inline void avx2_store(float* p, __m256i m, __m256 v) {
 
 // Output pixel j of one row, channels [c, c+8), any j (taps outside the row skipped).
 template <bool kFull>
-SEGML_DW_AVX2 inline void dw_nhwc_pixel_avx2(float* yr, const float* const rows[3], const float* wt, const float* bias,
+SEGML_TARGET_AVX2 __attribute__((flatten)) inline void dw_nhwc_pixel_avx2(float* yr, const float* const rows[3], const float* wt, const float* bias,
                                              int64_t j, int64_t W, int64_t C, int64_t c, __m256i m, bool gelu) {
   __m256 acc = avx2_load<kFull>(bias + c, m);
   for (int kh = 0; kh < 3; ++kh) {
@@ -207,12 +205,12 @@ SEGML_DW_AVX2 inline void dw_nhwc_pixel_avx2(float* yr, const float* const rows[
     acc = _mm256_fmadd_ps(avx2_load<kFull>(p, m), avx2_load<kFull>(w + C, m), acc);
     if (j + 1 < W) acc = _mm256_fmadd_ps(avx2_load<kFull>(p + C, m), avx2_load<kFull>(w + 2 * C, m), acc);
   }
-  avx2_store<kFull>(yr + j * C + c, m, gelu ? gelu256_ps(acc) : acc);
+  avx2_store<kFull>(yr + j * C + c, m, gelu ? kernels::detail::gelu<simd::Avx2>(acc).r : acc);
 }
 
 // Output pixels j..j+3 of one row, channels [c, c+8); requires 1 <= j and j + 4 < W (all taps inside).
 template <bool kFull>
-SEGML_DW_AVX2 inline void dw_nhwc_quad_avx2(float* yr, const float* const rows[3], const float* wt, const float* bias,
+SEGML_TARGET_AVX2 __attribute__((flatten)) inline void dw_nhwc_quad_avx2(float* yr, const float* const rows[3], const float* wt, const float* bias,
                                             int64_t j, int64_t C, int64_t c, __m256i m, bool gelu) {
   // Fully unrolled, so that acc[] lives in registers (a loop left rolled keeps it on the stack and
   // every FMA waits for a store-to-load round trip).
@@ -235,12 +233,12 @@ SEGML_DW_AVX2 inline void dw_nhwc_quad_avx2(float* yr, const float* const rows[3
     }
   }
 #pragma GCC unroll 4
-  for (int q = 0; q < 4; ++q) avx2_store<kFull>(yr + (j + q) * C + c, m, gelu ? gelu256_ps(acc[q]) : acc[q]);
+  for (int q = 0; q < 4; ++q) avx2_store<kFull>(yr + (j + q) * C + c, m, gelu ? kernels::detail::gelu<simd::Avx2>(acc[q]).r : acc[q]);
 }
 
 // NHWC forward of one output row yr (W, C) from its input rows (rows[kh]: row h+kh-1, or null
 // outside the image), GELU applied to the result when `gelu`.  wt (9, C), bias (C)
-SEGML_DW_AVX2 inline void dw_nhwc_row_avx2(float* yr, const float* const rows[3], const float* wt, const float* bias,
+SEGML_TARGET_AVX2 inline void dw_nhwc_row_avx2(float* yr, const float* const rows[3], const float* wt, const float* bias,
                                            int64_t W, int64_t C, bool gelu) {
   const int64_t C8 = C / 8 * 8;
   const __m256i m = avx2_mask(C - C8 ? C - C8 : 8);
@@ -258,7 +256,7 @@ SEGML_DW_AVX2 inline void dw_nhwc_row_avx2(float* yr, const float* const rows[3]
 }
 
 // NHWC forward, image rows [r0, r1) of B*H, GELU applied to the result when `gelu`.  wt (9, C), bias (C)
-SEGML_DW_AVX2 inline void dw_nhwc_rows_avx2(float* y, const float* x, const float* wt, const float* bias, int64_t H,
+SEGML_TARGET_AVX2 inline void dw_nhwc_rows_avx2(float* y, const float* x, const float* wt, const float* bias, int64_t H,
                                             int64_t W, int64_t C, int64_t r0, int64_t r1, bool gelu) {
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t h = r % H;
@@ -270,7 +268,7 @@ SEGML_DW_AVX2 inline void dw_nhwc_rows_avx2(float* y, const float* x, const floa
 
 // part (10, C) += the weight / bias gradient terms of pixel j of one row, channels [c, c+8).
 template <bool kFull>
-SEGML_DW_AVX2 inline void dw_nhwc_wgrad_pixel_avx2(float* part, const float* dyr, const float* const rows[3], int64_t j,
+SEGML_TARGET_AVX2 inline void dw_nhwc_wgrad_pixel_avx2(float* part, const float* dyr, const float* const rows[3], int64_t j,
                                                    int64_t W, int64_t C, int64_t c, __m256i m) {
   const __m256 g = avx2_load<kFull>(dyr + j * C + c, m);
   float* a = part + c;
@@ -288,7 +286,7 @@ SEGML_DW_AVX2 inline void dw_nhwc_wgrad_pixel_avx2(float* part, const float* dyr
 
 // part (10, C) += the terms of pixels j..j+3 of one row, channels [c, c+8); requires 1 <= j, j + 4 < W.
 template <bool kFull>
-SEGML_DW_AVX2 inline void dw_nhwc_wgrad_quad_avx2(float* part, const float* dyr, const float* const rows[3], int64_t j,
+SEGML_TARGET_AVX2 inline void dw_nhwc_wgrad_quad_avx2(float* part, const float* dyr, const float* const rows[3], int64_t j,
                                                   int64_t C, int64_t c, __m256i m) {
   __m256 g[4];
   for (int q = 0; q < 4; ++q) g[q] = avx2_load<kFull>(dyr + (j + q) * C + c, m);
@@ -310,7 +308,7 @@ SEGML_DW_AVX2 inline void dw_nhwc_wgrad_quad_avx2(float* part, const float* dyr,
 }
 
 // NHWC weight / bias gradient of rows [r0, r1): part (10, C) = [dwt (9, C); db (C)] of those rows.
-SEGML_DW_AVX2 inline void dw_nhwc_wgrad_rows_avx2(float* part, const float* dy, const float* x, int64_t H, int64_t W,
+SEGML_TARGET_AVX2 inline void dw_nhwc_wgrad_rows_avx2(float* part, const float* dy, const float* x, int64_t H, int64_t W,
                                                   int64_t C, int64_t r0, int64_t r1) {
   const int64_t C8 = C / 8 * 8;
   const __m256i m = avx2_mask(C - C8 ? C - C8 : 8);
@@ -335,7 +333,7 @@ SEGML_DW_AVX2 inline void dw_nhwc_wgrad_rows_avx2(float* part, const float* dy, 
 }
 
 // NCHW forward, planes [p0, p1) of B*C.  w9 (C, 9), bias (C)
-SEGML_DW_AVX2 inline void dw_nchw_planes_avx2(float* y, const float* x, const float* w9, const float* bias, int64_t C,
+SEGML_TARGET_AVX2 inline void dw_nchw_planes_avx2(float* y, const float* x, const float* w9, const float* bias, int64_t C,
                                               int64_t H, int64_t W, int64_t p0, int64_t p1) {
   const int64_t Wp = round_up(W, 8) + 2;
   std::vector<float> pad(static_cast<size_t>((H + 2) * Wp), 0.0f);
@@ -364,7 +362,7 @@ SEGML_DW_AVX2 inline void dw_nchw_planes_avx2(float* y, const float* x, const fl
 }
 
 // NCHW weight / bias gradient per plane p in [p0, p1): part (B*C, 10) = [dw (9), db] of that plane.
-SEGML_DW_AVX2 inline void dw_nchw_wgrad_planes_avx2(float* part, const float* dy, const float* x, int64_t H, int64_t W,
+SEGML_TARGET_AVX2 inline void dw_nchw_wgrad_planes_avx2(float* part, const float* dy, const float* x, int64_t H, int64_t W,
                                                     int64_t p0, int64_t p1) {
   const int64_t Wp = round_up(W, 8) + 2;
   std::vector<float> pad(static_cast<size_t>((H + 2) * Wp), 0.0f);
@@ -389,7 +387,7 @@ SEGML_DW_AVX2 inline void dw_nchw_wgrad_planes_avx2(float* part, const float* dy
 }
 
 // The AVX-512 kernels: the same loops, 16 lanes, masks instead of tail branches.
-SEGML_DW_AVX512 inline void dw_nhwc_rows_avx512(float* y, const float* x, const float* wt, const float* bias, int64_t H,
+SEGML_TARGET_AVX512 __attribute__((flatten)) inline void dw_nhwc_rows_avx512(float* y, const float* x, const float* wt, const float* bias, int64_t H,
                                                 int64_t W, int64_t C, int64_t r0, int64_t r1, bool gelu) {
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t h = r % H;
@@ -410,13 +408,13 @@ SEGML_DW_AVX512 inline void dw_nhwc_rows_avx512(float* y, const float* x, const 
           acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, p), wv[kh * 3 + 1], acc);
           if (j + 1 < W) acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, p + C), wv[kh * 3 + 2], acc);
         }
-        _mm512_mask_storeu_ps(yr + j * C + c, m, gelu ? gelu512_ps(acc) : acc);
+        _mm512_mask_storeu_ps(yr + j * C + c, m, gelu ? kernels::detail::gelu<simd::Avx512>(acc).r : acc);
       }
     }
   }
 }
 
-SEGML_DW_AVX512 inline void dw_nhwc_wgrad_rows_avx512(float* part, const float* dy, const float* x, int64_t H,
+SEGML_TARGET_AVX512 inline void dw_nhwc_wgrad_rows_avx512(float* part, const float* dy, const float* x, int64_t H,
                                                       int64_t W, int64_t C, int64_t r0, int64_t r1) {
   for (int64_t c = 0; c < C; c += 16) {
     const __mmask16 m = avx512_mask(C - c);
@@ -442,7 +440,7 @@ SEGML_DW_AVX512 inline void dw_nhwc_wgrad_rows_avx512(float* part, const float* 
   }
 }
 
-SEGML_DW_AVX512 inline void dw_nchw_planes_avx512(float* y, const float* x, const float* w9, const float* bias,
+SEGML_TARGET_AVX512 inline void dw_nchw_planes_avx512(float* y, const float* x, const float* w9, const float* bias,
                                                   int64_t C, int64_t H, int64_t W, int64_t p0, int64_t p1) {
   const int64_t Wp = round_up(W, 16) + 2;
   std::vector<float> pad(static_cast<size_t>((H + 2) * Wp), 0.0f);
@@ -466,7 +464,7 @@ SEGML_DW_AVX512 inline void dw_nchw_planes_avx512(float* y, const float* x, cons
   }
 }
 
-SEGML_DW_AVX512 inline void dw_nchw_wgrad_planes_avx512(float* part, const float* dy, const float* x, int64_t H,
+SEGML_TARGET_AVX512 inline void dw_nchw_wgrad_planes_avx512(float* part, const float* dy, const float* x, int64_t H,
                                                         int64_t W, int64_t p0, int64_t p1) {
   const int64_t Wp = round_up(W, 16) + 2;
   std::vector<float> pad(static_cast<size_t>((H + 2) * Wp), 0.0f);
@@ -488,8 +486,6 @@ SEGML_DW_AVX512 inline void dw_nchw_wgrad_planes_avx512(float* part, const float
   }
 }
 
-#undef SEGML_DW_AVX2
-#undef SEGML_DW_AVX512
 #endif  // __x86_64__
 
 // rot180 of each 3x3 kernel: the input gradient is the forward convolution with these weights.

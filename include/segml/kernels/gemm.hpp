@@ -50,6 +50,7 @@
 #include "segml/core/cpu.hpp"
 #include "segml/core/error.hpp"
 #include "segml/core/parallel.hpp"
+#include "segml/simd/vec.hpp"
 
 namespace segml::kernels {
 
@@ -185,7 +186,7 @@ inline void pack_a(bool trans_a, const float* A, int64_t lda, int64_t i0, int64_
 }
 
 // Writes the 8 x 8 block src (rows of stride lds) transposed to dst (rows of stride ldd).
-__attribute__((target("avx2"))) inline void transpose8x8(const float* src, int64_t lds, float* dst, int64_t ldd) {
+SEGML_TARGET_AVX2 inline void transpose8x8(const float* src, int64_t lds, float* dst, int64_t ldd) {
   __m256 r[8], t[8];
   for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * lds);
   for (int i = 0; i < 8; i += 2) {  // interleave row pairs: (r0 r1) -> a0 b0 a1 b1 | a4 b4 a5 b5, ...
@@ -209,7 +210,7 @@ __attribute__((target("avx2"))) inline void transpose8x8(const float* src, int64
 // copied NR values per row; a transposed B (stored N x K, as
 // nn.Linear's weight) is transposed in 8 x 8 blocks. Only called on CPUs with AVX2.
 template <int NR>
-__attribute__((target("avx2"))) inline void pack_b(bool trans_b, const float* B, int64_t ldb, int64_t k0, int64_t j0,
+SEGML_TARGET_AVX2 inline void pack_b(bool trans_b, const float* B, int64_t ldb, int64_t k0, int64_t j0,
                                                    int64_t kc, int64_t nc, float* dst) {
   if (!trans_b) {  // op(B)(k, j) = B[k * ldb + j]: each k gives NR contiguous values of a panel
     for (int64_t p = 0; p < nc; p += NR, dst += NR * kc) {
@@ -279,7 +280,7 @@ struct Avx2Kernel {
   static constexpr int64_t MC = 96, KC = 384, NC = 512;  // A block 144 KB + C tile 192 KB in L2, B panel 24 KB in L1
 
   template <bool kRowPanel, int R = MR, bool kCopy = false>
-  __attribute__((target("avx2,fma"))) static void run(int64_t kc, const float* a, int64_t lda, const float* b,
+  SEGML_TARGET_AVX2 static void run(int64_t kc, const float* a, int64_t lda, const float* b,
                                                       float* c, int64_t ldc, int mr, int nr, const Epilogue& ep,
                                                       float* a_copy) {
     __m256 acc[R][NR / W];
@@ -345,7 +346,7 @@ struct Avx512Kernel {
   static constexpr int64_t MC = 96, KC = 384, NC = 1024;  // A block 144 KB + C tile 384 KB in L2, B panel 48 KB
 
   template <bool kRowPanel, int R = MR, bool kCopy = false>
-  __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl"))) static void run(int64_t kc, const float* a,
+  SEGML_TARGET_AVX512 static void run(int64_t kc, const float* a,
                                                                                 int64_t lda, const float* b,
                                                                                 float* c, int64_t ldc, int mr,
                                                                                 int nr, const Epilogue& ep,

@@ -19,7 +19,7 @@
 //  - Labels are not validated here; the op validates them first (cross_entropy_count_valid).
 //  - The scalar oracle is the composition resize_bilinear_forward_ref + cross_entropy_forward_ref
 //    (and the backward twins), in tests/test_dropout_loss.cpp.
-// The AVX2 path (used on AVX-512 machines too) vectorises the class loops and uses simd::exp256_ps.
+// The class loops are written once on the simd backends (AVX-512, AVX2, NEON for float; simd::exp).
 #pragma once
 
 #include <algorithm>
@@ -30,7 +30,7 @@
 #include "segml/core/cpu.hpp"
 #include "segml/core/parallel.hpp"
 #include "segml/kernels/resize.hpp"
-#include "segml/kernels/simd_math.hpp"
+#include "segml/simd/dispatch.hpp"
 #include "segml/kernels/softmax.hpp"
 
 namespace segml::kernels {
@@ -40,96 +40,54 @@ namespace detail {
 // Output rows per forward chunk (fixed: the summation order must not depend on the thread count).
 inline constexpr int64_t kUceRows = 4;
 
+// The per-pixel class loops, written once on the simd backends. On the scalar backend (and for
+// double) the log-sum-exp and the softmax sum in double.
+
 // v (C) = the bilinear sample of one output pixel from its four source pixels' class vectors.
-template <class T>
-inline void uce_sample(T* __restrict v, const T* a, const T* b, const T* c, const T* d, T wy0, T wy1, T wx0, T wx1,
+template <class S, class T>
+inline void uce_sample(S, T* __restrict v, const T* a, const T* b, const T* c, const T* d, T wy0, T wy1, T wx0, T wx1,
                        int64_t C) {
-  for (int64_t k = 0; k < C; ++k) v[k] = wy0 * (wx0 * a[k] + wx1 * b[k]) + wy1 * (wx0 * c[k] + wx1 * d[k]);
+  const typename S::V vy0 = S::set1(wy0), vy1 = S::set1(wy1), vx0 = S::set1(wx0), vx1 = S::set1(wx1);
+  simd::for_lanes<S>(C, [&](int64_t k, const auto& m) {
+    const typename S::V top = vx0 * S::load(a + k, m) + vx1 * S::load(b + k, m);
+    const typename S::V bottom = vx0 * S::load(c + k, m) + vx1 * S::load(d + k, m);
+    S::store(v + k, vy0 * top + vy1 * bottom, m);
+  });
 }
 
-// log Σ exp(v), max-subtracted.
-template <class T>
-inline T uce_logsumexp(const T* v, int64_t C) {
-  T m = v[0];
-  for (int64_t k = 1; k < C; ++k) m = std::max(m, v[k]);
-  double s = 0;
-  for (int64_t k = 0; k < C; ++k) s += std::exp(static_cast<double>(v[k] - m));
-  return m + static_cast<T>(std::log(s));
+// log sum exp(v), max-subtracted.
+template <class S, class T>
+inline T uce_logsumexp(S, const T* v, int64_t C) {
+  if constexpr (S::lanes == 1) {
+    T m = v[0];
+    for (int64_t k = 1; k < C; ++k) m = std::max(m, v[k]);
+    double s = 0;
+    for (int64_t k = 0; k < C; ++k) s += std::exp(static_cast<double>(v[k] - m));
+    return m + static_cast<T>(std::log(s));
+  } else {  // the row primitives of kernels/softmax.hpp
+    const float m = row_max<S>(v, C);
+    return m + std::log(row_exp_sum<S>(nullptr, v, m, C));
+  }
 }
 
-// v := scale · (softmax(v) − onehot(label)), in place.
-template <class T>
-inline void uce_grad(T* v, int64_t label, T scale, int64_t C) {
-  const T lse = uce_logsumexp(v, C);
-  for (int64_t k = 0; k < C; ++k) v[k] = scale * static_cast<T>(std::exp(static_cast<double>(v[k] - lse)));
+// v := scale * (softmax(v) - onehot(label)), in place: one exp per class.
+template <class S, class T>
+inline void uce_grad(S s, T* v, int64_t label, T scale, int64_t C) {
+  if constexpr (S::lanes == 1) {
+    const T lse = uce_logsumexp(s, v, C);
+    for (int64_t k = 0; k < C; ++k) v[k] = scale * static_cast<T>(std::exp(static_cast<double>(v[k] - lse)));
+  } else {
+    const float m = row_max<S>(v, C);
+    row_scale<S>(v, scale / row_exp_sum<S>(v, v, m, C), C);
+  }
   v[label] -= scale;
 }
 
-// d (C) += a · v (C): one tap of the adjoint resize.
-template <class T>
-inline void uce_axpy(T* __restrict d, T a, const T* __restrict v, int64_t C) {
-  for (int64_t k = 0; k < C; ++k) d[k] += a * v[k];
-}
-
-#if defined(__x86_64__)
-// The row primitives of kernels/softmax.hpp.
-SEGML_AVX2_FN float uce_logsumexp_avx2(const float* v, int64_t C) {
-  const float m = row_max_avx2(v, C);
-  return m + std::log(row_exp_sum_avx2(nullptr, v, m, C));
-}
-
-// v := scale · (softmax(v) − onehot(label)): one exp per class.
-SEGML_AVX2_FN void uce_grad_avx2(float* v, int64_t label, float scale, int64_t C) {
-  const float m = row_max_avx2(v, C);
-  row_scale_avx2(v, scale / row_exp_sum_avx2(v, v, m, C), C);
-  v[label] -= scale;
-}
-
-// The sampling and the adjoint taps, compiled for AVX2 + FMA (the loops are the generic ones).
-SEGML_AVX2_FN void uce_sample_avx2(float* __restrict v, const float* a, const float* b, const float* c, const float* d,
-                                   float wy0, float wy1, float wx0, float wx1, int64_t C) {
-  for (int64_t k = 0; k < C; ++k) v[k] = wy0 * (wx0 * a[k] + wx1 * b[k]) + wy1 * (wx0 * c[k] + wx1 * d[k]);
-}
-SEGML_AVX2_FN void uce_axpy_avx2(float* __restrict d, float a, const float* __restrict v, int64_t C) {
-  for (int64_t k = 0; k < C; ++k) d[k] += a * v[k];
-}
-#endif
-
-template <class T>
-inline T uce_logsumexp_dispatch(const T* v, int64_t C, [[maybe_unused]] bool simd) {
-#if defined(__x86_64__)
-  if constexpr (std::is_same_v<T, float>)
-    if (simd) return uce_logsumexp_avx2(v, C);
-#endif
-  return uce_logsumexp(v, C);
-}
-
-template <class T>
-inline void uce_grad_dispatch(T* v, int64_t label, T scale, int64_t C, [[maybe_unused]] bool simd) {
-#if defined(__x86_64__)
-  if constexpr (std::is_same_v<T, float>)
-    if (simd) return uce_grad_avx2(v, label, scale, C);
-#endif
-  uce_grad(v, label, scale, C);
-}
-
-template <class T>
-inline void uce_sample_dispatch(T* v, const T* a, const T* b, const T* c, const T* d, T wy0, T wy1, T wx0, T wx1,
-                                int64_t C, [[maybe_unused]] bool simd) {
-#if defined(__x86_64__)
-  if constexpr (std::is_same_v<T, float>)
-    if (simd) return uce_sample_avx2(v, a, b, c, d, wy0, wy1, wx0, wx1, C);
-#endif
-  uce_sample(v, a, b, c, d, wy0, wy1, wx0, wx1, C);
-}
-
-template <class T>
-inline void uce_axpy_dispatch(T* d, T a, const T* v, int64_t C, [[maybe_unused]] bool simd) {
-#if defined(__x86_64__)
-  if constexpr (std::is_same_v<T, float>)
-    if (simd) return uce_axpy_avx2(d, a, v, C);
-#endif
-  uce_axpy(d, a, v, C);
+// d (C) += a * v (C): one tap of the adjoint resize.
+template <class S, class T>
+inline void uce_axpy(S, T* __restrict d, T a, const T* __restrict v, int64_t C) {
+  const typename S::V va = S::set1(a);
+  simd::for_lanes<S>(C, [&](int64_t k, const auto& m) { S::store(d + k, S::fma(va, S::load(v + k, m), S::load(d + k, m)), m); });
 }
 
 }  // namespace detail
@@ -140,10 +98,9 @@ template <class T>
 inline double upsampled_cross_entropy_forward(const T* x, const int64_t* labels, int64_t B, int64_t h, int64_t w,
                                               int64_t C, int64_t H, int64_t W, int64_t ignore_index) {
   const detail::ResizeAxis<T> ry(h, H), rx(w, W);
-  const bool simd = std::is_same_v<T, float> && isa() != Isa::scalar;
   const int64_t per_image = (H + detail::kUceRows - 1) / detail::kUceRows, chunks = B * per_image;
   std::vector<double> sums(static_cast<size_t>(chunks), 0.0);
-  parallel_for(chunks, 1, [&](int64_t k0, int64_t k1) {
+  simd::parallel_for<T>(chunks, 1, [&](auto s, int64_t k0, int64_t k1) {
     std::vector<T> v(static_cast<size_t>(C));
     for (int64_t k = k0; k < k1; ++k) {
       const int64_t b = k / per_image, y0 = (k % per_image) * detail::kUceRows, y1 = std::min(H, y0 + detail::kUceRows);
@@ -155,9 +112,9 @@ inline double upsampled_cross_entropy_forward(const T* x, const int64_t* labels,
         const int64_t* lab = labels + (b * H + oy) * W;
         for (int64_t ox = 0; ox < W; ++ox) {
           if (lab[ox] == ignore_index) continue;
-          detail::uce_sample_dispatch(v.data(), top + rx.i0[ox] * C, top + rx.i1[ox] * C, bottom + rx.i0[ox] * C,
-                                      bottom + rx.i1[ox] * C, ry.w0[oy], ry.w1[oy], rx.w0[ox], rx.w1[ox], C, simd);
-          acc += static_cast<double>(detail::uce_logsumexp_dispatch(v.data(), C, simd) - v[lab[ox]]);
+          detail::uce_sample(s, v.data(), top + rx.i0[ox] * C, top + rx.i1[ox] * C, bottom + rx.i0[ox] * C,
+                             bottom + rx.i1[ox] * C, ry.w0[oy], ry.w1[oy], rx.w0[ox], rx.w1[ox], C);
+          acc += static_cast<double>(detail::uce_logsumexp(s, v.data(), C) - v[lab[ox]]);
         }
       }
       sums[static_cast<size_t>(k)] = acc;
@@ -173,7 +130,6 @@ template <class T>
 inline void upsampled_cross_entropy_backward(T* dx, const T* x, const int64_t* labels, int64_t B, int64_t h, int64_t w,
                                              int64_t C, int64_t H, int64_t W, int64_t ignore_index, T scale) {
   const detail::ResizeAxis<T> ry(h, H), rx(w, W);
-  const bool simd = std::is_same_v<T, float> && isa() != Isa::scalar;
   parallel_for(B * h * w * C, int64_t{1} << 16, [&](int64_t i0, int64_t i1) { std::fill(dx + i0, dx + i1, T(0)); });
   // first[i]: the first output row that reads source row i (i0 and i1 never decrease with oy).
   std::vector<int64_t> first(static_cast<size_t>(h + 1), H);
@@ -181,7 +137,7 @@ inline void upsampled_cross_entropy_backward(T* dx, const T* x, const int64_t* l
   for (int64_t i = h; i-- > 0;) first[static_cast<size_t>(i)] = std::min(first[static_cast<size_t>(i)], first[static_cast<size_t>(i + 1)]);
   const int64_t block = 8;  // source rows per task
   const int64_t per_image = (h + block - 1) / block;
-  parallel_for(B * per_image, 1, [&](int64_t t0, int64_t t1) {
+  simd::parallel_for<T>(B * per_image, 1, [&](auto s, int64_t t0, int64_t t1) {
     std::vector<T> v(static_cast<size_t>(C));
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t b = t / per_image, r0 = (t % per_image) * block, r1 = std::min(h, r0 + block);
@@ -201,16 +157,16 @@ inline void upsampled_cross_entropy_backward(T* dx, const T* x, const int64_t* l
           if (lab[ox] == ignore_index) continue;
           const int64_t j0 = rx.i0[ox], j1 = rx.i1[ox];
           const T wx0 = rx.w0[ox], wx1 = rx.w1[ox];
-          detail::uce_sample_dispatch(v.data(), top + j0 * C, top + j1 * C, bottom + j0 * C, bottom + j1 * C,
-                                      ry.w0[oy], ry.w1[oy], wx0, wx1, C, simd);
-          detail::uce_grad_dispatch(v.data(), lab[ox], scale, C, simd);
+          detail::uce_sample(s, v.data(), top + j0 * C, top + j1 * C, bottom + j0 * C, bottom + j1 * C, ry.w0[oy],
+                             ry.w1[oy], wx0, wx1, C);
+          detail::uce_grad(s, v.data(), lab[ox], scale, C);
           // resizeᵀ: the same four taps, each weighted by its share.
           for (int q = 0; q < 2; ++q) {
             if (!(q == 0 ? own0 : own1)) continue;
             const T wy = q == 0 ? ry.w0[oy] : ry.w1[oy];
             T* row = dimg + (q == 0 ? i0 : i1) * w * C;
-            detail::uce_axpy_dispatch(row + j0 * C, wy * wx0, v.data(), C, simd);
-            detail::uce_axpy_dispatch(row + j1 * C, wy * wx1, v.data(), C, simd);
+            detail::uce_axpy(s, row + j0 * C, wy * wx0, v.data(), C);
+            detail::uce_axpy(s, row + j1 * C, wy * wx1, v.data(), C);
           }
         }
       }

@@ -4,24 +4,18 @@
 // so "no decay on norms and biases" and "head lr x10" are two groups. step() reads each parameter's
 // .grad() (a parameter without a gradient is skipped, as in PyTorch) and updates .data() in place.
 // The arithmetic follows torch.optim's single-tensor (foreach=False) implementations operation by
-// operation, in float, so one step matches PyTorch to rounding. Elements are updated in parallel
-// (float AdamW four at a time with SSE); each element's arithmetic is that of the scalar loop, so
-// the result does not depend on the thread count or the ISA.
+// operation, in float, so one step matches PyTorch to rounding: the element-wise updates are the
+// kernels of kernels/optim.hpp (vectorised, parallel, independent of the thread count).
 // State (momentum buffers, Adam moments, step counts) can be exported and restored for resuming.
 #pragma once
 
 #include <cmath>
 #include <map>
 #include <string>
-#include <type_traits>
 #include <vector>
 
-#if defined(__SSE2__)
-#include <emmintrin.h>
-#endif
-
 #include "segml/autograd/variable.hpp"
-#include "segml/core/parallel.hpp"
+#include "segml/kernels/optim.hpp"
 
 namespace segml::train {
 
@@ -49,7 +43,6 @@ class Optimizer {
   void set_steps(int64_t s) { steps_ = s; }
 
  protected:
-  static constexpr int64_t kGrain = int64_t{1} << 15;  // elements per thread worth a parallel region
   Tensor<T>& slot(const std::string& param, const char* name, const Shape& shape, bool& created) {
     auto key = param + "." + name;
     auto it = state_.find(key);
@@ -82,17 +75,7 @@ class SGD : public Optimizer<T> {
         T* buf = nullptr;
         bool first = false;
         if (momentum_ != 0) buf = this->slot(name, "momentum_buffer", p.shape(), first).data();
-        parallel_for(n, this->kGrain, [&](int64_t i0, int64_t i1) {
-          for (int64_t i = i0; i < i1; ++i) {
-            T d = gp[i];
-            if (wd != T(0)) d = d + wd * w[i];
-            if (buf) {
-              buf[i] = first ? d : mom * buf[i] + d;
-              d = buf[i];
-            }
-            w[i] = w[i] - lr * d;
-          }
-        });
+        kernels::sgd_step(w, gp, buf, n, lr, wd, mom, first);
       }
     }
   }
@@ -128,35 +111,7 @@ class AdamW : public Optimizer<T> {
         T* w = p.data().data();
         const T* gp = g.data();
         const int64_t n = p.numel();
-        parallel_for(n, this->kGrain, [&](int64_t i0, int64_t i1) {
-          int64_t i = i0;
-#if defined(__SSE2__)
-          if constexpr (std::is_same_v<T, float>) {
-            // The scalar loop below, four lanes at a time: the same IEEE operations in the same
-            // order (SSE has no fused multiply-add), so the results are identical.
-            const __m128 vdecay = _mm_set1_ps(decay), vb1 = _mm_set1_ps(b1), vb2 = _mm_set1_ps(b2);
-            const __m128 va1 = _mm_set1_ps(T(1) - b1), va2 = _mm_set1_ps(T(1) - b2), vbc = _mm_set1_ps(bc2_sqrt);
-            const __m128 veps = _mm_set1_ps(eps), vstep = _mm_set1_ps(step_size);
-            for (; i + 4 <= i1; i += 4) {
-              const __m128 gi = _mm_loadu_ps(gp + i);
-              const __m128 wi = _mm_mul_ps(_mm_loadu_ps(w + i), vdecay);
-              const __m128 mi = _mm_add_ps(_mm_mul_ps(_mm_loadu_ps(m + i), vb1), _mm_mul_ps(va1, gi));
-              const __m128 vi = _mm_add_ps(_mm_mul_ps(_mm_loadu_ps(v + i), vb2), _mm_mul_ps(_mm_mul_ps(va2, gi), gi));
-              const __m128 denom = _mm_add_ps(_mm_div_ps(_mm_sqrt_ps(vi), vbc), veps);
-              _mm_storeu_ps(w + i, _mm_sub_ps(wi, _mm_mul_ps(vstep, _mm_div_ps(mi, denom))));
-              _mm_storeu_ps(m + i, mi);
-              _mm_storeu_ps(v + i, vi);
-            }
-          }
-#endif
-          for (; i < i1; ++i) {
-            w[i] = w[i] * decay;                                  // param.mul_(1 - lr * wd)
-            m[i] = m[i] * b1 + (T(1) - b1) * gp[i];               // exp_avg.mul_(b1).add_(g, 1 - b1)
-            v[i] = v[i] * b2 + (T(1) - b2) * gp[i] * gp[i];       // exp_avg_sq.mul_(b2).addcmul_(g, g, 1 - b2)
-            const T denom = std::sqrt(v[i]) / bc2_sqrt + eps;     // (exp_avg_sq.sqrt() / sqrt(bc2)).add_(eps)
-            w[i] = w[i] - step_size * (m[i] / denom);             // param.addcdiv_(exp_avg, denom, -step_size)
-          }
-        });
+        kernels::adamw_step(w, m, v, gp, n, decay, b1, b2, bc2_sqrt, eps, step_size);
       }
     }
   }
