@@ -500,12 +500,16 @@ inline std::vector<float> bias_or_zeros(const float* b, int64_t C) {
   return b ? std::vector<float>(b, b + C) : std::vector<float>(static_cast<size_t>(C), 0.0f);
 }
 
+// Whether `i` has this kernel's own SIMD code: AVX2 or AVX-512 (it is not on the SIMD layer yet,
+// so NEON and scalar take the portable loops).
+inline bool dw_has_simd(Isa i) { return i == Isa::avx2 || i == Isa::avx512; }
+
 // The SIMD NCHW forward over all planes (w9 (C, 9), bias (C)); false when no SIMD ISA is active.
 inline bool dw_nchw_apply_simd(float* y, const float* x, const float* w9, const float* bias, int64_t B, int64_t C,
                                int64_t H, int64_t W) {
 #if defined(__x86_64__)
   const Isa i = isa();
-  if (i == Isa::scalar) return false;
+  if (!dw_has_simd(i)) return false;
   parallel_for(B * C, dw_grain(H * W), [&](int64_t p0, int64_t p1) {
     if (i == Isa::avx512)
       dw_nchw_planes_avx512(y, x, w9, bias, C, H, W, p0, p1);
@@ -525,7 +529,7 @@ inline bool dw_nhwc_apply_simd(float* y, const float* x, const float* wt, const 
                                int64_t W, int64_t C, bool gelu = false) {
 #if defined(__x86_64__)
   const Isa i = isa();
-  if (i == Isa::scalar) return false;
+  if (!dw_has_simd(i)) return false;
   parallel_for(B * H, dw_grain(W * C), [&](int64_t r0, int64_t r1) {
     if (i == Isa::avx512)
       dw_nhwc_rows_avx512(y, x, wt, bias, H, W, C, r0, r1, gelu);
@@ -569,7 +573,7 @@ template <class T>
 inline void dwconv3x3_nchw_backward(T* dx, T* dw, T* db, const T* dy, const T* x, const T* w, int64_t B, int64_t C,
                                     int64_t H, int64_t W) {
   if constexpr (std::is_same_v<T, float>) {
-    if (isa() != Isa::scalar) {
+    if (detail::dw_has_simd(isa())) {
       if (dx) {
         const std::vector<float> wf = detail::flipped_kernels(w, C), zeros(static_cast<size_t>(C), 0.0f);
         detail::dw_nchw_apply_simd(dx, dy, wf.data(), zeros.data(), B, C, H, W);
@@ -632,7 +636,7 @@ inline void dwconv3x3_nhwc_row(T* y_row, const T* const rows[3], const T* taps, 
                                bool gelu) {
 #if defined(__x86_64__)
   if constexpr (std::is_same_v<T, float>) {
-    if (isa() != Isa::scalar && b) return detail::dw_nhwc_row_avx2(y_row, rows, taps, b, W, C, gelu);
+    if (detail::dw_has_simd(isa()) && b) return detail::dw_nhwc_row_avx2(y_row, rows, taps, b, W, C, gelu);
   }
 #endif
   for (int64_t j = 0; j < W; ++j)
@@ -655,7 +659,7 @@ template <class T>
 inline void dwconv3x3_nhwc_backward(T* dx, T* dw, T* db, const T* dy, const T* x, const T* w, int64_t B, int64_t H,
                                     int64_t W, int64_t C) {
   if constexpr (std::is_same_v<T, float>) {
-    if (isa() != Isa::scalar) {
+    if (detail::dw_has_simd(isa())) {
       if (dx) {
         const std::vector<float> wt = dwconv3x3_nhwc_taps(detail::flipped_kernels(w, C).data(), C),
                                  zeros(static_cast<size_t>(C), 0.0f);
